@@ -1,0 +1,127 @@
+"""Defaults shared by every CIFAR config (spec §5.2, column "def"), plus this project's extra fields."""
+import ml_collections
+
+
+def get_default_configs():
+  config = ml_collections.ConfigDict()
+
+  config.training = training = ml_collections.ConfigDict()
+  training.batch_size = 128
+  training.n_iters = 1300000
+  training.snapshot_freq = 50000
+  training.log_freq = 50
+  training.eval_freq = 100
+  training.snapshot_sampling = True
+  training.likelihood_weighting = False
+  training.continuous = True
+  training.reduce_mean = False
+  training.keep_checkpoints = 0  # newest training checkpoints kept on disk; 0 keeps all
+
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.n_steps_each = 1
+  sampling.noise_removal = True
+  sampling.probability_flow = False
+  sampling.snr = 0.16
+  sampling.scaling_factor = 1.0  # guidance scale λ (--scale); a float field, so --scale 10 works (B4)
+  sampling.conditional = False
+  sampling.dtype = 'float32'  # 'bfloat16' opts into reduced-precision sampling
+  sampling.compile = False  # torch.compile the networks for sampling
+  sampling.seed = 0  # base seed of the per-(class, round) sampling seeds
+
+  config.eval = evaluate = ml_collections.ConfigDict()
+  evaluate.begin_ckpt = 9
+  evaluate.end_ckpt = 26
+  evaluate.batch_size = 1024
+  evaluate.enable_sampling = False
+  evaluate.num_samples = 50000
+  evaluate.enable_loss = True
+  evaluate.enable_bpd = False
+  evaluate.bpd_dataset = 'test'
+  evaluate.inception_dir = ''  # local copy of the TF-GAN Inception module (tfgan/eval/inception/1)
+  evaluate.samples_dir = ''  # CAS: folder holding <class>/samples_<r>.npz
+  evaluate.cas_keep_checkpoints = 2  # CAS checkpoints kept on disk (B13)
+  evaluate.cas_arch = 'resnet50'  # CAS network: 'resnet50' (the paper's); 'resnet18' / 'resnet10' for quick runs
+
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = 'CIFAR10'
+  data.image_size = 32
+  data.random_flip = True
+  data.centered = False
+  data.uniform_dequantization = False
+  data.num_channels = 3
+  data.root = 'data'  # folder holding cifar-10-batches-py / cifar-100-python (--data_dir)
+
+  config.model = model = ml_collections.ConfigDict()
+  model.sigma_min = 0.01
+  model.sigma_max = 50
+  model.num_scales = 1000
+  model.beta_min = 0.1
+  model.beta_max = 20.
+  model.dropout = 0.1
+  model.embedding_type = 'fourier'
+  model.weighting_dlsm = 0
+  model.weighting_ce = 0
+  model.coef = 1.0
+  model.loss_type = 'total'
+  model.scaling_factor = 1  # not read: the guidance scale is sampling.scaling_factor (B36)
+  model.score_restore_path = None
+  model.classifier_restore_path = None
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.weight_decay = 0
+  optim.optimizer = 'Adam'
+  optim.lr = 2e-4
+  optim.beta1 = 0.9
+  optim.eps = 1e-8
+  optim.warmup = 5000
+  optim.grad_clip = 1.
+
+  config.classifier = classifier = ml_collections.ConfigDict()
+  classifier.nf = 128
+  classifier.embedding_type = 'fourier'
+  classifier.fourier_scale = 16
+  classifier.classes = 10
+  classifier.noise_list = [0.0001, 0.3333, 0.6666, 0.9999]
+  classifier.resnet_base_width = 64  # stage widths w, 2w, 4w, 8w; 64 is the original's fixed 64..512
+
+  config.plot = plot = ml_collections.ConfigDict()
+  plot.type = 'precision'
+
+  config.seed = 42
+  # 'auto' picks cuda when available, else cpu, when a script runs (models.utils.get_device), never at import.
+  config.device = 'auto'
+
+  return config
+
+
+def set_ncsnpp_model(model):
+  """The NCSN++ (VE, continuous, "deep") fields every CIFAR config sets (spec §2.1)."""
+  model.name = 'ncsnpp'
+  model.fourier_scale = 16
+  model.scale_by_sigma = True
+  model.ema_rate = 0.999
+  model.normalization = 'GroupNorm'
+  model.nonlinearity = 'swish'
+  model.nf = 128
+  model.ch_mult = (1, 2, 2, 2)
+  model.num_res_blocks = 8
+  model.attn_resolutions = (16,)
+  model.resamp_with_conv = True
+  model.conditional = True
+  model.fir = True
+  model.fir_kernel = [1, 3, 3, 1]
+  model.skip_rescale = True
+  model.resblock_type = 'biggan'
+  model.progressive = 'none'
+  model.progressive_input = 'residual'
+  model.progressive_combine = 'sum'
+  model.attention_type = 'ddpm'
+  model.init_scale = 0.
+  model.conv_size = 3
+
+
+def set_pc_sampler(sampling):
+  """Predictor-corrector sampling as in every CIFAR config."""
+  sampling.method = 'pc'
+  sampling.predictor = 'reverse_diffusion'
+  sampling.corrector = 'langevin'

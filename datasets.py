@@ -1,0 +1,232 @@
+"""Training data: CIFAR-10/100 from a local folder (never downloaded) and the toy moons (spec §1.2, §6.1).
+
+Batches are float32 in [0, 1] (CIFAR: NCHW; moons: [B, 2]) with int64 labels; the model-side scaler is applied by the
+trainer. Shuffling, flips and dequantisation noise come from seeded torch generators, so a run is reproducible (B30).
+
+MD5 policy (torchvision's own check refuses every folder but the official one): each file of the folder is hashed
+against torchvision's official MD5s. All match -> the official release, verified. None match -> a CIFAR-format folder
+made elsewhere (e.g. by the tests), accepted with a log line and checked for shape and labels. Some match and some
+do not -> a damaged copy of the official release, refused.
+"""
+import logging
+import os
+import pickle
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torchvision.datasets.utils import check_integrity
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """The dataset folder or one of its files is missing."""
+
+
+class DatasetIntegrityError(ValueError):
+  """The dataset files exist but are damaged or not in the expected format."""
+
+
+class _CheckedBeforehand:
+  """torchvision's CIFAR reader minus its MD5 checks, which `verify_cifar_folder` replaces."""
+
+  def _check_integrity(self):
+    return True
+
+  def _load_meta(self):
+    with open(os.path.join(self.root, self.base_folder, self.meta['filename']), 'rb') as file:
+      self.classes = pickle.load(file, encoding='latin1')[self.meta['key']]
+    self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+
+
+class LocalCIFAR10(_CheckedBeforehand, torchvision.datasets.CIFAR10):
+  num_classes = 10
+  display_name = 'CIFAR-10'
+
+
+class LocalCIFAR100(_CheckedBeforehand, torchvision.datasets.CIFAR100):
+  num_classes = 100
+  display_name = 'CIFAR-100'
+
+
+CIFAR_READERS = {'CIFAR10': LocalCIFAR10, 'CIFAR100': LocalCIFAR100}
+
+
+def cifar_reader(dataset):
+  if dataset not in CIFAR_READERS:
+    raise ValueError(f'config.data.dataset={dataset!r}; expected one of {sorted(CIFAR_READERS)} or moons.')
+  return CIFAR_READERS[dataset]
+
+
+def cifar_files(reader):
+  """{file name: official MD5} of every file of the extracted archive that the reader needs."""
+  files = dict(reader.train_list + reader.test_list)
+  files[reader.meta['filename']] = reader.meta['md5']
+  return files
+
+
+def verify_cifar_folder(root, dataset):
+  """Check presence and MD5s (see the module docstring); returns 'official' or 'custom'."""
+  reader = cifar_reader(dataset)
+  folder = os.path.join(root, reader.base_folder)
+  files = cifar_files(reader)
+  missing = [name for name in files if not os.path.isfile(os.path.join(folder, name))]
+  if missing:
+    raise DatasetNotFoundError(
+        f'{reader.display_name} not found: expected the folder {os.path.abspath(folder)} holding '
+        f'{", ".join(files)} (missing: {", ".join(missing)}). Nothing is downloaded: get {reader.filename} '
+        f'({reader.url}) and extract it inside {os.path.abspath(root)} (it unpacks to {reader.base_folder}/), or '
+        f'point --data_dir (config data.root) at the folder that contains {reader.base_folder}.')
+  official = [name for name, md5 in files.items() if check_integrity(os.path.join(folder, name), md5)]
+  if len(official) == len(files):
+    logging.info('%s: official files, MD5 verified (%s)', reader.display_name, folder)
+    return 'official'
+  if official:
+    damaged = [name for name in files if name not in official]
+    raise DatasetIntegrityError(
+        f'{folder}: {", ".join(damaged)} fail the MD5 check while {", ".join(official)} match the official '
+        f'{reader.display_name} release: the copy is damaged; extract {reader.filename} again.')
+  logging.info('%s: %s is not the official release (no MD5 matches); reading it as a CIFAR-format folder',
+               reader.display_name, folder)
+  return 'custom'
+
+
+def load_cifar(root, dataset, train):
+  """(images uint8 [N, 32, 32, 3], labels int64 [N]) of the train or test split; no download is ever attempted."""
+  verify_cifar_folder(root, dataset)
+  reader = cifar_reader(dataset)
+  try:
+    split = reader(root, train=train, download=False)
+  except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as error:
+    raise DatasetIntegrityError(f'{os.path.join(root, reader.base_folder)} is not a readable {reader.display_name} '
+                                f'folder ({type(error).__name__}: {error}); extract {reader.filename} again.') from error
+  images = np.ascontiguousarray(split.data, dtype=np.uint8)
+  labels = np.asarray(split.targets, dtype=np.int64)
+  if len(labels) != len(images) or (labels.size and (labels.min() < 0 or labels.max() >= reader.num_classes)):
+    raise DatasetIntegrityError(f'{os.path.join(root, reader.base_folder)}: {len(images)} images, {len(labels)} '
+                                f'labels, label range must be 0..{reader.num_classes - 1}.')
+  return images, labels
+
+
+def load_moons(config):
+  """The toy's inter-twinning moons (positions float64 [N, 2], labels int64 [N]) from toy_lib."""
+  import toy_lib  # only the toy needs it
+  positions, labels = toy_lib.moons_dataset(subset=config.data.get('subset', 'all'))
+  return np.asarray(positions), np.asarray(labels, dtype=np.int64)
+
+
+def get_data_scaler(config):
+  """[0, 1] -> model input: 2x - 1 when data.centered, else the identity (spec §1.2)."""
+  if config.data.centered:
+    return lambda x: x * 2. - 1.
+  return lambda x: x
+
+
+def get_data_inverse_scaler(config):
+  """Inverse of get_data_scaler."""
+  if config.data.centered:
+    return lambda x: (x + 1.) / 2.
+  return lambda x: x
+
+
+class ImageBatches(torch.utils.data.Dataset):
+  """uint8 NHWC images indexed by a list of indices -> float32 NCHW batches in [0, 1], optionally flipped."""
+
+  def __init__(self, images, labels, image_size=32, random_flip=False, uniform_dequantization=False, seed=0):
+    self.images = torch.from_numpy(np.ascontiguousarray(images))
+    self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    self.image_size = image_size
+    self.random_flip = random_flip
+    self.uniform_dequantization = uniform_dequantization
+    self.generator = torch.Generator().manual_seed(seed)
+
+  def __len__(self):
+    return len(self.labels)
+
+  def __getitem__(self, indices):
+    x = self.images[indices].permute(0, 3, 1, 2).float()
+    if self.uniform_dequantization:
+      x = (x + torch.rand(x.shape, generator=self.generator)) / 256.
+    else:
+      x = x / 255.
+    if x.shape[-1] != self.image_size:
+      x = F.interpolate(x, size=(self.image_size, self.image_size), mode='bilinear', antialias=True,
+                        align_corners=False)
+    if self.random_flip:
+      flip = torch.rand(x.shape[0], generator=self.generator) < 0.5
+      x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x.contiguous(), self.labels[indices]
+
+
+class PointBatches(torch.utils.data.Dataset):
+  """Points [N, d] indexed by a list of indices -> float32 batches (the moons)."""
+
+  def __init__(self, points, labels):
+    self.points = torch.as_tensor(points).float()
+    self.labels = torch.as_tensor(labels, dtype=torch.int64)
+
+  def __len__(self):
+    return len(self.labels)
+
+  def __getitem__(self, indices):
+    return self.points[indices], self.labels[indices]
+
+
+class RankSlices(torch.utils.data.Sampler):
+  """Each global batch of indices, cut into `world_size` equal parts; this rank gets part `rank`."""
+
+  def __init__(self, batch_sampler, rank, world_size):
+    self.batch_sampler, self.rank, self.world_size = batch_sampler, rank, world_size
+
+  def __len__(self):
+    return len(self.batch_sampler)
+
+  def __iter__(self):
+    for batch in self.batch_sampler:
+      per_rank = len(batch) // self.world_size
+      yield batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+
+class Batches:
+  """Iterable over (x, labels) batches; `repeat=True` makes it endless (reshuffled every epoch)."""
+
+  def __init__(self, loader, repeat):
+    self.loader, self.repeat = loader, repeat
+
+  def __len__(self):
+    return len(self.loader)
+
+  def __iter__(self):
+    while True:
+      yield from self.loader
+      if not self.repeat:
+        return
+
+
+def get_dataset(config, split='train', *, batch_size=None, repeat=True, shuffle=True, random_flip=None, seed=0,
+                rank=0, world_size=1):
+  """Batches of `split` ('train' or 'test'); see `Batches`. The moons have one split, used for both.
+
+  `batch_size` (default training.batch_size) is the GLOBAL batch: with `world_size` processes each rank receives its
+  1/world_size share of every global batch (same seed on every rank), so the data seen per update does not depend on
+  the number of processes. Incomplete last batches are dropped, as the original's pipeline.
+  """
+  batch_size = batch_size or config.training.batch_size
+  if batch_size % world_size:
+    raise ValueError(f'The batch size {batch_size} must be divisible by the number of processes ({world_size}).')
+  if config.data.dataset == 'moons':
+    dataset = PointBatches(*load_moons(config))
+  else:
+    images, labels = load_cifar(config.data.root, config.data.dataset, train=(split == 'train'))
+    flip = config.data.random_flip if random_flip is None else random_flip
+    dataset = ImageBatches(images, labels, config.data.image_size, flip, config.data.uniform_dequantization,
+                           seed=seed + 7919 * (rank + 1))
+  if len(dataset) < batch_size:
+    raise ValueError(f'The {split} split of {config.data.dataset} has {len(dataset)} examples, fewer than one batch '
+                     f'of {batch_size}.')
+  generator = torch.Generator().manual_seed(seed)
+  order = (torch.utils.data.RandomSampler(dataset, generator=generator) if shuffle
+           else torch.utils.data.SequentialSampler(dataset))
+  batches = torch.utils.data.BatchSampler(order, batch_size, drop_last=True)
+  loader = torch.utils.data.DataLoader(dataset, sampler=RankSlices(batches, rank, world_size), batch_size=None)
+  return Batches(loader, repeat)

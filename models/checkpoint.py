@@ -1,0 +1,343 @@
+"""Checkpoint files: the one place that reads and writes them (spec §2.8, checkpoint-format.md).
+
+Layout written (the original's, so files move both ways):
+  score model  {'optimizer', 'model', 'step', 'ema'}   model keys prefixed 'module.', EMA as a shadow list
+  classifier   {'optimizer', 'model', 'step'}
+  CAS / toy    {'model'}                               no prefix (save_weights)
+Reading is weights-only with NumPy scalars allow-listed (B39), always mapped to a chosen device (B22),
+prefix-tolerant but strict about keys and shapes (B23), and validates the EMA length (B24).
+"""
+import logging
+import os
+import re
+import tempfile
+import zipfile
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+PREFIX = 'module.'
+CHECKPOINT_PATTERN = re.compile(r'^checkpoint_(\d+)\.pth$')
+_MAX_LISTED_KEYS = 8
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def unwrap(model):
+  """The bare network inside DataParallel / DistributedDataParallel (or the model itself)."""
+  wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+  while isinstance(model, wrappers):
+    model = model.module
+  return model
+
+
+class _DataParallelKeys(torch.nn.Module):
+  """Holds a network as `.module`, so its state_dict has DataParallel's keys and metadata."""
+
+  def __init__(self, module):
+    super().__init__()
+    self.module = module
+
+
+def prefixed_state_dict(model):
+  """The model's state_dict as the original DataParallel-wrapped model saves it ('module.' keys)."""
+  return _DataParallelKeys(unwrap(model)).state_dict()
+
+
+def atomic_save(obj, path):
+  """torch.save to a temporary file in the same folder, then rename: `path` is never left half-written."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as file:
+      torch.save(obj, file)
+      file.flush()
+      os.fsync(file.fileno())
+    os.replace(tmp_path, path)
+  except BaseException:
+    if os.path.exists(tmp_path):
+      os.remove(tmp_path)
+    raise
+
+
+def save_checkpoint(path, model, optimizer=None, step=0, ema=None):
+  """Write {'optimizer', 'model', 'step'[, 'ema']} atomically, model keys prefixed 'module.'."""
+  state = OrderedDict()
+  if optimizer is not None:
+    state['optimizer'] = optimizer.state_dict()
+  state['model'] = prefixed_state_dict(model)
+  state['step'] = int(step)
+  if ema is not None:
+    state['ema'] = ema.state_dict()
+  atomic_save(state, path)
+
+
+def save_weights(path, model, prefix=''):
+  """Write {'model': state_dict} atomically (the CAS and toy layout: no prefix)."""
+  state_dict = prefixed_state_dict(model) if prefix == PREFIX else unwrap(model).state_dict()
+  atomic_save({'model': state_dict}, path)
+
+
+def checkpoint_path(ckpt_dir, step):
+  """Training checkpoints are named by the number of completed updates (B26)."""
+  return os.path.join(ckpt_dir, f'checkpoint_{int(step)}.pth')
+
+
+def list_checkpoints(ckpt_dir):
+  """[(step, path)] of complete checkpoint_<step>.pth files, ascending; temporary and truncated files skipped."""
+  if not os.path.isdir(ckpt_dir):
+    return []
+  found = []
+  for name in os.listdir(ckpt_dir):
+    match = CHECKPOINT_PATTERN.match(name)
+    path = os.path.join(ckpt_dir, name)
+    if match is None or not os.path.isfile(path):
+      continue
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; a truncated one has no directory
+      logging.warning('Ignoring incomplete checkpoint file %s', path)
+      continue
+    found.append((int(match.group(1)), path))
+  return sorted(found)
+
+
+def latest_checkpoint(ckpt_dir):
+  """Path of the complete checkpoint with the highest step in ckpt_dir, or None."""
+  found = list_checkpoints(ckpt_dir)
+  return found[-1][1] if found else None
+
+
+def prune_checkpoints(ckpt_dir, keep):
+  """Delete all but the `keep` newest checkpoints (keep <= 0 keeps all)."""
+  if keep <= 0:
+    return
+  for _, path in list_checkpoints(ckpt_dir)[:-keep]:
+    os.remove(path)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _numpy_scalar_globals():
+  """What unpickling a NumPy scalar needs (the released files store the warm-up lr as numpy.float64, B39)."""
+  names = ['Float16DType', 'Float32DType', 'Float64DType', 'LongDoubleDType', 'Int8DType', 'Int16DType',
+           'Int32DType', 'Int64DType', 'LongDType', 'LongLongDType', 'UInt8DType', 'UInt16DType',
+           'UInt32DType', 'UInt64DType', 'ULongDType', 'ULongLongDType', 'BoolDType']
+  allowed = [np.dtype]
+  allowed += [getattr(np.dtypes, name) for name in names if hasattr(np.dtypes, name)]
+  for core in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+    try:
+      allowed.append(__import__(core, fromlist=['scalar']).scalar)
+    except (ImportError, AttributeError):
+      pass
+  return allowed
+
+
+def load_checkpoint_file(path, device='cpu'):
+  """torch.load(weights_only=True) with NumPy scalars allow-listed, every tensor mapped to `device`."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Checkpoint file not found: {path}')
+  with torch.serialization.safe_globals(_numpy_scalar_globals()):
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def _require(checkpoint, keys, path, what):
+  missing = [key for key in keys if key not in checkpoint]
+  if missing:
+    raise ValueError(f'{path} is not a {what} checkpoint: it lacks {missing} '
+                     f'(has {sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__})')
+
+
+def strip_prefix(state_dict):
+  """Remove one leading 'module.' when every key carries it."""
+  if state_dict and all(key.startswith(PREFIX) for key in state_dict):
+    return OrderedDict((key[len(PREFIX):], value) for key, value in state_dict.items())
+  return state_dict
+
+
+def _listed(keys):
+  keys = list(keys)
+  shown = ', '.join(keys[:_MAX_LISTED_KEYS])
+  return shown + (f', ... ({len(keys) - _MAX_LISTED_KEYS} more)' if len(keys) > _MAX_LISTED_KEYS else '')
+
+
+def load_model_state(model, state_dict, what='score model', config_hint=None):
+  """Strictly load 'module.'-prefixed or plain keys; any missing / unexpected / mis-shaped key is a ValueError."""
+  model = unwrap(model)
+  state_dict = strip_prefix(state_dict)
+  expected = model.state_dict()
+  missing = [key for key in expected if key not in state_dict]
+  unexpected = [key for key in state_dict if key not in expected]
+  misshaped = [f'{key} {tuple(state_dict[key].shape)} vs model {tuple(value.shape)}'
+               for key, value in expected.items()
+               if key in state_dict and tuple(state_dict[key].shape) != tuple(value.shape)]
+  if missing or unexpected or misshaped:
+    problems = []
+    if missing:
+      problems.append(f'missing keys: {_listed(missing)}')
+    if unexpected:
+      problems.append(f'unexpected keys: {_listed(unexpected)}')
+    if misshaped:
+      problems.append(f'mis-shaped keys (checkpoint vs model): {_listed(misshaped)}')
+    raise ValueError(f'The {what} checkpoint does not fit the model built from the config'
+                     f'{f" ({config_hint})" if config_hint else ""}: ' + '; '.join(problems)
+                     + '. ' + layout_advice(state_dict, expected))
+  model.load_state_dict(state_dict, strict=True)
+  return model
+
+
+def validate_shadows(model, shadow_params, what='score model'):
+  """The EMA shadow list must pair one-to-one with the trainable parameters (B24)."""
+  trainable = [(name, p) for name, p in unwrap(model).named_parameters() if p.requires_grad]
+  if len(shadow_params) != len(trainable):
+    raise ValueError(f'The {what} checkpoint holds {len(shadow_params)} EMA shadow tensors but the model has '
+                     f'{len(trainable)} trainable parameters: the checkpoint is of a different architecture.')
+  for index, ((name, param), shadow) in enumerate(zip(trainable, shadow_params)):
+    if tuple(shadow.shape) != tuple(param.shape):
+      raise ValueError(f'EMA shadow {index} has shape {tuple(shadow.shape)} but parameter {name} has '
+                       f'{tuple(param.shape)}: the checkpoint is of a different architecture.')
+
+
+def copy_shadows_into(model, shadow_params):
+  """Overwrite the trainable parameters (in parameters() order) with the EMA shadows."""
+  validate_shadows(model, shadow_params)
+  trainable = [p for p in unwrap(model).parameters() if p.requires_grad]
+  with torch.no_grad():
+    for param, shadow in zip(trainable, shadow_params):
+      param.copy_(shadow)
+
+
+def restore_score_model(path, model, ema=None, device='cpu', config_hint=None):
+  """Load a score checkpoint for use: 'model' strictly (incl. the frozen Fourier W, B23), then the EMA weights.
+
+  With `ema`, its state is loaded and copied into the model; without, the shadows are copied directly.
+  """
+  checkpoint = load_checkpoint_file(path, device)
+  _require(checkpoint, ('model', 'ema'), path, 'score model')
+  load_model_state(model, checkpoint['model'], 'score model', config_hint or path)
+  shadows = checkpoint['ema']['shadow_params']
+  validate_shadows(model, shadows)
+  if ema is None:
+    copy_shadows_into(model, shadows)
+  else:
+    ema.load_state_dict(checkpoint['ema'])
+    ema.copy_to(unwrap(model).parameters())
+  return model
+
+
+def restore_classifier(path, model, device='cpu', config_hint=None):
+  """Load a classifier checkpoint's 'model' strictly (BatchNorm statistics included)."""
+  return restore_weights(path, model, device, 'classifier', config_hint)
+
+
+def restore_weights(path, model, device='cpu', what='model', config_hint=None):
+  """Load the 'model' entry of any checkpoint strictly, with or without the 'module.' prefix."""
+  checkpoint = load_checkpoint_file(path, device)
+  _require(checkpoint, ('model',), path, what)
+  return load_model_state(model, checkpoint['model'], what, config_hint or path)
+
+
+def _plain_numbers(optimizer_state):
+  """NumPy scalars in param_groups (the released files' lr) become Python numbers."""
+  for group in optimizer_state.get('param_groups', []):
+    for key, value in group.items():
+      if isinstance(value, np.generic):
+        group[key] = value.item()
+  return optimizer_state
+
+
+def restore_training_state(path, model, optimizer, ema=None, device='cpu', config_hint=None):
+  """Resume: model, optimizer, EMA (if given) and the step, exactly as saved. Returns the step."""
+  checkpoint = load_checkpoint_file(path, device)
+  required = ('optimizer', 'model', 'step') + (('ema',) if ema is not None else ())
+  _require(checkpoint, required, path, 'training')
+  load_model_state(model, checkpoint['model'], 'training', config_hint or path)
+  optimizer.load_state_dict(_plain_numbers(checkpoint['optimizer']))
+  if ema is not None:
+    validate_shadows(model, checkpoint['ema']['shadow_params'])
+    ema.load_state_dict(checkpoint['ema'])
+  return int(checkpoint['step'])
+
+
+# ---------------------------------------------------------------------------------------------- advice
+
+
+def _module_indices(state_dict, suffix):
+  pattern = re.compile(r'^all_modules\.(\d+)\.' + re.escape(suffix) + '$')
+  return sorted(int(m.group(1)) for m in map(pattern.match, state_dict) if m)
+
+
+def describe_ncsnpp(state_dict):
+  """Config fields readable from an NCSN++ state_dict (BigGAN blocks; spec §2.3, §2.9.6)."""
+  fields = {}
+  if 'all_modules.0.W' in state_dict:
+    fields['model.embedding_type'] = 'fourier'
+    fields['model.nf'] = state_dict['all_modules.0.W'].shape[0]
+  blocks = _module_indices(state_dict, 'Conv_1.weight')
+  attention = _module_indices(state_dict, 'NIN_0.W')
+  if not blocks:
+    return fields
+  widths = [state_dict[f'all_modules.{i}.Conv_0.weight'].shape[:2] for i in blocks]
+  resampling = [i for i in blocks if f'all_modules.{i}.Conv_2.weight' in state_dict
+                and state_dict[f'all_modules.{i}.Conv_2.weight'].shape[0]
+                == state_dict[f'all_modules.{i}.Conv_2.weight'].shape[1]]
+  levels = len(resampling) // 2 + 1
+  repeats, remainder = divmod(len(blocks) - 3 * levels, 2 * levels)
+  fields['model.nf'] = fields.get('model.nf', widths[0][1])
+  if remainder == 0 and repeats > 0:
+    fields['model.num_res_blocks'] = repeats
+    nf = fields['model.nf']
+    fields['model.ch_mult'] = tuple(int(widths[level * (repeats + 1)][0]) // nf for level in range(levels))
+  fields['attention blocks'] = len(attention)
+  fields['state_dict entries'] = len(state_dict)
+  return fields
+
+
+def describe_resnet_cond(state_dict):
+  """Config fields readable from a `classifier` (resnet*_cond) state_dict (spec §2.5)."""
+  prefix = 'classifier.classifier.'
+  fields = {}
+  if 'classifier.condition_modules.0.W' in state_dict:
+    fields['classifier.nf'] = state_dict['classifier.condition_modules.0.W'].shape[0]
+  if prefix + 'conv1.weight' in state_dict:
+    fields['classifier.resnet_base_width'] = state_dict[prefix + 'conv1.weight'].shape[0]
+  if prefix + 'linear.weight' in state_dict:
+    fields['classifier.classes'] = state_dict[prefix + 'linear.weight'].shape[0]
+  pattern = re.compile(r'^' + re.escape(prefix) + r'layer(\d)\.(\d+)\.')
+  blocks = {}
+  for match in filter(None, map(pattern.match, state_dict)):
+    layer, index = int(match.group(1)), int(match.group(2))
+    blocks[layer] = max(blocks.get(layer, 0), index + 1)
+  counts = [blocks.get(layer, 0) for layer in (1, 2, 3, 4)]
+  known = {(2, 2, 2, 2): 'resnet18_cond', (3, 4, 6, 3): 'resnet34_cond'}
+  if any(counts):
+    fields['classifier.model'] = known.get(tuple(counts), f'blocks per layer {counts}')
+  fields['state_dict entries'] = len(state_dict)
+  return fields
+
+
+_SHAPE_FIELDS = {
+    'ncsnpp': 'model.nf, model.ch_mult, model.num_res_blocks, model.attn_resolutions, model.embedding_type, '
+              'model.conditional, model.resblock_type, model.progressive, model.progressive_input, '
+              'model.progressive_combine',
+    'classifier': 'classifier.model (blocks per layer), classifier.classes (linear.weight rows), classifier.nf '
+                  '(time embedding), classifier.resnet_base_width (stage widths)',
+}
+
+
+def layout_advice(checkpoint_state, model_state):
+  """Name the config values the checkpoint implies next to those of the built model."""
+  if any(key.startswith('all_modules.') for key in checkpoint_state):
+    kind, describe = 'ncsnpp', describe_ncsnpp
+  elif any(key.startswith('classifier.') for key in checkpoint_state):
+    kind, describe = 'classifier', describe_resnet_cond
+  else:
+    return 'The checkpoint does not look like an NCSN++ or resnet_cond state_dict.'
+  found, built = describe(checkpoint_state), describe(model_state)
+  differing = [f'{key}={found[key]!r} (model: {built.get(key, "n/a")!r})'
+               for key in found if found.get(key) != built.get(key)]
+  advice = f'Shapes are set by {_SHAPE_FIELDS[kind]}.'
+  if differing:
+    advice += ' The checkpoint fits a config with ' + ', '.join(differing) + '.'
+  return advice

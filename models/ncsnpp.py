@@ -1,0 +1,238 @@
+"""NCSN++ (spec §2.1–2.4, §2.9): the score network of the DLSM CIFAR experiments, with every option of the
+original (fourier/positional embedding, biggan/ddpm blocks, progressive variants, FIR, ...).
+
+All sub-modules live in one `all_modules` list, appended in the order the forward pass consumes them,
+which fixes the checkpoint keys `all_modules.<i>.*` of the original.
+"""
+import functools
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from models import layers
+from models.utils import register_model
+
+
+def get_sigmas(config):
+  """The VE noise table, descending from sigma_max (float64, computed with NumPy as the original)."""
+  return np.exp(np.linspace(np.log(config.model.sigma_max), np.log(config.model.sigma_min),
+                            config.model.num_scales))
+
+
+@register_model(name='ncsnpp')
+class NCSNpp(nn.Module):
+  """NCSN++ U-Net; forward(x, time_cond) with time_cond = σ (VE), 999·t (VP) or a discrete index."""
+
+  def __init__(self, config):
+    super().__init__()
+    self.config = config
+    self.act = layers.get_act(config)
+    self.register_buffer('sigmas', torch.tensor(get_sigmas(config)))
+    m = config.model
+    self.nf = m.nf
+    self.ch_mult = tuple(m.ch_mult)
+    self.num_res_blocks = m.num_res_blocks
+    self.attn_resolutions = tuple(m.attn_resolutions)
+    self.num_resolutions = len(self.ch_mult)
+    self.all_resolutions = [config.data.image_size // (2 ** i) for i in range(self.num_resolutions)]
+    self.conditional = m.conditional
+    self.skip_rescale = m.skip_rescale
+    self.resblock_type = m.resblock_type.lower()
+    self.progressive = m.progressive.lower()
+    self.progressive_input = m.progressive_input.lower()
+    self.embedding_type = m.embedding_type.lower()
+    self.combine_method = m.progressive_combine.lower()
+    self.centered = config.data.centered
+    self.scale_by_sigma = m.scale_by_sigma
+    assert self.progressive in ('none', 'output_skip', 'residual')
+    assert self.progressive_input in ('none', 'input_skip', 'residual')
+    assert self.embedding_type in ('fourier', 'positional')
+    assert self.resblock_type in ('ddpm', 'biggan'), f'resblock type {self.resblock_type} unrecognized.'
+    if self.progressive == 'output_skip':
+      self.pyramid_upsample = layers.Upsample(fir=m.fir, fir_kernel=m.fir_kernel, with_conv=False)
+    if self.progressive_input == 'input_skip':
+      self.pyramid_downsample = layers.Downsample(fir=m.fir, fir_kernel=m.fir_kernel, with_conv=False)
+    self.all_modules = nn.ModuleList(self._build_modules(config))
+
+  # ----------------------------------------------------------------------------------------------
+  # Construction: one list, in forward order (spec §2.9.6 table)
+
+  def _block_factories(self, config):
+    m, act, nf = config.model, self.act, self.nf
+    if self.resblock_type == 'ddpm':
+      resblock = functools.partial(layers.ResnetBlockDDPMpp, act=act, dropout=m.dropout, init_scale=m.init_scale,
+                                   skip_rescale=m.skip_rescale, temb_dim=nf * 4)
+    else:
+      resblock = functools.partial(layers.ResnetBlockBigGANpp, act=act, dropout=m.dropout, fir=m.fir,
+                                   fir_kernel=m.fir_kernel, init_scale=m.init_scale,
+                                   skip_rescale=m.skip_rescale, temb_dim=nf * 4)
+    attn = functools.partial(layers.AttnBlockpp, init_scale=m.init_scale, skip_rescale=m.skip_rescale)
+    return resblock, attn
+
+  def _build_modules(self, config):
+    m, nf = config.model, self.nf
+    modules = []
+    if self.embedding_type == 'fourier':
+      assert config.training.continuous, 'Fourier features are only used for continuous training.'
+      modules.append(layers.GaussianFourierProjection(embedding_size=nf, scale=m.fourier_scale))
+      embed_dim = 2 * nf
+    else:
+      embed_dim = nf
+    if self.conditional:
+      modules += [layers.dense(embed_dim, nf * 4), layers.dense(nf * 4, nf * 4)]
+    channels = config.data.num_channels
+    modules.append(layers.conv3x3(channels, nf))
+    hs_c, in_ch = self._build_encoder(config, modules)
+    self._build_decoder(config, modules, hs_c, in_ch)
+    assert not hs_c
+    return modules
+
+  def _build_encoder(self, config, modules):
+    """Down path and middle; returns the skip widths and the running width."""
+    m, nf = config.model, self.nf
+    resblock, attn = self._block_factories(config)
+    hs_c, in_ch, pyramid_ch = [nf], nf, config.data.num_channels
+    for i_level in range(self.num_resolutions):
+      for _ in range(self.num_res_blocks):
+        out_ch = nf * self.ch_mult[i_level]
+        modules.append(resblock(in_ch=in_ch, out_ch=out_ch))
+        in_ch = out_ch
+        if self.all_resolutions[i_level] in self.attn_resolutions:
+          modules.append(attn(channels=in_ch))
+        hs_c.append(in_ch)
+      if i_level != self.num_resolutions - 1:
+        if self.resblock_type == 'ddpm':
+          modules.append(layers.Downsample(in_ch=in_ch, with_conv=m.resamp_with_conv, fir=m.fir,
+                                           fir_kernel=m.fir_kernel))
+        else:
+          modules.append(resblock(down=True, in_ch=in_ch))
+        if self.progressive_input == 'input_skip':
+          modules.append(layers.Combine(dim1=pyramid_ch, dim2=in_ch, method=self.combine_method))
+          if self.combine_method == 'cat':
+            in_ch *= 2
+        elif self.progressive_input == 'residual':
+          modules.append(layers.Downsample(in_ch=pyramid_ch, out_ch=in_ch, fir=m.fir, fir_kernel=m.fir_kernel,
+                                           with_conv=True))
+          pyramid_ch = in_ch
+        hs_c.append(in_ch)
+    in_ch = hs_c[-1]
+    modules += [resblock(in_ch=in_ch), attn(channels=in_ch), resblock(in_ch=in_ch)]
+    return hs_c, in_ch
+
+  def _build_decoder(self, config, modules, hs_c, in_ch):
+    """Up path, output pyramid and output head."""
+    m, nf, channels = config.model, self.nf, config.data.num_channels
+    resblock, attn = self._block_factories(config)
+    pyramid_ch = 0
+    for i_level in reversed(range(self.num_resolutions)):
+      for _ in range(self.num_res_blocks + 1):
+        out_ch = nf * self.ch_mult[i_level]
+        modules.append(resblock(in_ch=in_ch + hs_c.pop(), out_ch=out_ch))
+        in_ch = out_ch
+      if self.all_resolutions[i_level] in self.attn_resolutions:
+        modules.append(attn(channels=in_ch))
+      if self.progressive != 'none':
+        if i_level == self.num_resolutions - 1:
+          pyramid_ch = channels if self.progressive == 'output_skip' else in_ch
+          init_scale = m.init_scale if self.progressive == 'output_skip' else 1.0
+          modules += [layers.group_norm(in_ch), layers.conv3x3(in_ch, pyramid_ch, init_scale=init_scale)]
+        elif self.progressive == 'output_skip':
+          modules += [layers.group_norm(in_ch), layers.conv3x3(in_ch, channels, init_scale=m.init_scale)]
+        else:
+          modules.append(layers.Upsample(in_ch=pyramid_ch, out_ch=in_ch, fir=m.fir, fir_kernel=m.fir_kernel,
+                                         with_conv=True))
+          pyramid_ch = in_ch
+      if i_level != 0:
+        if self.resblock_type == 'ddpm':
+          modules.append(layers.Upsample(in_ch=in_ch, with_conv=m.resamp_with_conv, fir=m.fir,
+                                         fir_kernel=m.fir_kernel))
+        else:
+          modules.append(resblock(in_ch=in_ch, up=True))
+    if self.progressive != 'output_skip':
+      modules += [layers.group_norm(in_ch), layers.conv3x3(in_ch, channels, init_scale=m.init_scale)]
+
+  # ----------------------------------------------------------------------------------------------
+  # Forward (spec §2.4, §2.9.6)
+
+  def forward(self, x, time_cond):
+    modules = iter(self.all_modules)
+    temb, used_sigmas = self._embed_time(modules, time_cond)
+    if not self.centered:
+      x = 2 * x - 1.0  # data in [0, 1]
+    hs = self._encode(modules, x, temb)
+    h = self._decode(modules, hs, temb)
+    assert next(modules, None) is None
+    if self.scale_by_sigma:
+      h = h / used_sigmas.reshape((x.shape[0], *([1] * len(x.shape[1:]))))
+    return h
+
+  def _embed_time(self, modules, time_cond):
+    """Noise-level embedding, and the σ that `scale_by_sigma` divides by."""
+    if self.embedding_type == 'fourier':
+      used_sigmas = time_cond
+      temb = next(modules)(torch.log(used_sigmas))
+    else:
+      used_sigmas = self.sigmas[time_cond.long()]  # float64: promotes a scaled output to float64
+      temb = layers.get_timestep_embedding(time_cond, self.nf)
+    if not self.conditional:
+      return None, used_sigmas
+    temb = next(modules)(temb)
+    temb = next(modules)(self.act(temb))
+    return temb, used_sigmas
+
+  def _rescale_sum(self, a, b):
+    return (a + b) / layers.SQRT2 if self.skip_rescale else a + b
+
+  def _encode(self, modules, x, temb):
+    """Down path and middle; returns the skip stack with the middle output on top."""
+    input_pyramid = x
+    hs = [next(modules)(x)]
+    for i_level in range(self.num_resolutions):
+      for _ in range(self.num_res_blocks):
+        h = next(modules)(hs[-1], temb)
+        if h.shape[-1] in self.attn_resolutions:
+          h = next(modules)(h)
+        hs.append(h)
+      if i_level != self.num_resolutions - 1:
+        h = next(modules)(hs[-1]) if self.resblock_type == 'ddpm' else next(modules)(hs[-1], temb)
+        if self.progressive_input == 'input_skip':
+          input_pyramid = self.pyramid_downsample(input_pyramid)
+          h = next(modules)(input_pyramid, h)
+        elif self.progressive_input == 'residual':
+          input_pyramid = self._rescale_sum(next(modules)(input_pyramid), h)
+          h = input_pyramid
+        hs.append(h)
+    h = next(modules)(hs[-1], temb)
+    h = next(modules)(h)
+    hs.append(next(modules)(h, temb))
+    return hs
+
+  def _decode(self, modules, hs, temb):
+    h, pyramid = hs.pop(), None
+    for i_level in reversed(range(self.num_resolutions)):
+      for _ in range(self.num_res_blocks + 1):
+        h = next(modules)(torch.cat([h, hs.pop()], dim=1), temb)
+      if h.shape[-1] in self.attn_resolutions:
+        h = next(modules)(h)
+      if self.progressive != 'none':
+        h, pyramid = self._output_pyramid(modules, i_level, h, pyramid)
+      if i_level != 0:
+        h = next(modules)(h) if self.resblock_type == 'ddpm' else next(modules)(h, temb)
+    assert not hs
+    if self.progressive == 'output_skip':
+      return pyramid
+    h = self.act(next(modules)(h))
+    return next(modules)(h)
+
+  def _output_pyramid(self, modules, i_level, h, pyramid):
+    """One level of the `output_skip` / `residual` output pyramid; returns the new (h, pyramid)."""
+    if i_level == self.num_resolutions - 1:
+      pyramid = self.act(next(modules)(h))
+      return h, next(modules)(pyramid)
+    if self.progressive == 'output_skip':
+      pyramid = self.pyramid_upsample(pyramid)
+      pyramid_h = self.act(next(modules)(h))
+      return h, pyramid + next(modules)(pyramid_h)
+    pyramid = self._rescale_sum(next(modules)(pyramid), h)
+    return pyramid, pyramid

@@ -1,0 +1,361 @@
+"""Training loops: the score model (spec §5.4) and the noise-conditioned classifier (spec §5.5).
+
+Both run single-process or under `torchrun` (DistributedDataParallel: NCCL on GPUs, gloo on CPU). The configured
+`training.batch_size` is the GLOBAL batch: every update sees the same number of examples whatever the number of
+processes, each process taking an equal share (as the original's DataParallel split its batch across GPUs; with
+BatchNorm in train mode the DLSM gradient couples the examples of one share only, B35). Only rank 0 writes.
+
+A run lives in `workdir`: checkpoints/checkpoint_<step>.pth (step = completed updates, B26), tensorboard/, samples/,
+log.txt. A restarted run resumes from the newest complete checkpoint (model, EMA, optimizer, step; B25). Updates run
+for steps 0 … n_iters inclusive, i.e. n_iters + 1 updates, as the original (B27).
+"""
+import datetime
+import logging
+import os
+import random
+import sys
+import types
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+import datasets
+import losses
+import sde_lib
+from models import checkpoint as ckpt
+from models import utils as mutils
+
+SCORE_LOSS_EPS = 1e-3  # the DLSM repository's score-training time range [1e-3, 1] (spec §1.4)
+
+
+# ---------------------------------------------------------------------------------------------- run set-up
+
+
+class Run:
+  """Process-level context of one training run: ranks, device, log file, TensorBoard, progress bar."""
+
+  def __init__(self, config, workdir):
+    self.workdir = workdir
+    self.world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    self.rank = int(os.environ.get('RANK', '0'))
+    self.device = self._setup_device(config)
+    self.is_main = self.rank == 0
+    self.ckpt_dir = os.path.join(workdir, 'checkpoints')
+    self.writer = None
+    self.log_handler = None
+    self.progress = None
+
+  def _setup_device(self, config):
+    device = mutils.get_device(config)
+    if self.world_size > 1:
+      local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+      if device.type == 'cuda':
+        device = torch.device('cuda', local_rank)
+        torch.cuda.set_device(device)
+      if not dist.is_initialized():
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo',
+                                timeout=datetime.timedelta(minutes=30))
+    config.device = str(device)  # so create_model / samplers place everything here
+    return device
+
+  def __enter__(self):
+    if self.is_main:
+      os.makedirs(self.ckpt_dir, exist_ok=True)
+      self.log_handler = logging.FileHandler(os.path.join(self.workdir, 'log.txt'))
+      self.log_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
+      root = logging.getLogger()
+      root.addHandler(self.log_handler)
+      self._root_level = root.level
+      if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+      self.writer = tensorboard_writer(os.path.join(self.workdir, 'tensorboard'))
+    return self
+
+  def __exit__(self, exc_type, exc, traceback):
+    if self.progress is not None:
+      self.progress.close()
+    if exc is not None and self.is_main:
+      logging.error('Training stopped: %s: %s', type(exc).__name__, exc)
+    if self.writer is not None:
+      self.writer.close()
+    if self.log_handler is not None:
+      root = logging.getLogger()
+      root.removeHandler(self.log_handler)
+      root.setLevel(self._root_level)
+      self.log_handler.close()
+    if self.world_size > 1 and dist.is_initialized() and exc is None:
+      dist.barrier()
+    return False
+
+  def seed(self, config, initial_step):
+    """Seed torch / NumPy / random from config.seed (B30); ranks and resumed runs get distinct streams."""
+    seed = config.seed + 100_003 * self.rank + initial_step
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+  def wrap(self, model):
+    """DistributedDataParallel around `model` when running under torchrun."""
+    if self.world_size == 1:
+      return model
+    device_ids = [self.device.index] if self.device.type == 'cuda' else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+  def data(self, config, split, initial_step, **options):
+    """Batches of `split`, this rank's share; the order depends on config.seed and the starting step."""
+    return datasets.get_dataset(config, split, seed=config.seed + initial_step, rank=self.rank,
+                                world_size=self.world_size, **options)
+
+  def mean(self, value):
+    """Mean of a scalar tensor over the ranks, as a Python float."""
+    value = value.detach().float().reshape(1)
+    if self.world_size > 1:
+      dist.all_reduce(value)
+      value /= self.world_size
+    return value.item()
+
+  def total(self, value):
+    """Sum of a tensor over the ranks."""
+    value = value.detach().clone()
+    if self.world_size > 1:
+      dist.all_reduce(value)
+    return value
+
+  def start_progress(self, initial_step, num_updates, description):
+    self.progress = tqdm(total=num_updates, initial=initial_step, desc=description, disable=not self.is_main,
+                         mininterval=1.0, dynamic_ncols=True)
+
+  def scalar(self, tag, value, step):
+    if self.writer is not None:
+      self.writer.add_scalar(tag, value, step)
+
+
+def tensorboard_writer(log_dir):
+  """torch's SummaryWriter without TensorFlow: tensorboard's own stub replaces TF (training never imports TF)."""
+  if 'tensorflow' not in sys.modules:
+    sys.modules.setdefault('tensorboard.compat.notf', types.ModuleType('tensorboard.compat.notf'))
+  from torch.utils.tensorboard import SummaryWriter
+  return SummaryWriter(log_dir)
+
+
+def ensure_finite(value, step, what):
+  if not np.isfinite(value):
+    raise losses.NonFiniteLossError(f'{what} is {value} at step {step}; stopping. The last checkpoint written '
+                                    f'before this step is intact.')
+
+
+def save_training_checkpoint(run, config, model, optimizer, step, ema=None):
+  """Atomic checkpoint_<step>.pth on rank 0, refused if a parameter is not finite."""
+  if not run.is_main:
+    return
+  bad = [name for name, p in ckpt.unwrap(model).named_parameters() if not torch.isfinite(p).all()]
+  if bad:
+    raise losses.NonFiniteLossError(f'Parameters {bad[:3]} are not finite at step {step}; no checkpoint written.')
+  path = ckpt.checkpoint_path(run.ckpt_dir, step)
+  ckpt.save_checkpoint(path, model, optimizer=optimizer, step=step, ema=ema)
+  ckpt.prune_checkpoints(run.ckpt_dir, config.training.get('keep_checkpoints', 0))
+  logging.info('Saved checkpoint %s', path)
+
+
+def resume_step(run, model, optimizer, ema=None):
+  """Restore the newest complete checkpoint of the run, if any; returns the number of completed updates."""
+  path = ckpt.latest_checkpoint(run.ckpt_dir)
+  if path is None:
+    return 0
+  step = ckpt.restore_training_state(path, model, optimizer, ema=ema, device=run.device)
+  if run.is_main:
+    logging.info('Resumed from %s (step %d)', path, step)
+  return step
+
+
+def loss_eps(config, default):
+  """Lower end of the training time range: config.training.eps when present (the toy: 0), else `default`."""
+  eps = config.training.get('eps', None)
+  return default if eps is None else eps
+
+
+def new_ema(config, model):
+  from models.ema import ExponentialMovingAverage
+  return ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
+
+
+# ---------------------------------------------------------------------------------------------- score model
+
+
+def train_score(config, workdir):
+  """Train the score model of `config` in `workdir` (resuming when it holds checkpoints)."""
+  with Run(config, workdir) as run:
+    sde, sampling_eps = sde_lib.get_sde(config)
+    score_model = mutils.create_model(config)
+    ema = new_ema(config, score_model)
+    optimizer = losses.get_optimizer(config, score_model.parameters())
+    initial_step = resume_step(run, score_model, optimizer, ema)
+    if initial_step == 0 and config.model.get('score_restore_path', None):
+      # --restore on the score trainer: start from those EMA weights, fresh optimizer (spec §5.4.1).
+      ckpt.restore_score_model(config.model.score_restore_path, score_model, ema, run.device)
+      if run.is_main:
+        logging.info('Initialised from %s', config.model.score_restore_path)
+    run.seed(config, initial_step)
+    state = dict(model=run.wrap(score_model), optimizer=optimizer, ema=ema, step=initial_step)
+    step_options = dict(reduce_mean=config.training.reduce_mean, continuous=config.training.continuous,
+                        likelihood_weighting=config.training.likelihood_weighting,
+                        eps=loss_eps(config, SCORE_LOSS_EPS), weighting=config.model.get('weighting_dsm', 1))
+    train_step = losses.get_step_fn(sde, True, losses.optimization_manager(config), **step_options)
+    eval_step = losses.get_step_fn(sde, False, **step_options)
+    train_batches = iter(run.data(config, 'train', initial_step))
+    eval_batches = iter(run.data(config, 'test', initial_step + 1))  # training options (flip, repeat), B34
+    scaler = datasets.get_data_scaler(config)
+    num_updates = config.training.n_iters + 1
+    if run.is_main:
+      logging.info('Score training: steps %d..%d, %d process(es), device %s\n%s', initial_step, num_updates,
+                   run.world_size, run.device, config)
+    run.start_progress(initial_step, num_updates, 'score')
+
+    for step in range(initial_step, num_updates):
+      batch = scaler(next(train_batches)[0].to(run.device))
+      loss = train_step(state, batch)
+      if step % config.training.log_freq == 0:
+        report_loss(run, 'training_loss', loss, step, lr=optimizer.param_groups[0]['lr'])
+      if step % config.training.eval_freq == 0:
+        eval_batch = scaler(next(eval_batches)[0].to(run.device))
+        eval_loss = run.mean(eval_step(dict(model=score_model, ema=ema), eval_batch))
+        log_value(run, 'eval_loss', eval_loss, step)
+      completed = step + 1
+      if completed % config.training.snapshot_freq == 0 or completed == num_updates:
+        ensure_finite(run.mean(loss), step, 'The training loss')
+        save_training_checkpoint(run, config, score_model, optimizer, completed, ema)
+        if config.training.snapshot_sampling:
+          snapshot_samples(run, config, sde, sampling_eps, score_model, ema, completed)
+      run.progress.update(1)
+
+
+def report_loss(run, tag, loss, step, lr=None):
+  """Log a training loss (mean over ranks) and stop on NaN/inf."""
+  value = run.mean(loss)
+  log_value(run, tag, value, step)
+  if lr is not None:
+    run.scalar('lr', lr, step)
+  ensure_finite(value, step, 'The training loss')
+
+
+def log_value(run, tag, value, step, fmt='%.5e'):
+  if run.is_main:
+    logging.info('step: %d, %s: ' + fmt, step, tag, value)
+    run.scalar(tag, value, step)
+    run.progress.set_postfix({tag: f'{value:.4g}'}, refresh=False)
+
+
+def snapshot_samples(run, config, sde, sampling_eps, score_model, ema, step):
+  """Unconditional samples with the EMA weights -> samples/iter_<step>/sample.npy and sample.png (spec §5.4)."""
+  if config.data.dataset == 'moons':
+    return
+  try:
+    import sampling
+  except ImportError as error:
+    logging.warning('Snapshot sampling skipped (%s)', error)
+    return
+  import torchvision
+  shape = (config.training.batch_size // run.world_size, config.data.num_channels, config.data.image_size,
+           config.data.image_size)
+  sampling_fn = sampling.get_sampling_fn(config, sde, shape, datasets.get_data_inverse_scaler(config), sampling_eps)
+  ema.store(score_model.parameters())
+  ema.copy_to(score_model.parameters())
+  samples, _ = sampling_fn(score_model)
+  ema.restore(score_model.parameters())
+  if run.world_size > 1:
+    gathered = [torch.empty_like(samples) for _ in range(run.world_size)]
+    dist.all_gather(gathered, samples.contiguous())
+    samples = torch.cat(gathered)
+  if not run.is_main:
+    return
+  folder = os.path.join(run.workdir, 'samples', f'iter_{step}')
+  os.makedirs(folder, exist_ok=True)
+  images = samples.clamp(0, 1)
+  np.save(os.path.join(folder, 'sample.npy'),
+          np.clip(images.permute(0, 2, 3, 1).cpu().numpy() * 255, 0, 255).astype(np.uint8))
+  torchvision.utils.save_image(images, os.path.join(folder, 'sample.png'), nrow=int(np.sqrt(len(images))),
+                               padding=2)
+
+
+# ---------------------------------------------------------------------------------------------- classifier
+
+
+def load_frozen_score_model(run, config):
+  """The score model from config.model.score_restore_path with its EMA weights, eval mode, no gradients."""
+  path = config.model.get('score_restore_path', None)
+  if not path:
+    raise ValueError('Classifier training needs a trained score model: pass --restore <score checkpoint> '
+                     '(or set config.model.score_restore_path).')
+  score_model = mutils.create_model(config)
+  ckpt.restore_score_model(path, score_model, new_ema(config, score_model), run.device,
+                           config_hint='the model.* fields of the classifier config')
+  score_model.eval().requires_grad_(False)
+  if run.is_main:
+    logging.info('Score model restored from %s (EMA weights)', path)
+  return score_model
+
+
+def train_classifier(config, workdir):
+  """Train the noise-conditioned classifier of `config` with the loss of config.model.loss_type (spec §1.7)."""
+  if not config.training.continuous:
+    raise ValueError('Classifier training needs training.continuous=True (as the original).')
+  with Run(config, workdir) as run:
+    sde, sampling_eps = sde_lib.get_sde(config)
+    score_model = load_frozen_score_model(run, config)
+    classifier = mutils.create_classifier(config)
+    optimizer = losses.get_optimizer(config, classifier.parameters())
+    initial_step = resume_step(run, classifier, optimizer)
+    run.seed(config, initial_step)
+    eps = loss_eps(config, sampling_eps)
+    state = dict(model=run.wrap(classifier), score_model=score_model, optimizer=optimizer, step=initial_step)
+    train_step = losses.get_classifier_step_fn(
+        sde, True, losses.optimization_manager(config), num_classes=config.classifier.classes, continuous=True,
+        loss_type=config.model.loss_type, weighting_dlsm=config.model.weighting_dlsm,
+        weighting_ce=config.model.weighting_ce, coef=config.model.coef, eps=eps)
+    correct_fn = losses.get_classifier_accuracy_fn(sde, eps)
+    train_batches = iter(run.data(config, 'train', initial_step))
+    test_batches = run.data(config, 'test', 0, batch_size=config.eval.batch_size, repeat=False, shuffle=False,
+                            random_flip=False)
+    scaler = datasets.get_data_scaler(config)
+    num_updates = config.training.n_iters + 1
+    if run.is_main:
+      logging.info('Classifier training (%s loss): steps %d..%d, %d process(es), device %s\n%s',
+                   config.model.loss_type, initial_step, num_updates, run.world_size, run.device, config)
+    run.start_progress(initial_step, num_updates, f'classifier ({config.model.loss_type})')
+
+    for step in range(initial_step, num_updates):
+      images, labels = next(train_batches)
+      loss = train_step(state, scaler(images.to(run.device)), labels.to(run.device))
+      if step % config.training.log_freq == 0:
+        report_loss(run, 'loss', loss, step, lr=optimizer.param_groups[0]['lr'])
+      completed = step + 1
+      if completed % config.training.snapshot_freq == 0 or completed == num_updates:
+        ensure_finite(run.mean(loss), step, 'The training loss')
+        save_training_checkpoint(run, config, classifier, optimizer, completed)
+      if step % config.training.eval_freq == 0:
+        accuracy = test_accuracy(run, classifier, correct_fn, test_batches, scaler)
+        log_value(run, 'eval_acc', accuracy, step, fmt='%.2e')
+      run.progress.update(1)
+
+
+def test_accuracy(run, classifier, correct_fn, test_batches, scaler):
+  """Accuracy in % over one pass of the test batches (spec §1.8), summed over the ranks."""
+  counts = torch.zeros(2, dtype=torch.float64, device=run.device)
+  for images, labels in test_batches:
+    labels = labels.to(run.device)
+    counts[0] += correct_fn(classifier, scaler(images.to(run.device)), labels)
+    counts[1] += len(labels)
+  correct, total = run.total(counts).tolist()
+  return 100. * correct / total
+
+
+TRAINERS = {'score': train_score, 'classifier': train_classifier}
+
+
+def train(config, workdir, model='score'):
+  """Dispatch on --model: 'score' or 'classifier'."""
+  if model not in TRAINERS:
+    raise ValueError(f'--model={model!r}; expected one of {sorted(TRAINERS)}.')
+  TRAINERS[model](config, workdir)

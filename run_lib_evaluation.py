@@ -1,0 +1,203 @@
+"""Evaluate the samples of a work directory as the paper (spec §4): stat file, Inception latents, FID/IS, PRDC.
+
+    python run_lib_evaluation.py --config configs/eval/cifar10/eval_cifar10_configs.py --workdir <run> \
+        --stat --latent --fidis --prdc --mode full --inception_dir <TF-GAN Inception folder> --data_dir data
+
+Steps run in the original order --stat -> --latent -> --prdc -> --fidis, each only when its flag is set. Files live in
+results/<workdir>: stat/stat.npz, latent/<c>/samples_<r>_latent.npz, metrics.json and metrics.txt (plus the
+original's fid_is.txt / prdc.txt in class mode).
+"""
+
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+from tqdm import tqdm
+
+import datasets
+import evaluation
+from models import utils as mutils
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Evaluation config file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Run folder name; files are read and written in results/<workdir>.')
+flags.DEFINE_enum('mode', 'full', ['full', 'class'], 'full: all samples at once; class: class-wise (CW) metrics.')
+flags.DEFINE_bool('stat', False, 'Build stat/stat.npz from the training split, grouped by class.')
+flags.DEFINE_bool('latent', False, 'Inception-encode the dataset (into stat.npz) and every sample file (into latent/).')
+flags.DEFINE_bool('fidis', False, 'Compute FID and Inception score.')
+flags.DEFINE_bool('prdc', False, 'Compute precision, recall, density and coverage.')
+flags.DEFINE_string('inception_dir', None, "Folder of TF-GAN's Inception module (overrides config.eval.inception_dir).")
+flags.DEFINE_string('data_dir', None, 'Folder holding cifar-10-batches-py / cifar-100-python (overrides data.root).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def stat_file(workdir):
+    return os.path.join(workdir, 'stat', 'stat.npz')
+
+
+def run_stat(config, workdir):
+    """stat.npz from the exact training split, class-contiguous, in the original layout (B15)."""
+    images, labels = datasets.load_cifar(config.data.root, config.data.dataset, train=True)
+    stat = evaluation.group_by_class(images, labels, config.classifier.classes)
+    os.makedirs(os.path.dirname(stat_file(workdir)), exist_ok=True)
+    np.savez(stat_file(workdir), **stat)
+    print(f'Stat: {len(images)} training images, {int(stat["size"].min())}-{int(stat["size"].max())} per class '
+          f'-> {stat_file(workdir)}')
+
+
+def check_samples(samples_dir, num_classes):
+    """Fail early, naming the folders, when any class has no sample files."""
+    empty = [c for c in range(num_classes) if not evaluation.sample_files(os.path.join(samples_dir, str(c)))]
+    if empty:
+        raise FileNotFoundError(f'no samples_<round>.npz files for classes {empty} under {samples_dir} '
+                                '(expected <class>/samples_<round>.npz); run run_lib_sampling.py first')
+
+
+def run_latent(config, workdir, inception):
+    """Inception features of the stat images (into stat.npz) and of every sample file (into latent/)."""
+    num_classes, batch_size = config.classifier.classes, config.eval.batch_size
+    stat = evaluation.load_stat(stat_file(workdir))
+    pools, logits = [], []
+    for c in tqdm(range(num_classes), desc='latent: dataset classes'):
+        start, size = int(stat['start'][c]), int(stat['size'][c])
+        images = evaluation.stat_images_uint8(stat['batch'][start:start + size])
+        pool, logit = evaluation.get_inception_features(images, inception, batch_size)
+        pools.append(pool)
+        logits.append(logit)
+    np.savez(stat_file(workdir), **stat, pool_3=np.concatenate(pools), logit=np.concatenate(logits))
+
+    samples_dir = os.path.join(workdir, 'eval_samples')
+    files = [path for c in range(num_classes) for path in evaluation.sample_files(os.path.join(samples_dir, str(c)))]
+    for path in tqdm(files, desc='latent: sample files'):
+        pool, logit = evaluation.get_inception_features(evaluation.load_sample_file(path), inception, batch_size)
+        out = evaluation.latent_path(os.path.join(workdir, 'latent'), path)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        np.savez_compressed(out, pool_3=pool, logits=logit)
+    print(f'Latent: {len(stat["batch"])} dataset images and {len(files)} sample files encoded')
+
+
+def load_features(config, workdir):
+    """Dataset pools (per class) and sample pools/logits (per class, round order) for the metrics."""
+    stat = evaluation.load_stat(stat_file(workdir))
+    if 'pool_3' not in stat:
+        raise FileNotFoundError(f'{stat_file(workdir)} holds no Inception features; run with --latent first')
+    starts, sizes = stat['start'].astype(int), stat['size'].astype(int)
+    real = [stat['pool_3'][s:s + n] for s, n in zip(starts, sizes)]
+    fake = [evaluation.load_class_latents(os.path.join(workdir, 'latent', str(c)))
+            for c in range(config.classifier.classes)]
+    return real, fake
+
+
+def full_mode_sets(real, fake):
+    """All real rows against an equal number of samples from every class (B16): min(class size, samples/class)."""
+    per_class = min(min(len(r) for r in real), min(len(pool) for pool, _ in fake))
+    fake_pool = np.concatenate([pool[:per_class] for pool, _ in fake])
+    fake_logits = np.concatenate([logit[:per_class] for _, logit in fake])
+    print(f'Full mode: {per_class} samples from each of {len(fake)} classes ({len(fake_pool)} in all) '
+          f'against {sum(len(r) for r in real)} training images')
+    return np.concatenate(real), fake_pool, fake_logits, per_class
+
+
+def class_mode_sets(real, fake):
+    """Per class: its real rows against its first size_c samples (fewer if fewer exist)."""
+    return [(r, pool[:len(r)], logit[:len(r)]) for r, (pool, logit) in zip(real, fake)]
+
+
+def run_fidis(workdir, mode, sets):
+    if mode == 'full':
+        real_pool, fake_pool, fake_logits, per_class = sets
+        fid = evaluation.fid_from_activations(real_pool, fake_pool)
+        inception_score = evaluation.inception_score_from_logits(fake_logits)
+        print(f'FID: {fid:.2f} || IS: {inception_score:.2f}')
+        evaluation.update_metrics_file(workdir, 'full', dict(fid=fid, inception_score=inception_score,
+                                                             num_real=len(real_pool), num_fake=len(fake_pool),
+                                                             samples_per_class=per_class))
+        return
+    fids, scores = [], []
+    for c, (real_pool, fake_pool, fake_logits) in enumerate(sets):
+        fids.append(evaluation.fid_from_activations(real_pool, fake_pool))
+        scores.append(evaluation.inception_score_from_logits(fake_logits))
+        print(f'Class {c} ({len(fake_pool)} samples vs {len(real_pool)} real) || FID: {fids[-1]:.2f} || '
+              f'IS: {scores[-1]:.2f}')
+    cw_fid, cw_is = evaluation.classwise_average(fids), evaluation.classwise_average(scores)
+    print(f'Avg CW FID: {cw_fid:.2f}\nAvg CW IS: {cw_is:.2f}')
+    write_lists(os.path.join(workdir, 'fid_is.txt'), [scores, fids])  # the original's layout: IS line, FID line (B7)
+    evaluation.update_metrics_file(workdir, 'class', dict(cw_fid=cw_fid, cw_inception_score=cw_is, fid=fids,
+                                                          inception_score=scores,
+                                                          num_fake=[len(pool) for _, pool, _ in sets]))
+
+
+def _percentages(result):
+    return ' || '.join(f'{name.capitalize()}: {100 * value:.2f}%' for name, value in result.items())
+
+
+def run_prdc(workdir, mode, sets, nearest_k, device):
+    if mode == 'full':
+        real_pool, fake_pool, _, per_class = sets
+        result = evaluation.compute_prdc_chunked(real_pool, fake_pool, nearest_k, device=device)
+        print(_percentages(result))
+        evaluation.update_metrics_file(workdir, 'full', dict(result, nearest_k=nearest_k, num_real=len(real_pool),
+                                                             num_fake=len(fake_pool), samples_per_class=per_class))
+        return
+    per_class = {name: [] for name in ('precision', 'recall', 'density', 'coverage')}
+    for c, (real_pool, fake_pool, _) in enumerate(sets):
+        result = evaluation.compute_prdc_chunked(real_pool, fake_pool, nearest_k, device=device)
+        for name, value in result.items():
+            per_class[name].append(value)
+        print(f'Class {c} || {_percentages(result)}')
+    averages = {name: evaluation.classwise_average(values) for name, values in per_class.items()}
+    for name, value in averages.items():
+        print(f'Avg CW {name.capitalize()}: {100 * value:.2f}%')
+    write_lists(os.path.join(workdir, 'prdc.txt'), list(per_class.values()))
+    evaluation.update_metrics_file(workdir, 'class', dict(per_class, nearest_k=nearest_k,
+                                                          **{f'cw_{n}': v for n, v in averages.items()}))
+
+
+def write_lists(path, lists):
+    """One comma-separated line per list of numbers (the original meant to write these and crashed, B7)."""
+    with open(path, 'w') as f:
+        f.writelines(', '.join(f'{value:.6f}' for value in values) + '\n' for values in lists)
+
+
+def evaluate(config, workdir, mode, stat, latent, fidis, prdc):
+    """Run the requested steps in the original order, checking every input before the slow parts start."""
+    if latent:
+        inception_dir = evaluation.find_inception_dir(config.eval.inception_dir)
+        check_samples(os.path.join(workdir, 'eval_samples'), config.classifier.classes)
+    if (latent or fidis or prdc) and not stat and not os.path.isfile(stat_file(workdir)):
+        evaluation.load_stat(stat_file(workdir))  # raises the missing-stat error
+    if stat:
+        run_stat(config, workdir)
+    if latent:
+        run_latent(config, workdir, evaluation.load_inception(inception_dir))
+    if not (prdc or fidis):
+        return
+    real, fake = load_features(config, workdir)
+    sets = full_mode_sets(real, fake) if mode == 'full' else class_mode_sets(real, fake)
+    if prdc:
+        run_prdc(workdir, mode, sets, config.eval.nearest_k, mutils.get_device(config))
+    if fidis:
+        run_fidis(workdir, mode, sets)
+    print(f'Results written to {os.path.join(workdir, "metrics.json")} and metrics.txt')
+
+
+def main(argv):
+    del argv
+    config = FLAGS.config
+    if FLAGS.inception_dir is not None:
+        config.eval.inception_dir = FLAGS.inception_dir
+    if FLAGS.data_dir is not None:
+        config.data.root = FLAGS.data_dir
+    if not (FLAGS.stat or FLAGS.latent or FLAGS.fidis or FLAGS.prdc):
+        raise app.UsageError('nothing to do: pass at least one of --stat, --latent, --fidis, --prdc')
+    try:
+        evaluate(config, os.path.join('results', FLAGS.workdir), FLAGS.mode,
+                 FLAGS.stat, FLAGS.latent, FLAGS.fidis, FLAGS.prdc)
+    except FileNotFoundError as error:
+        sys.exit(f'run_lib_evaluation.py: error: {error}')
+
+
+if __name__ == '__main__':
+    app.run(main)

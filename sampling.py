@@ -1,0 +1,463 @@
+"""Classifier-guided samplers for score-based models (spec §1.9, §3).
+
+The guided score  ŝ(x, t) = s(x, t) + λ·∇x log(softmax(f(x, t)) + 1e-8)[y]  is written once
+(`get_guided_score_fn`); every predictor, corrector, the adaptive sampler and the probability-flow ODE
+sampler use it. Predictors and correctors are small builders, `builder(sde, score_fn, ...) -> update`,
+with `update(x, t) -> (x, x_mean)`; they work for any sample shape (B, ...). Random numbers are drawn
+with the same calls in the same order as the original code, so `torch.manual_seed(s)` reproduces its
+samples.
+"""
+import weakref
+
+import numpy as np
+import torch
+from scipy import integrate
+
+import sde_lib
+from models import utils as mutils
+from sde_lib import batch_broadcast
+
+_PREDICTORS = {}
+_CORRECTORS = {}
+
+
+def register_predictor(name):
+  """Registers a predictor builder `builder(sde, score_fn, probability_flow) -> update`."""
+  def add(builder):
+    _PREDICTORS[name] = builder
+    return builder
+  return add
+
+
+def register_corrector(name):
+  """Registers a corrector builder `builder(sde, score_fn, snr, n_steps) -> update`."""
+  def add(builder):
+    _CORRECTORS[name] = builder
+    return builder
+  return add
+
+
+def get_predictor(name):
+  if name not in _PREDICTORS:
+    raise ValueError(f'unknown predictor {name!r}; known: {sorted(_PREDICTORS)} and adaptive')
+  return _PREDICTORS[name]
+
+
+def get_corrector(name):
+  if name not in _CORRECTORS:
+    raise ValueError(f'unknown corrector {name!r}; known: {sorted(_CORRECTORS)}')
+  return _CORRECTORS[name]
+
+
+def _device_table(table):
+  """Returns `on(device)`, giving `table` on that device, copied at most once per device (B40)."""
+  copies = {}
+
+  def on(device):
+    if device not in copies:
+      copies[device] = table.to(device)
+    return copies[device]
+  return on
+
+
+def _langevin_alphas(sde):
+  """α_k table of the Langevin/ALD step: ones for VE; VP's α_k (sub-VP: a VP table with its β, B31)."""
+  if isinstance(sde, sde_lib.VPSDE):
+    return sde.alphas
+  if isinstance(sde, sde_lib.subVPSDE):
+    return 1. - torch.linspace(sde.beta_0 / sde.N, sde.beta_1 / sde.N, sde.N)
+  return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The guided score.
+
+def log_prob_grad(classifier_fn, x, t, labels, eps=1e-8):
+  """∇x log(softmax(f(x, t)) + eps)[labels] (eps = 0: log_softmax), through the classifier only."""
+  with torch.enable_grad():
+    x_in = x.detach().requires_grad_(True)
+    logits = classifier_fn(x_in, t).float()
+    if eps:
+      log_prob = torch.log(torch.softmax(logits, dim=-1) + eps)
+    else:
+      log_prob = torch.log_softmax(logits, dim=-1)
+    selected = log_prob.gather(-1, labels.reshape(-1, 1)).sum()
+    return torch.autograd.grad(selected, x_in)[0]
+
+
+def get_guided_score_fn(score_fn, classifier_fn=None, labels=None, scale=1.0, eps=1e-8):
+  """Returns ŝ(x, t) = s(x, t) + scale·log_prob_grad(...); the plain score without a classifier.
+
+  The score network runs without autograd; only the classifier sees a (detached, leaf) input with
+  gradients enabled.
+  """
+  def guided_score(x, t):
+    with torch.no_grad():
+      score = score_fn(x, t)
+    if classifier_fn is None:
+      return score
+    return score + scale * log_prob_grad(classifier_fn, x, t, labels, eps)
+  return guided_score
+
+
+# ---------------------------------------------------------------------------------------------
+# Predictors: update(x, t) -> (x, x_mean).
+
+@register_predictor('none')
+def none_predictor(sde, score_fn, probability_flow=False):
+  return lambda x, t: (x, x)
+
+
+@register_predictor('reverse_diffusion')
+def reverse_diffusion_predictor(sde, score_fn, probability_flow=False):
+  """x_mean = x − rev_f, x = x_mean + rev_G·z on the SDE's own discretisation (§3.9.2)."""
+  rsde = sde.reverse(score_fn, probability_flow)
+
+  def update(x, t):
+    rev_f, rev_G = rsde.discretize(x, t)
+    z = torch.randn_like(x)
+    x_mean = x - rev_f
+    return x_mean + batch_broadcast(rev_G, x) * z, x_mean
+  return update
+
+
+@register_predictor('euler_maruyama')
+def euler_maruyama_predictor(sde, score_fn, probability_flow=False):
+  """Euler–Maruyama step of the reverse SDE (§3.9.3); probability flow gives x = x_mean (B31)."""
+  rsde = sde.reverse(score_fn, probability_flow)
+  dt = -1. / sde.N
+
+  def update(x, t):
+    z = torch.randn_like(x)
+    drift, diffusion = rsde.sde(x, t)
+    x_mean = x + drift * dt
+    if probability_flow:
+      return x_mean, x_mean
+    return x_mean + batch_broadcast(diffusion, x) * np.sqrt(-dt) * z, x_mean
+  return update
+
+
+@register_predictor('ancestral_sampling')
+def ancestral_sampling_predictor(sde, score_fn, probability_flow=False):
+  """Ancestral (SMLD / DDPM) step (§3.9.4), with the guided score (B31)."""
+  if probability_flow:
+    raise ValueError('ancestral_sampling has no probability-flow form; use reverse_diffusion')
+  if isinstance(sde, sde_lib.VESDE):
+    return _ve_ancestral_update(sde, score_fn)
+  if isinstance(sde, sde_lib.VPSDE):
+    return _vp_ancestral_update(sde, score_fn)
+  raise NotImplementedError(f'ancestral_sampling supports VESDE and VPSDE, not {type(sde).__name__}')
+
+
+def _ve_ancestral_update(sde, score_fn):
+  sigmas = _device_table(sde.discrete_sigmas)
+
+  def update(x, t):
+    k = sde.timestep_index(t)
+    table = sigmas(t.device)
+    sigma = table[k]
+    adjacent_sigma = torch.where(k == 0, torch.zeros_like(t), table[k - 1])
+    score = score_fn(x, t)
+    x_mean = x + score * batch_broadcast(sigma ** 2 - adjacent_sigma ** 2, x)
+    std = torch.sqrt((adjacent_sigma ** 2 * (sigma ** 2 - adjacent_sigma ** 2)) / (sigma ** 2))
+    noise = torch.randn_like(x)
+    return x_mean + batch_broadcast(std, x) * noise, x_mean
+  return update
+
+
+def _vp_ancestral_update(sde, score_fn):
+  betas = _device_table(sde.discrete_betas)
+
+  def update(x, t):
+    beta = betas(t.device)[sde.timestep_index(t)]
+    score = score_fn(x, t)
+    x_mean = (x + batch_broadcast(beta, x) * score) / batch_broadcast(torch.sqrt(1. - beta), x)
+    noise = torch.randn_like(x)
+    return x_mean + batch_broadcast(torch.sqrt(beta), x) * noise, x_mean
+  return update
+
+
+# ---------------------------------------------------------------------------------------------
+# Correctors: update(x, t) -> (x, x_mean).
+
+@register_corrector('none')
+def none_corrector(sde, score_fn, snr, n_steps):
+  return lambda x, t: (x, x)
+
+
+def _alpha_fn(sde):
+  """Per-sample α of the Langevin/ALD step at t."""
+  alphas = _langevin_alphas(sde)
+  if alphas is None:
+    return torch.ones_like
+  table = _device_table(alphas)
+  return lambda t: table(t.device)[sde.timestep_index(t)]
+
+
+@register_corrector('langevin')
+def langevin_corrector(sde, score_fn, snr, n_steps):
+  """Langevin step sized by batch-mean norms of the (guided) score and the noise (§3.3)."""
+  alpha_at = _alpha_fn(sde)
+
+  def update(x, t):
+    alpha = alpha_at(t)
+    for _ in range(n_steps):
+      grad = score_fn(x, t)
+      noise = torch.randn_like(x)
+      grad_norm = torch.norm(grad.reshape(grad.shape[0], -1), dim=-1).mean()
+      noise_norm = torch.norm(noise.reshape(noise.shape[0], -1), dim=-1).mean()
+      step_size = (snr * noise_norm / grad_norm) ** 2 * 2 * alpha
+      x_mean = x + batch_broadcast(step_size, x) * grad
+      x = x_mean + batch_broadcast(torch.sqrt(step_size * 2), x) * noise
+    return x, x_mean
+  return update
+
+
+@register_corrector('ald')
+def annealed_langevin_corrector(sde, score_fn, snr, n_steps):
+  """Annealed Langevin dynamics: step 2·α·(snr·σ_t)² per sample (§3.9.5)."""
+  alpha_at = _alpha_fn(sde)
+
+  def update(x, t):
+    alpha = alpha_at(t)
+    std = sde.marginal_prob(x, t)[1]
+    for _ in range(n_steps):
+      grad = score_fn(x, t)
+      noise = torch.randn_like(x)
+      step_size = (snr * std) ** 2 * 2 * alpha
+      x_mean = x + batch_broadcast(step_size, x) * grad
+      x = x_mean + noise * batch_broadcast(torch.sqrt(step_size * 2), x)
+    return x, x_mean
+  return update
+
+
+# ---------------------------------------------------------------------------------------------
+# Turning models into score / logits functions (with the opt-in speed modes).
+
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _compiled(model):
+  """torch.compile(model), built once per model."""
+  if model not in _COMPILED:
+    _COMPILED[model] = torch.compile(model)
+  return _COMPILED[model]
+
+
+def _autocast(fn, device, dtype):
+  """fn under autocast to `dtype`, returning float32."""
+  if dtype in (None, torch.float32):
+    return fn
+
+  def reduced_precision_fn(x, t):
+    with torch.autocast(torch.device(device).type, dtype=dtype):
+      return fn(x, t).float()
+  return reduced_precision_fn
+
+
+def as_score_fn(sde, score_model, continuous=True, device='cpu', dtype=torch.float32, compile=False):
+  """A score function s(x, t) from a score network (eval mode) or an already-built callable."""
+  if not isinstance(score_model, torch.nn.Module):
+    return score_model
+  model = _compiled(score_model) if compile else score_model
+  return _autocast(mutils.get_score_fn(sde, model, train=False, continuous=continuous), device, dtype)
+
+
+def as_classifier_fn(sde, classifier_model, continuous=True, device='cpu', dtype=torch.float32,
+                     compile=False):
+  """A logits function f(x, t) from a classifier (eval mode) or an already-built callable."""
+  if classifier_model is None or not isinstance(classifier_model, torch.nn.Module):
+    return classifier_model
+  model = _compiled(classifier_model) if compile else classifier_model
+  return _autocast(mutils.get_classifier_fn(sde, model, train=False, continuous=continuous),
+                   device, dtype)
+
+
+def _as_labels(cond, batch_size, device):
+  if cond is None:
+    return None
+  return torch.as_tensor(cond, device=device).long().expand(batch_size)
+
+
+class _FrozenParameters:
+  """Turns off requires_grad of a module's parameters for a block (no weight-gradient work)."""
+
+  def __init__(self, *models):
+    self.params = [p for m in models if isinstance(m, torch.nn.Module) for p in m.parameters()]
+
+  def __enter__(self):
+    self.flags = [p.requires_grad for p in self.params]
+    for p in self.params:
+      p.requires_grad_(False)
+
+  def __exit__(self, *exc):
+    for p, flag in zip(self.params, self.flags):
+      p.requires_grad_(flag)
+
+
+# ---------------------------------------------------------------------------------------------
+# Samplers.
+
+def _time_grid(sde, eps, batch_size, device):
+  """t_i = linspace(T, eps, N) in float32 (computed on the CPU, so every device uses the same grid),
+  broadcast to (N, B)."""
+  timesteps = torch.linspace(sde.T, eps, sde.N)
+  return timesteps[:, None].expand(sde.N, batch_size).contiguous().to(device)
+
+
+def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps=1,
+                   probability_flow=False, continuous=False, denoise=True, eps=1e-3, device='cuda',
+                   scale=1.0, dtype=torch.float32, compile=False):
+  """Predictor–corrector sampler (§3.2); `predictor == 'adaptive'` selects the adaptive loop (§3.9.7).
+
+  Returns `sampler(score_model, classifier_model=None, cond=None) -> (samples, nfe)`. Models are
+  nn.Modules (wrapped with models.utils.get_score_fn / get_classifier_fn in eval mode) or callables
+  f(x, t) used as they are; `cond` holds the target class per sample (or one int). Guidance is used
+  when both a classifier and `cond` are given.
+  """
+  adaptive = predictor == 'adaptive'
+  if isinstance(predictor, str) and not adaptive:
+    predictor = get_predictor(predictor)
+  make_corrector = get_corrector(corrector) if isinstance(corrector, str) else corrector
+  device = torch.device(device)
+
+  def guided_score_fn(score_model, classifier_model, cond):
+    score_fn = as_score_fn(sde, score_model, continuous, device, dtype, compile)
+    labels = _as_labels(cond, shape[0], device)
+    classifier_fn = as_classifier_fn(sde, classifier_model, continuous, device, dtype, compile)
+    if labels is None:
+      classifier_fn = None
+    return get_guided_score_fn(score_fn, classifier_fn, labels, scale)
+
+  def pc_loop(score_fn):
+    predictor_update = predictor(sde, score_fn, probability_flow)
+    corrector_update = make_corrector(sde, score_fn, snr, n_steps)
+    x = sde.prior_sampling(shape).to(device)
+    x_mean = x
+    for t in _time_grid(sde, eps, shape[0], device):
+      x, x_mean = corrector_update(x, t)
+      x, x_mean = predictor_update(x, t)
+    return x_mean if denoise else x, sde.N * (n_steps + 1)
+
+  def adaptive_loop(score_fn):
+    corrector_update = make_corrector(sde, score_fn, snr, n_steps)
+    x, nfe = adaptive_sample(sde, score_fn, corrector_update, shape, eps, device, probability_flow)
+    if denoise:
+      x = denoise_update(sde, score_fn, x, eps)
+    return x, nfe
+
+  loop = adaptive_loop if adaptive else pc_loop
+
+  def pc_sampler(score_model, classifier_model=None, cond=None):
+    score_fn = guided_score_fn(score_model, classifier_model, cond)
+    with torch.no_grad(), _FrozenParameters(score_model, classifier_model):
+      x, nfe = loop(score_fn)
+      return inverse_scaler(x), nfe
+  return pc_sampler
+
+
+def denoise_update(sde, score_fn, x, eps):
+  """One reverse-diffusion step at t = eps keeping x_mean (the final noise removal, §3.5)."""
+  t = torch.full((x.shape[0],), eps, device=x.device)
+  return reverse_diffusion_predictor(sde, score_fn)(x, t)[1]
+
+
+def adaptive_sample(sde, score_fn, corrector_update, shape, eps, device, probability_flow=False,
+                    h_init=0.5, abstol=0.0078, reltol=0.01, safety=0.9, exp=0.9):
+  """Adaptive-step Heun/EM loop of §3.9.7, ending at the sampler's own eps (B42).
+
+  Returns (x, number of iterations).
+  """
+  rsde = sde.reverse(score_fn, probability_flow)
+  x = sde.prior_sampling(shape).to(device)
+  t = torch.full((shape[0],), sde.T, device=device)
+  h = torch.full((shape[0],), h_init, device=device)
+  iterations = 0
+  while torch.any(torch.abs(t - eps) > 1e-6):
+    x, x_prev = corrector_update(x, t)
+    x, t, h = _adaptive_step(rsde, x, x_prev, t, h, eps, abstol, reltol, safety, exp)
+    iterations += 1
+  return x, iterations
+
+
+def _reverse_drift(rsde, x, t):
+  drift, diffusion = rsde.sde(x, t)
+  return drift, torch.as_tensor(diffusion, dtype=x.dtype, device=x.device).expand(x.shape[0])
+
+
+def _adaptive_step(rsde, x, x_prev, t, h, eps, abstol, reltol, safety, exp):
+  """One Heun-extrapolated step with a per-sample error estimate; accepts where the error ≤ 1."""
+  z = torch.randn_like(x)
+  sqrt_h = batch_broadcast(torch.sqrt(h), x)
+  drift, diffusion = _reverse_drift(rsde, x, t)
+  k1 = -batch_broadcast(h, x) * drift + batch_broadcast(diffusion, x) * sqrt_h * z
+  drift, diffusion = _reverse_drift(rsde, x + k1, t - h)
+  k2 = -batch_broadcast(h, x) * drift + batch_broadcast(diffusion, x) * sqrt_h * z
+  x_new, x_check, error = x + (k1 + k2) / 2, x + k1, (k2 - k1) / 2
+  tol = torch.clamp(reltol * torch.maximum(x_prev.abs(), x_check.abs()), min=abstol)
+  e = torch.sqrt(((error / tol) ** 2).reshape(x.shape[0], -1).mean(dim=-1))
+  accept = e <= 1
+  x = torch.where(batch_broadcast(accept, x), x_new, x)
+  t = torch.where(accept, t - h, t)
+  growth = torch.where(h > 0, safety * h * e ** (-exp), torch.zeros_like(h))
+  h = torch.minimum(torch.clamp(t - eps, min=0), growth)
+  return x, t, h
+
+
+def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1e-5, method='RK45',
+                    eps=1e-3, device='cuda', scale=1.0, continuous=True, dtype=torch.float32,
+                    compile=False):
+  """Guided probability-flow ODE sampler (§3.9.6): scipy solve_ivp from T to eps.
+
+  Returns `sampler(score_model, classifier_model=None, cond=None, z=None) -> (samples, nfe)`, nfe being
+  the solver's function-evaluation count.
+  """
+  device = torch.device(device)
+
+  def ode_sampler(score_model, classifier_model=None, cond=None, z=None):
+    score_fn = as_score_fn(sde, score_model, continuous, device, dtype, compile)
+    labels = _as_labels(cond, shape[0], device)
+    classifier_fn = as_classifier_fn(sde, classifier_model, continuous, device, dtype, compile)
+    guided = get_guided_score_fn(score_fn, classifier_fn if labels is not None else None, labels,
+                                 scale)
+    rsde = sde.reverse(guided, probability_flow=True)
+
+    def ode_func(t, y):
+      x = torch.from_numpy(y.reshape(shape)).to(device, torch.float32)
+      drift = rsde.sde(x, torch.full((shape[0],), t, dtype=torch.float32, device=device))[0]
+      return drift.cpu().numpy().reshape(-1).astype(np.float64)
+
+    with torch.no_grad(), _FrozenParameters(score_model, classifier_model):
+      x = sde.prior_sampling(shape).to(device) if z is None else z.to(device)
+      solution = integrate.solve_ivp(ode_func, (sde.T, eps), x.cpu().numpy().reshape(-1).astype(np.float64),
+                                     rtol=rtol, atol=atol, method=method)
+      x = torch.from_numpy(solution.y[:, -1].reshape(shape)).to(device, torch.float32)
+      if denoise:
+        x = denoise_update(sde, guided, x, eps)
+      return inverse_scaler(x), int(solution.nfev)
+  return ode_sampler
+
+
+def get_sampling_fn(config, sde, shape, inverse_scaler, eps):
+  """Sampler from `config.sampling` (method 'pc' or 'ode'): fn(score_model, classifier_model=None,
+  cond=None) -> (samples, nfe). `config.sampling.conditional` requires a classifier and `cond`."""
+  s = config.sampling
+  common = dict(eps=eps, device=mutils.get_device(config), scale=float(s.scaling_factor),
+                continuous=config.training.continuous, dtype=getattr(torch, s.get('dtype', 'float32')),
+                compile=bool(s.get('compile', False)))
+  method = s.method.lower()
+  if method == 'ode':
+    sampler = get_ode_sampler(sde, shape, inverse_scaler, denoise=s.noise_removal,
+                              rtol=s.get('ode_rtol', 1e-5), atol=s.get('ode_atol', 1e-5), **common)
+  elif method == 'pc':
+    sampler = get_pc_sampler(sde, shape, s.predictor.lower(), s.corrector.lower(), inverse_scaler,
+                             s.snr, n_steps=s.n_steps_each, probability_flow=s.probability_flow,
+                             denoise=s.noise_removal, **common)
+  else:
+    raise ValueError(f'unknown sampling.method {s.method!r}; use pc or ode')
+
+  def sampling_fn(score_model, classifier_model=None, cond=None):
+    if s.get('conditional', False) and (classifier_model is None or cond is None):
+      raise ValueError('sampling.conditional is set: pass a classifier and the target classes')
+    return sampler(score_model, classifier_model, cond)
+  return sampling_fn

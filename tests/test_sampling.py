@@ -1,0 +1,260 @@
+"""Samplers: golden PC steps and seeded runs of the original, plus exact-score checks of every component."""
+import numpy as np
+import pytest
+import torch
+
+import sampling
+import sde_lib
+from models import utils as mutils
+from tests.helpers import assert_close_to_golden
+
+# ---------------------------------------------------------------------------------------------
+# A two-class Gaussian mixture in 2-D: exact scores and Bayes-optimal classifier logits at every t,
+# so the guided score with scale 1 is exactly the class-conditional score.
+
+MEANS = torch.tensor([[3., 0.], [-3., 1.]])
+DATA_STD = 0.5
+
+
+def _perturbed_stats(sde, t):
+  """Mean coefficient a(t) and variance a²s² + σ(t)² of each perturbed mixture component."""
+  a = sde.marginal_prob(torch.ones(t.shape[0], 1), t)[0][:, 0]
+  std = sde.marginal_prob(torch.zeros(t.shape[0], 1), t)[1]
+  return a, a ** 2 * DATA_STD ** 2 + std ** 2
+
+
+def mixture_fns(sde):
+  def logits_fn(x, t):
+    a, var = _perturbed_stats(sde, t)
+    diff = x[:, None, :] - a[:, None, None] * MEANS
+    return -(diff ** 2).sum(-1) / (2 * var[:, None])
+
+  def score_fn(x, t):
+    a, var = _perturbed_stats(sde, t)
+    weights = torch.softmax(logits_fn(x, t), dim=-1)
+    return -(x - a[:, None] * (weights @ MEANS)) / var[:, None]
+  return score_fn, logits_fn
+
+
+SDES = {
+    've': lambda n: (sde_lib.VESDE(sigma_min=0.01, sigma_max=10., N=n), 1e-5),
+    'vp': lambda n: (sde_lib.VPSDE(beta_min=0.1, beta_max=20., N=n), 1e-3),
+    'subvp': lambda n: (sde_lib.subVPSDE(beta_min=0.1, beta_max=20., N=n), 1e-3),
+}
+BATCH = 600
+LABELS = torch.arange(BATCH) % 2
+
+
+def _class_stats(x):
+  """Per-class sample means (2, 2) and the mean per-coordinate std."""
+  means = torch.stack([x[LABELS == c].mean(0) for c in (0, 1)])
+  stds = torch.stack([x[LABELS == c].std(0) for c in (0, 1)])
+  return means, stds.mean()
+
+
+def _run_pc(sde_name, predictor, corrector, n=200, scale=1.0, probability_flow=False, seed=0, snr=0.16):
+  sde, eps = SDES[sde_name](n)
+  score_fn, logits_fn = mixture_fns(sde)
+  sampler = sampling.get_pc_sampler(sde, (BATCH, 2), predictor, corrector, lambda x: x, snr=snr,
+                                    probability_flow=probability_flow, eps=eps, device='cpu',
+                                    scale=scale)
+  torch.manual_seed(seed)
+  return sampler(score_fn, logits_fn, LABELS)
+
+
+@pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
+@pytest.mark.parametrize('predictor,corrector', [
+    ('reverse_diffusion', 'langevin'), ('euler_maruyama', 'langevin'), ('ancestral_sampling', 'ald'),
+    ('reverse_diffusion', 'none'), ('none', 'langevin'), ('euler_maruyama', 'ald')])
+def test_guided_samplers_hit_the_class_conditionals(sde_name, predictor, corrector):
+  if predictor == 'ancestral_sampling' and sde_name == 'subvp':
+    pytest.skip('ancestral sampling is defined for VE and VP only')
+  n = 1000 if predictor == 'none' else 200  # Langevin alone needs more steps
+  x, nfe = _run_pc(sde_name, predictor, corrector, n=n)
+  assert nfe == 2 * n
+  means, std = _class_stats(x)
+  assert torch.allclose(means, MEANS, atol=0.15), means
+  assert abs(std - DATA_STD) < 0.1, std
+
+
+def test_guidance_scale_zero_samples_the_mixture():
+  x, _ = _run_pc('ve', 'reverse_diffusion', 'langevin', scale=0.)
+  upper = (x[:, 0] > 0).float().mean()
+  assert 0.4 < upper < 0.6  # both modes, whatever the label
+  x, _ = _run_pc('ve', 'reverse_diffusion', 'langevin', scale=1.)
+  assert ((x[:, 0] > 0) == (LABELS == 0)).all()
+
+
+def test_probability_flow_predictors_are_deterministic_and_guided():
+  for predictor in ('reverse_diffusion', 'euler_maruyama'):  # EM crashed in the original (B31)
+    x, _ = _run_pc('vp', predictor, 'none', probability_flow=True, n=400)
+    means, std = _class_stats(x)
+    assert torch.allclose(means, MEANS, atol=0.15), (predictor, means)
+    assert abs(std - DATA_STD) < 0.1
+    x2, _ = _run_pc('vp', predictor, 'none', probability_flow=True, n=400, seed=0)
+    assert torch.equal(x, x2)
+
+
+def test_unsupported_combinations_fail_at_construction():
+  sde = sde_lib.subVPSDE()
+  with pytest.raises(NotImplementedError, match='VESDE and VPSDE'):
+    sampling.get_predictor('ancestral_sampling')(sde, None)
+  with pytest.raises(ValueError, match='probability-flow'):
+    sampling.get_predictor('ancestral_sampling')(sde_lib.VESDE(), None, probability_flow=True)
+  with pytest.raises(ValueError, match='unknown predictor'):
+    sampling.get_predictor('heun')
+  with pytest.raises(ValueError, match='unknown corrector'):
+    sampling.get_corrector('hmc')
+
+
+@pytest.mark.parametrize('sde_name', ['ve', 'vp'])
+def test_adaptive_sampler_terminates_at_the_sampler_eps(sde_name):
+  # VP's eps is 1e-3: the original's own end time 1e-5 never terminated there (B42).
+  x, iterations = _run_pc(sde_name, 'adaptive', 'langevin')
+  assert 10 < iterations < 1000
+  means, std = _class_stats(x)
+  assert torch.allclose(means, MEANS, atol=0.15), means
+  assert abs(std - DATA_STD) < 0.1
+
+
+@pytest.mark.parametrize('sde_name', ['ve', 'vp'])
+def test_ode_sampler_is_guided_and_counts_evaluations(sde_name):
+  sde, eps = SDES[sde_name](1000)
+  if sde_name == 've':  # a deterministic flow keeps the prior's mismatch: make it negligible
+    sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=50., N=1000)
+  score_fn, logits_fn = mixture_fns(sde)
+  sampler = sampling.get_ode_sampler(sde, (BATCH, 2), lambda x: x, denoise=True, eps=eps, device='cpu')
+  torch.manual_seed(0)
+  x, nfe = sampler(score_fn, logits_fn, LABELS)
+  assert torch.isfinite(x).all()
+  assert 20 < nfe < 2000 and (nfe - 2) % 6 == 0  # RK45: 2 start-up evaluations + 6 per step
+  means, std = _class_stats(x)
+  assert torch.allclose(means, MEANS, atol=0.1), means
+  assert abs(std - DATA_STD) < 0.06
+  z = torch.randn(BATCH, 2) * (sde.sigma_max if sde_name == 've' else 1.)
+  assert torch.equal(sampler(score_fn, logits_fn, LABELS, z=z)[0], sampler(score_fn, logits_fn, LABELS, z=z)[0])
+
+
+def test_log_prob_grad_matches_the_closed_form():
+  sde, _ = SDES['ve'](10)
+  score_fn, logits_fn = mixture_fns(sde)
+  x, t = torch.randn(8, 2) * 3, torch.rand(8)
+  labels = torch.arange(8) % 2
+  grad = sampling.log_prob_grad(logits_fn, x, t, labels, eps=0)
+  guided = sampling.get_guided_score_fn(score_fn, logits_fn, labels, scale=1.0, eps=0)(x, t)
+  a, var = _perturbed_stats(sde, t)
+  conditional_score = -(x - a[:, None] * MEANS[labels]) / var[:, None]
+  assert torch.allclose(guided, conditional_score, atol=1e-5)
+  assert torch.allclose(grad, conditional_score - score_fn(x, t), atol=1e-5)
+  # The 1e-8 sits inside the log: a class with probability ≈ 0 gets a damped gradient.
+  far = torch.tensor([[40., 0.]])
+  damped = sampling.log_prob_grad(logits_fn, far, torch.tensor([0.]), torch.tensor([1]))
+  assert damped.abs().max() < 1e-3 * sampling.log_prob_grad(logits_fn, far, torch.tensor([0.]),
+                                                              torch.tensor([1]), eps=0).abs().max()
+
+
+# ---------------------------------------------------------------------------------------------
+# Golden files of the original (pc_step_small_{ve,vp}.pt): one guided Langevin + reverse-diffusion step
+# with the captured noise, and complete seeded runs of the original get_pc_sampler.
+
+GOLDEN_CASES = ['sf1_step0', 'sf1_step700', 'sf10_step0', 'sf10_step700']
+
+
+def _sde_from_record(record):
+  kwargs = {key: value for key, value in record.items() if key != 'type'}
+  return getattr(sde_lib, record['type'])(**kwargs)
+
+
+def _golden_step_components(record, guided_score_fn):
+  sde = _sde_from_record(record['sde'])
+  corrector = sampling.get_corrector('langevin')(sde, guided_score_fn, record['snr'], record['n_steps_each'])
+  predictor = sampling.get_predictor('reverse_diffusion')(sde, guided_score_fn, record['probability_flow'])
+  return corrector, predictor
+
+
+def _check_golden_step(case, corrector, predictor, rtol):
+  torch.manual_seed(case['torch_manual_seed'])  # reproduces the captured noises (checked below)
+  with torch.no_grad():
+    x, x_mean = corrector(case['x_in'], case['t'])
+    assert_close_to_golden(x_mean, case['corrector_x_mean'], rtol, 'corrector_x_mean')
+    assert_close_to_golden(x, case['corrector_x'], rtol, 'corrector_x')
+    x, x_mean = predictor(case['corrector_x'], case['t'])
+    assert_close_to_golden(x_mean, case['predictor_x_mean'], rtol, 'predictor_x_mean')
+    assert_close_to_golden(x, case['predictor_x'], rtol, 'predictor_x')
+
+
+@pytest.mark.parametrize('sde_name', ['ve', 'vp'])
+@pytest.mark.parametrize('case_name', GOLDEN_CASES)
+def test_golden_step_updates_from_the_stored_scores(golden, sde_name, case_name):
+  """The update algebra and the draw order alone: the guided scores are replayed from the file."""
+  record = golden(f'pc_step_small_{sde_name}')
+  case = record['cases'][case_name]
+  sf = case['scaling_factor']
+  replay = iter([case['corrector_score'] + sf * case['corrector_classifier_grad'],
+                 case['predictor_score'] + sf * case['predictor_classifier_grad']])
+  corrector, predictor = _golden_step_components(record, lambda x, t: next(replay))
+  _check_golden_step(case, corrector, predictor, rtol=1e-6)
+
+
+@pytest.mark.parametrize('sde_name', ['ve', 'vp'])
+@pytest.mark.parametrize('case_name', GOLDEN_CASES)
+def test_golden_step_with_the_networks(golden, request, sde_name, case_name):
+  record = golden(f'pc_step_small_{sde_name}')
+  case = record['cases'][case_name]
+  sde = _sde_from_record(record['sde'])
+  score_model = request.getfixturevalue(f'small_score_model_{sde_name}')
+  classifier = request.getfixturevalue('small_classifier')
+  score_fn = sampling.as_score_fn(sde, score_model, continuous=record['continuous'])
+  classifier_fn = sampling.as_classifier_fn(sde, classifier, continuous=record['continuous'])
+  with torch.no_grad():
+    assert_close_to_golden(score_fn(case['x_in'], case['t']), case['corrector_score'], name='score')
+  grad = sampling.log_prob_grad(classifier_fn, case['x_in'], case['t'], case['cond'])
+  assert_close_to_golden(grad, case['corrector_classifier_grad'], name='classifier grad')
+  guided = sampling.get_guided_score_fn(score_fn, classifier_fn, case['cond'], case['scaling_factor'])
+  corrector, predictor = _golden_step_components(record, guided)
+  _check_golden_step(case, corrector, predictor, rtol=1e-4)
+
+
+class _DrawRecorder:
+  """Wraps torch.randn / torch.randn_like to record every draw in call order."""
+
+  def __init__(self, monkeypatch):
+    self.draws = []
+    for name in ('randn', 'randn_like'):
+      original = getattr(torch, name)
+      monkeypatch.setattr(torch, name, self._recording(original))
+
+  def _recording(self, draw):
+    def recorded(*args, **kwargs):
+      value = draw(*args, **kwargs)
+      self.draws.append(value.clone())
+      return value
+    return recorded
+
+
+@pytest.mark.parametrize('sde_name', ['ve', 'vp'])
+@pytest.mark.parametrize('run_name', ['sf1', 'sf10'])
+def test_golden_mini_sampler_reproduces_the_original(golden, request, monkeypatch, sde_name, run_name):
+  record = golden(f'pc_step_small_{sde_name}')
+  mini, run = record['mini_sampler'], record['mini_sampler']['runs'][run_name]
+  sde = _sde_from_record(mini['sde'])
+  centered = record['config']['data.centered']
+  sampler = sampling.get_pc_sampler(
+      sde, tuple(mini['shape']), 'reverse_diffusion', 'langevin',
+      (lambda x: (x + 1.) / 2.) if centered else (lambda x: x), snr=record['snr'],
+      n_steps=record['n_steps_each'], probability_flow=record['probability_flow'],
+      continuous=record['continuous'], denoise=mini['denoise'], eps=mini['eps'], device='cpu',
+      scale=run['scaling_factor'])
+  score_model = request.getfixturevalue(f'small_score_model_{sde_name}')
+  classifier = request.getfixturevalue('small_classifier')
+  flags = [p.requires_grad for p in classifier.parameters()]
+  recorder = _DrawRecorder(monkeypatch)
+  torch.manual_seed(run['torch_manual_seed'])
+  output, nfe = sampler(score_model, classifier, run['cond'])
+  assert nfe == run['nfe']
+  assert len(recorder.draws) == len(run['rng_draws'])
+  for mine, theirs in zip(recorder.draws, run['rng_draws']):
+    assert torch.equal(mine, theirs)
+  assert_close_to_golden(output, run['output'], name='mini sampler output')
+  assert score_model.training is False and classifier.training is False
+  assert flags == [p.requires_grad for p in classifier.parameters()]  # frozen only while sampling

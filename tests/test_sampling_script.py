@@ -1,0 +1,196 @@
+"""run_lib_sampling.py end to end on tiny checkpoints: class ranges, sharding, resumption, clear errors."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import run_lib_sampling as rls
+from tests.helpers import REPO_ROOT, load_config
+
+EVAL_CONFIG = 'configs/eval/cifar10/eval_cifar10_configs.py'
+# Tiny networks, 3 PC steps, batches of 2 and (40 // 2) // 10 = 2 rounds per class.
+TINY = {'model.nf': 8, 'model.num_res_blocks': 1, 'model.num_scales': 3, 'classifier.resnet_base_width': 4,
+        'classifier.nf': 8, 'training.batch_size': 2, 'eval.num_samples': 40, 'device': 'cpu'}
+SAMPLE_SHAPE = (2, 32, 32, 3)
+
+
+def tiny_config():
+  config = load_config(EVAL_CONFIG)
+  for key, value in TINY.items():
+    *sections, field = key.split('.')
+    node = config
+    for section in sections:
+      node = node[section]
+    node[field] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory):
+  """Tiny score (with EMA) and classifier checkpoints written by the project's checkpoint writer."""
+  from models import checkpoint, utils as mutils
+  from models.ema import ExponentialMovingAverage
+  folder = tmp_path_factory.mktemp('checkpoints')
+  config = tiny_config()
+  torch.manual_seed(0)
+  score_model = mutils.create_model(config)
+  with torch.no_grad():  # leave no zero-initialised layer: the samples must depend on the network
+    for param in score_model.parameters():
+      param.add_(0.05 * torch.randn_like(param))
+  ema = ExponentialMovingAverage(score_model.parameters(), decay=0.999)
+  checkpoint.save_checkpoint(str(folder / 'score.pth'), score_model, step=1, ema=ema)
+  checkpoint.save_checkpoint(str(folder / 'classifier.pth'), mutils.create_classifier(config), step=1)
+  return {'score': str(folder / 'score.pth'), 'classifier': str(folder / 'classifier.pth')}
+
+
+def run_sampler(cwd, checkpoints, *args, restore=True):
+  command = [sys.executable, str(REPO_ROOT / 'run_lib_sampling.py'), f'--config={REPO_ROOT / EVAL_CONFIG}',
+             *[f'--config.{key}={value}' for key, value in TINY.items()], '--workdir=tiny', *args]
+  if restore:
+    command += [f'--restore={checkpoints["score"]}', f'--restore_classifier={checkpoints["classifier"]}']
+  env = {**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'OMP_NUM_THREADS': '1'}
+  return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def sample_files(cwd):
+  root = cwd / 'results' / 'tiny' / 'eval_samples'
+  return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob('*')) if path.is_file()}
+
+
+@pytest.fixture(scope='module')
+def one_run(tmp_path_factory, checkpoints):
+  """Classes 3 and 4 (--classidend is exclusive) in one process."""
+  cwd = tmp_path_factory.mktemp('one_run')
+  result = run_sampler(cwd, checkpoints, '--mode=class', '--classid=3', '--classidend=5')
+  assert result.returncode == 0, result.stderr
+  return cwd
+
+
+def test_class_range_is_end_exclusive_and_files_are_the_originals_format(one_run):
+  files = sample_files(one_run)
+  assert sorted(files) == [f'{c}/samples_{r}.{ext}' for c in (3, 4) for r in (0, 1) for ext in ('npz', 'png')]
+  for name in files:
+    path = one_run / 'results' / 'tiny' / 'eval_samples' / name
+    if name.endswith('.npz'):
+      with np.load(path) as archive:
+        assert list(archive.keys()) == ['samples']
+        samples = archive['samples']
+      assert samples.dtype == np.uint8 and samples.shape == SAMPLE_SHAPE
+      assert len(np.unique(samples)) > 10  # real images, not a constant
+    else:
+      assert Image.open(path).size == (32 + 2 * 2, 2 * 32 + 3 * 2)  # nrow = int(sqrt(2)) = 1, padding 2
+  # Different (class, round) batches have different seeds.
+  assert files['3/samples_0.npz'] != files['3/samples_1.npz'] != files['4/samples_0.npz']
+
+
+def test_two_shards_write_the_same_bytes_as_one_run(tmp_path, checkpoints, one_run):
+  for args in (['--mode=class', '--classid=4', '--classidend=5'], ['--mode=class', '--classid=3']):
+    result = run_sampler(tmp_path, checkpoints, *args)
+    assert result.returncode == 0, result.stderr
+  assert sample_files(tmp_path) == sample_files(one_run)
+
+
+def test_rerun_skips_complete_files_and_redoes_a_truncated_one(tmp_path, checkpoints, one_run):
+  reference = sample_files(one_run)
+  folder = tmp_path / 'results' / 'tiny' / 'eval_samples'
+  for name, content in reference.items():
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(content)
+  truncated = folder / '4' / 'samples_1.npz'
+  truncated.write_bytes(reference['4/samples_1.npz'][:300])  # what a kill during a plain write leaves
+  untouched = {name: (folder / name).stat().st_mtime_ns for name in reference if name != '4/samples_1.npz'}
+  result = run_sampler(tmp_path, checkpoints, '--mode=class', '--classid=3', '--classidend=5')
+  assert result.returncode == 0, result.stderr
+  assert '1 batches left' in result.stderr
+  assert sample_files(tmp_path) == reference
+  assert {name: (folder / name).stat().st_mtime_ns for name in untouched} == untouched
+  assert not [p for p in folder.rglob('*.tmp')]
+  result = run_sampler(tmp_path, checkpoints, '--mode=class', '--classid=3', '--classidend=5')
+  assert result.returncode == 0 and '0 batches left' in result.stderr
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--mode=class', '--classid=9', '--classidend=11'], 'classidend <= 10'),
+    (['--mode=class', '--classid=5', '--classidend=5'], 'classidend is exclusive'),
+    (['--mode=class', '--classid=-1'], '0 <= classid'),
+])
+def test_bad_class_ranges_fail_clearly(tmp_path, checkpoints, args, message):
+  result = run_sampler(tmp_path, checkpoints, *args)
+  assert result.returncode == 1
+  assert message in result.stderr and 'Traceback' not in result.stderr
+  assert not (tmp_path / 'results').exists()
+
+
+def test_missing_or_wrong_checkpoints_fail_clearly(tmp_path, checkpoints):
+  result = run_sampler(tmp_path, checkpoints, '--mode=class', restore=False)
+  assert result.returncode == 1 and 'No model.score_restore_path: pass --restore' in result.stderr
+  missing = str(tmp_path / 'nope.pth')
+  result = run_sampler(tmp_path, checkpoints, '--mode=class', f'--restore={missing}',
+                       f'--restore_classifier={checkpoints["classifier"]}', restore=False)
+  assert result.returncode == 1 and f'{missing} does not exist' in result.stderr
+  swapped = run_sampler(tmp_path, checkpoints, '--mode=class', f'--restore={checkpoints["classifier"]}',
+                        f'--restore_classifier={checkpoints["classifier"]}', restore=False)
+  assert swapped.returncode == 1 and 'score model' in swapped.stderr and 'Traceback' not in swapped.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process pieces.
+
+def test_class_range_semantics():
+  assert rls.class_range('full', 7, -1, 10) == list(range(10))
+  assert rls.class_range('class', 5, 7, 10) == [5, 6]  # the seed README: 5 inclusive to 7 exclusive
+  assert rls.class_range('class', 5, -1, 10) == [5]
+  assert rls.class_range('class', 0, 100, 100) == list(range(100))
+  for bad in ((10, -1), (3, 3), (4, 2), (0, 11)):
+    with pytest.raises(ValueError, match='exclusive'):
+      rls.class_range('class', *bad, 10)
+
+
+def test_rounds_per_class_follow_the_original():
+  config = load_config(EVAL_CONFIG)
+  assert rls.rounds_per_class(config) == 51
+  config = load_config('configs/eval/cifar100/eval_cifar100_configs.py')
+  assert rls.rounds_per_class(config) == 6
+  config.eval.num_samples = 50
+  with pytest.raises(ValueError, match='no full batch'):
+    rls.rounds_per_class(config)
+
+
+def test_ranks_split_the_work_list_exactly(tmp_path):
+  shards = [rls.pending_work(str(tmp_path), [2, 3, 4], 5, SAMPLE_SHAPE, rank, 4) for rank in range(4)]
+  together = [item for shard in shards for item in shard]
+  assert sorted(together) == [(c, r) for c in (2, 3, 4) for r in range(5)]
+  assert len(set(together)) == len(together)
+
+
+def test_seeds_are_distinct_per_batch_and_stable():
+  seeds = {rls.sample_seed(0, c, r) for c in range(100) for r in range(51)}
+  assert len(seeds) == 5100
+  assert rls.sample_seed(0, 3, 1) == rls.sample_seed(0, 3, 1) != rls.sample_seed(1, 3, 1)
+
+
+def test_quantisation_truncates_like_the_original():
+  x = torch.tensor([0., 0.999, 0.5, 1.2, -0.1, 1. / 255 - 1e-6]).reshape(1, 1, 2, 3)
+  assert rls.to_uint8(x).reshape(-1).tolist() == [0, 254, 127, 255, 0, 0]
+
+
+def test_is_complete_rejects_broken_files(tmp_path):
+  good, samples = tmp_path / 'good.npz', np.zeros(SAMPLE_SHAPE, np.uint8)
+  with open(good, 'wb') as file:
+    rls.write_npz(file, samples=samples)
+  assert rls.is_complete(str(good), SAMPLE_SHAPE)
+  assert not rls.is_complete(str(good), (3,) + SAMPLE_SHAPE[1:])
+  assert not rls.is_complete(str(tmp_path / 'absent.npz'), SAMPLE_SHAPE)
+  (tmp_path / 'cut.npz').write_bytes(good.read_bytes()[:-40])
+  assert not rls.is_complete(str(tmp_path / 'cut.npz'), SAMPLE_SHAPE)
+  np.savez(tmp_path / 'other.npz', images=samples)
+  assert not rls.is_complete(str(tmp_path / 'other.npz'), SAMPLE_SHAPE)
+  np.savez(tmp_path / 'float.npz', samples=samples.astype(np.float32))
+  assert not rls.is_complete(str(tmp_path / 'float.npz'), SAMPLE_SHAPE)
+  with open(tmp_path / 'again.npz', 'wb') as file:
+    rls.write_npz(file, samples=samples)
+  assert (tmp_path / 'again.npz').read_bytes() == good.read_bytes()
