@@ -51,21 +51,16 @@ def _is_saved_model_dir(path):
 def find_inception_dir(inception_dir=''):
     """Local folder of the Inception module: `inception_dir` if given, else its entry under $TFHUB_CACHE_DIR."""
     cache_root = os.environ.get('TFHUB_CACHE_DIR', '')
-    if inception_dir:
-        candidates = [inception_dir]
-    elif cache_root:
-        candidates = [hub_cache_dir(cache_root)]
-    else:
-        candidates = []
-    for path in candidates:
-        if _is_saved_model_dir(path):
-            return path
-    looked = ', '.join(candidates) if candidates else 'nowhere (no --inception_dir, eval.inception_dir or TFHUB_CACHE_DIR)'
+    path = inception_dir or (hub_cache_dir(cache_root) if cache_root else '')
+    if path and _is_saved_model_dir(path):
+        return path
+    where = f'in {path}' if path else '(no --inception_dir, config.eval.inception_dir or TFHUB_CACHE_DIR)'
     raise InceptionModuleNotFound(
         f"The Inception network of the paper, TF-GAN's TF-Hub module 'tfgan/eval/inception/1' ({INCEPTION_HANDLE}), "
-        f"was not found: looked in {looked}. It is a TF2 SavedModel folder holding 'saved_model.pb' and 'variables/' "
+        f"was not found {where}. It is a TF2 SavedModel folder holding 'saved_model.pb' and 'variables/' "
         "(variables.index, variables.data-*). No hub can be reached at run time, so fetch it once on a machine with "
-        "internet access, e.g. python -c \"import tensorflow_hub as hub; print(hub.resolve('" + INCEPTION_HANDLE + "'))\" "
+        "internet access, e.g. python -c \"import tensorflow_hub as hub; "
+        f"print(hub.resolve('{INCEPTION_HANDLE}'))\" "
         "prints the downloaded folder; copy that folder here and pass --inception_dir=<folder> (or set "
         "config.eval.inception_dir), or copy it to $TFHUB_CACHE_DIR/"
         f"{os.path.basename(hub_cache_dir(''))}.")
@@ -96,10 +91,14 @@ def load_inception(inception_dir=''):
 
 
 def get_inception_features(images, inception, batch_size=200):
-    """`pool_3` and `logits` of uint8 NHWC images in fixed-size batches on one device; the last batch is padded (B19)."""
+    """`pool_3` and `logits` of uint8 NHWC images in fixed-size batches on one device; the last batch is padded (B19).
+
+    Inputs smaller than `batch_size` (one sample file) form a single batch of their own size, not a padded one.
+    """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
         raise ValueError(f'expected a non-empty uint8 NHWC array, got {images.dtype} {images.shape}')
+    batch_size = min(batch_size, len(images))
     pools, logits = [], []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]

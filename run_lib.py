@@ -38,6 +38,7 @@ class Run:
 
   def __init__(self, config, workdir):
     self.workdir = workdir
+    self.config = config
     self.world_size = int(os.environ.get('WORLD_SIZE', '1'))
     self.rank = int(os.environ.get('RANK', '0'))
     self.device = self._setup_device(config)
@@ -61,16 +62,20 @@ class Run:
     return device
 
   def __enter__(self):
-    if self.is_main:
-      os.makedirs(self.ckpt_dir, exist_ok=True)
-      self.log_handler = logging.FileHandler(os.path.join(self.workdir, 'log.txt'))
-      self.log_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
-      root = logging.getLogger()
-      root.addHandler(self.log_handler)
-      self._root_level = root.level
-      if root.level > logging.INFO:
-        root.setLevel(logging.INFO)
-      self.writer = tensorboard_writer(os.path.join(self.workdir, 'tensorboard'))
+    root = logging.getLogger()
+    self._root_level = root.level
+    if not self.is_main:  # other ranks report warnings and errors only
+      root.setLevel(logging.WARNING)
+      return self
+    if root.level > logging.INFO:
+      root.setLevel(logging.INFO)
+    os.makedirs(self.ckpt_dir, exist_ok=True)
+    self.log_handler = logging.FileHandler(os.path.join(self.workdir, 'log.txt'))
+    self.log_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
+    root.addHandler(self.log_handler)
+    self.writer = tensorboard_writer(os.path.join(self.workdir, 'tensorboard'))
+    with open(os.path.join(self.workdir, 'config.txt'), 'w') as file:
+      file.write(str(self.config))
     return self
 
   def __exit__(self, exc_type, exc, traceback):
@@ -80,11 +85,11 @@ class Run:
       logging.error('Training stopped: %s: %s', type(exc).__name__, exc)
     if self.writer is not None:
       self.writer.close()
+    root = logging.getLogger()
     if self.log_handler is not None:
-      root = logging.getLogger()
       root.removeHandler(self.log_handler)
-      root.setLevel(self._root_level)
       self.log_handler.close()
+    root.setLevel(self._root_level)
     if self.world_size > 1 and dist.is_initialized() and exc is None:
       dist.barrier()
     return False
@@ -140,10 +145,12 @@ def tensorboard_writer(log_dir):
   return SummaryWriter(log_dir)
 
 
-def ensure_finite(value, step, what):
+def ensure_finite(run, value, step, what):
+  """Stop the run (all ranks see the same averaged value) when a loss is NaN or infinite."""
   if not np.isfinite(value):
-    raise losses.NonFiniteLossError(f'{what} is {value} at step {step}; stopping. The last checkpoint written '
-                                    f'before this step is intact.')
+    last = ckpt.latest_checkpoint(run.ckpt_dir)
+    raise losses.NonFiniteLossError(f'{what} is {value} at step {step}; stopping. Last good checkpoint: {last} '
+                                    f'(nothing was written after it).')
 
 
 def save_training_checkpoint(run, config, model, optimizer, step, ema=None):
@@ -209,8 +216,8 @@ def train_score(config, workdir):
     scaler = datasets.get_data_scaler(config)
     num_updates = config.training.n_iters + 1
     if run.is_main:
-      logging.info('Score training: steps %d..%d, %d process(es), device %s\n%s', initial_step, num_updates,
-                   run.world_size, run.device, config)
+      logging.info('Score training: updates %d to %d, %d process(es), device %s', initial_step, num_updates,
+                   run.world_size, run.device)
     run.start_progress(initial_step, num_updates, 'score')
 
     for step in range(initial_step, num_updates):
@@ -224,7 +231,7 @@ def train_score(config, workdir):
         log_value(run, 'eval_loss', eval_loss, step)
       completed = step + 1
       if completed % config.training.snapshot_freq == 0 or completed == num_updates:
-        ensure_finite(run.mean(loss), step, 'The training loss')
+        ensure_finite(run, run.mean(loss), step, 'The training loss')
         save_training_checkpoint(run, config, score_model, optimizer, completed, ema)
         if config.training.snapshot_sampling:
           snapshot_samples(run, config, sde, sampling_eps, score_model, ema, completed)
@@ -237,7 +244,7 @@ def report_loss(run, tag, loss, step, lr=None):
   log_value(run, tag, value, step)
   if lr is not None:
     run.scalar('lr', lr, step)
-  ensure_finite(value, step, 'The training loss')
+  ensure_finite(run, value, step, 'The training loss')
 
 
 def log_value(run, tag, value, step, fmt='%.5e'):
@@ -321,8 +328,8 @@ def train_classifier(config, workdir):
     scaler = datasets.get_data_scaler(config)
     num_updates = config.training.n_iters + 1
     if run.is_main:
-      logging.info('Classifier training (%s loss): steps %d..%d, %d process(es), device %s\n%s',
-                   config.model.loss_type, initial_step, num_updates, run.world_size, run.device, config)
+      logging.info('Classifier training (%s loss): updates %d to %d, %d process(es), device %s',
+                   config.model.loss_type, initial_step, num_updates, run.world_size, run.device)
     run.start_progress(initial_step, num_updates, f'classifier ({config.model.loss_type})')
 
     for step in range(initial_step, num_updates):
@@ -332,7 +339,7 @@ def train_classifier(config, workdir):
         report_loss(run, 'loss', loss, step, lr=optimizer.param_groups[0]['lr'])
       completed = step + 1
       if completed % config.training.snapshot_freq == 0 or completed == num_updates:
-        ensure_finite(run.mean(loss), step, 'The training loss')
+        ensure_finite(run, run.mean(loss), step, 'The training loss')
         save_training_checkpoint(run, config, classifier, optimizer, completed)
       if step % config.training.eval_freq == 0:
         accuracy = test_accuracy(run, classifier, correct_fn, test_batches, scaler)

@@ -116,21 +116,10 @@ def posterior_sm_distances(oracle, class_scores):
 
 # ------------------------------------------------------------------------------------------- samplers
 
-def posterior_score_fn(score_fn, classifier_fn=None, label=None, scale=1.0, eps=1e-8):
-    """Noise-level function of the guided score s(x, sigma) + scale ∇ log(softmax(f(x, sigma)) + eps)[label]."""
-    if classifier_fn is None:
-        return score_fn
-
-    def guided(x, sigma):
-        labels = torch.full((x.shape[0],), label, dtype=torch.long, device=x.device)
-        return score_fn(x, sigma) + scale * sampling.log_prob_grad(classifier_fn, x, sigma, labels, eps=eps)
-    return guided
-
-
 def annealed_sampler_sde(sigma_end, sigma_max, sigma_extra_min, num_steps):
     """VE SDE of the noise added on top of sigma_end: the networks see sqrt(sigma_end² + sigma(t)²).
 
-    Its reverse process anneals the network noise level from sigma_max down to sigma_end, so the sampler
+    Its reverse process anneals the networks' noise level from sigma_max down to sigma_end, so the sampler
     draws from p_{sigma_end}(x | y), the distribution the metrics and the PRDC reference set refer to.
     """
     extra_max = math.sqrt(sigma_max ** 2 - sigma_end ** 2)
@@ -138,52 +127,48 @@ def annealed_sampler_sde(sigma_end, sigma_max, sigma_extra_min, num_steps):
 
 
 def sample_annealed_pc(score_fn, classifier_fn, label, scale, num_samples, config, device):
-    """Corrected annealed PC sampler (T1 fixed): sigma decreases, reverse-diffusion predictor with step
-    sigma_i² - sigma_{i+1}², Langevin corrector with step delta and noise sqrt(2 delta) (sampling.py)."""
+    """Corrected annealed PC sampler (T1 fixed) = sampling.get_pc_sampler on `annealed_sampler_sde`: sigma
+    decreases, reverse-diffusion predictor with step sigma_i² - sigma_{i+1}², Langevin corrector with step
+    delta and noise sqrt(2 delta), guided by sampling.get_guided_score_fn."""
     cfg = config.sampling
     sigma_end = config.model.std
     sde = annealed_sampler_sde(sigma_end, config.model.sigma_max, cfg.sigma_extra_min, cfg.num_steps)
 
-    def noise_level(t):
-        extra = sde.marginal_prob(torch.zeros(()), t)[1]
-        return torch.sqrt(extra ** 2 + sigma_end ** 2)
+    def at_time(fn):  # noise-level function -> function of the sampler's time
+        return None if fn is None else (lambda x, t: fn(x, torch.sqrt(sde.marginal_std(t) ** 2 + sigma_end ** 2)))
 
-    def time_fn(fn):
-        return None if fn is None else (lambda x, t: fn(x, noise_level(t)))
-
-    labels = None if classifier_fn is None else torch.full((num_samples,), label, dtype=torch.long, device=device)
-    guided = sampling.get_guided_score_fn(time_fn(score_fn), time_fn(classifier_fn), labels, scale)
     sampler = sampling.get_pc_sampler(sde, (num_samples, 2), cfg.predictor, cfg.corrector, lambda x: x, cfg.snr,
                                       n_steps=cfg.n_steps_each, probability_flow=False, continuous=True,
-                                      denoise=cfg.noise_removal, eps=cfg.eps, device=device)
-    return sampler(guided)[0]
+                                      denoise=cfg.noise_removal, eps=cfg.eps, device=device, scale=scale)
+    return sampler(at_time(score_fn), at_time(classifier_fn), None if classifier_fn is None else label)[0]
 
 
 @torch.no_grad()
-def sample_original(posterior_fn, num_samples, config, device):
-    """The original `vesde_pc_sampler` (spec §6.9, bug T1 kept): sigma increases from std_min towards std_max,
-    the predictor step is exactly zero (omitted), x0 ~ N(0, I), and the corrector moves by sqrt(2 eps) g with
-    noise eps·noise_std — not a consistent Langevin pair."""
+def sample_original(score_fn, classifier_fn, label, scale, num_samples, config, device):
+    """The original `vesde_pc_sampler` (spec §6.9, bug T1 kept): sigma increases from sigma_min towards
+    sigma_max, the predictor step is exactly zero (omitted), x0 ~ N(0, I), and the corrector moves by
+    sqrt(2 epsilon) g with noise epsilon * noise_std — not a consistent Langevin pair. The guidance uses
+    log softmax without the 1e-8 (T3)."""
     cfg = config.sampling
     sigma_min, sigma_max = config.model.sigma_min, config.model.sigma_max
+    labels = torch.full((num_samples,), label, dtype=torch.long, device=device)
+    posterior = sampling.get_guided_score_fn(score_fn, classifier_fn, labels, scale, eps=0.)
     x = torch.randn(num_samples, 2, device=device)
     for i in range(cfg.num_steps):
-        sigma = sigma_min * (sigma_max / sigma_min) ** (i / cfg.num_steps)
-        g = posterior_fn(x, full_sigma(x, sigma))
+        g = posterior(x, full_sigma(x, sigma_min * (sigma_max / sigma_min) ** (i / cfg.num_steps)))
         x = x + math.sqrt(2 * cfg.epsilon) * g + cfg.epsilon * cfg.noise_std * torch.randn_like(x)
     return x
 
 
+SAMPLERS = {'annealed_pc': sample_annealed_pc, 'original': sample_original}
+
+
 def sample_class(score_fn, classifier_fn, label, scale, num_samples, config, device):
-    """num_samples points [num_samples, 2] of class `label` with the sampler selected by config.sampling.method."""
-    method = config.sampling.method
-    if method == 'annealed_pc':
-        return sample_annealed_pc(score_fn, classifier_fn, label, scale, num_samples, config, device)
-    if method == 'original':
-        # The original guides with log(softmax) without the 1e-8 (T3); log_softmax is its stable form.
-        posterior_fn = posterior_score_fn(score_fn, classifier_fn, label, scale, eps=0.)
-        return sample_original(posterior_fn, num_samples, config, device)
-    raise ValueError(f"config.sampling.method must be 'annealed_pc' or 'original', not {method!r}")
+    """num_samples points [num_samples, 2] of class `label` from the posterior score_fn + scale ∇ log p(label | x)
+    (classifier_fn None: score_fn alone) with the sampler named by config.sampling.method."""
+    if config.sampling.method not in SAMPLERS:
+        raise ValueError(f'config.sampling.method must be one of {sorted(SAMPLERS)}, not {config.sampling.method!r}')
+    return SAMPLERS[config.sampling.method](score_fn, classifier_fn, label, scale, num_samples, config, device)
 
 
 # ----------------------------------------------------------------------------------------------- PRDC

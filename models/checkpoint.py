@@ -7,6 +7,7 @@ Layout written (the original's, so files move both ways):
 Reading is weights-only with NumPy scalars allow-listed (B39), always mapped to a chosen device (B22),
 prefix-tolerant but strict about keys and shapes (B23), and validates the EMA length (B24).
 """
+import importlib
 import logging
 import os
 import re
@@ -119,19 +120,20 @@ def prune_checkpoints(ckpt_dir, keep):
 # ---------------------------------------------------------------------------------------------- reading
 
 
+_NUMPY_DTYPE_CLASSES = ('Float16DType', 'Float32DType', 'Float64DType', 'LongDoubleDType', 'Int8DType',
+                        'Int16DType', 'Int32DType', 'Int64DType', 'LongDType', 'LongLongDType', 'UInt8DType',
+                        'UInt16DType', 'UInt32DType', 'UInt64DType', 'ULongDType', 'ULongLongDType', 'BoolDType')
+
+
 def _numpy_scalar_globals():
-  """What unpickling a NumPy scalar needs (the released files store the warm-up lr as numpy.float64, B39)."""
-  names = ['Float16DType', 'Float32DType', 'Float64DType', 'LongDoubleDType', 'Int8DType', 'Int16DType',
-           'Int32DType', 'Int64DType', 'LongDType', 'LongLongDType', 'UInt8DType', 'UInt16DType',
-           'UInt32DType', 'UInt64DType', 'ULongDType', 'ULongLongDType', 'BoolDType']
-  allowed = [np.dtype]
-  allowed += [getattr(np.dtypes, name) for name in names if hasattr(np.dtypes, name)]
-  for core in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-    try:
-      allowed.append(__import__(core, fromlist=['scalar']).scalar)
-    except (ImportError, AttributeError):
-      pass
-  return allowed
+  """What unpickling a NumPy scalar needs (the released files store the warm-up lr as numpy.float64, B39).
+
+  NumPy 1.x pickles the scalar constructor as numpy.core.multiarray.scalar, NumPy 2 as numpy._core...: both
+  names are accepted, whichever NumPy is installed.
+  """
+  scalar = importlib.import_module('numpy._core.multiarray').scalar
+  allowed = [np.dtype] + [getattr(np.dtypes, name) for name in _NUMPY_DTYPE_CLASSES if hasattr(np.dtypes, name)]
+  return allowed + [(scalar, 'numpy.core.multiarray.scalar'), (scalar, 'numpy._core.multiarray.scalar')]
 
 
 def load_checkpoint_file(path, device='cpu'):

@@ -3,6 +3,7 @@ import filecmp
 import json
 import os
 import pickle
+import zipfile
 from contextlib import contextmanager
 from unittest import mock
 
@@ -342,6 +343,27 @@ def test_numpy_float64_lr_loads_weights_only(tmp_path, small_classifier):
   assert ckpt.restore_training_state(path, small_classifier, fresh_optimizer) == 1234
   assert type(fresh_optimizer.param_groups[0]['lr']) is float
   assert fresh_optimizer.param_groups[0]['lr'] == pytest.approx(2e-4 * 1234 / 5000, rel=1e-15)
+
+
+def rename_pickled_global(path, old, new):
+  """Rewrite a torch.save zip so its pickle names `new` where it named `old` (as another NumPy would write)."""
+  with zipfile.ZipFile(path) as source:
+    entries = [(info, source.read(info)) for info in source.infolist()]
+  with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as target:
+    for info, data in entries:
+      if info.filename.endswith('data.pkl'):
+        assert old in data
+        data = data.replace(old, new)
+      target.writestr(info, data)
+
+
+@pytest.mark.parametrize('module', [b'numpy._core.multiarray', b'numpy.core.multiarray'])
+def test_numpy_scalars_from_either_numpy_major_version(tmp_path, module):
+  """Released files come from NumPy 1 (numpy.core...); files saved under NumPy 2 name numpy._core... ."""
+  path = tmp_path / 'checkpoint.pth'
+  torch.save({'model': {}, 'lr': np.float64(0.5) * np.minimum(0.25, 1.0)}, path)
+  rename_pickled_global(path, b'numpy.core.multiarray', module)
+  assert ckpt.load_checkpoint_file(path)['lr'] == 0.125
 
 
 class NotATensor:

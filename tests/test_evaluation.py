@@ -16,9 +16,11 @@ from models import cas
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_importing_evaluation_code_does_not_load_tensorflow():
-    code = ('import sys, evaluation, run_lib_evaluation, run_lib_cas, models.cas\n'
-            'loaded = [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_gan", "tensorflow_hub")]\n'
+@pytest.mark.parametrize('modules', ['evaluation, run_lib_evaluation', 'models.cas, run_lib_cas'])
+def test_importing_evaluation_code_does_not_load_tensorflow(modules):
+    code = (f'import sys, {modules}\n'
+            'tf = ("tensorflow", "tensorflow_gan", "tensorflow_hub")\n'
+            'loaded = [m for m in sys.modules if m.split(".")[0] in tf]\n'
             'assert not loaded, loaded\n')
     result = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -117,6 +119,8 @@ def test_inception_features_use_fixed_padded_batches():
     assert seen == [(10, 4, 4, 3)] * 3
     np.testing.assert_array_equal(pool, images.reshape(23, -1)[:, :5])
     np.testing.assert_array_equal(logits, images.reshape(23, -1)[:, :3] * 2.0)
+    evaluation.get_inception_features(images[:4], fake_inception, batch_size=10)
+    assert seen[-1] == (4, 4, 4, 3)  # a small input is one batch of its own size
     with pytest.raises(ValueError, match='uint8'):
         evaluation.get_inception_features(images.astype(np.float32), fake_inception)
 

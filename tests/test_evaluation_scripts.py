@@ -19,7 +19,7 @@ import evaluation
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_CONFIG = os.path.join(REPO_ROOT, 'configs/eval/cifar10/eval_cifar10_configs.py')
-CAS_CONFIG = os.environ.get('E_DEV_CAS_CONFIG', os.path.join(REPO_ROOT, 'configs/eval/cifar10/eval_cifar10_configs_cas.py'))
+CAS_CONFIG = os.path.join(REPO_ROOT, 'configs/eval/cifar10/eval_cifar10_configs_cas.py')
 NUM_CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 6, 3
 SAMPLE_ROUNDS, SAMPLES_PER_ROUND = (0, 1, 10), 3  # as text samples_10.npz sorts before samples_1.npz (B17)
 POOL_DIM, NUM_LOGITS = 32, 12
@@ -154,6 +154,17 @@ def test_stat_file_has_the_original_layout_from_the_exact_training_split(tiny_ru
     np.testing.assert_allclose(stat['pool_3'], pool, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stat['logit'], logits, rtol=1e-5, atol=1e-5)
     assert stat['pool_3'].shape == (60, POOL_DIM) and stat['logit'].shape == (60, NUM_LOGITS)
+
+
+def test_standin_module_loads_from_a_prefilled_tfhub_cache(standin_inception, tmp_path, monkeypatch):
+    import shutil
+    shutil.copytree(standin_inception, evaluation.hub_cache_dir(str(tmp_path)))
+    monkeypatch.setenv('TFHUB_CACHE_DIR', str(tmp_path))
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+    pool, logits = evaluation.get_inception_features(images, evaluation.load_inception(''), batch_size=4)
+    assert pool.shape == (5, POOL_DIM) and logits.shape == (5, NUM_LOGITS)
+    direct, _ = evaluation.get_inception_features(images, evaluation.load_inception(standin_inception), batch_size=4)
+    np.testing.assert_allclose(pool, direct, rtol=1e-6)
 
 
 def test_latent_files_hold_each_sample_file(tiny_run, evaluated, standin_inception):

@@ -349,7 +349,7 @@ def test_same_seed_same_initialisation_and_sigma_table():
   torch.manual_seed(3)
   second = NCSNpp(config).state_dict()
   assert all(torch.equal(first[k], second[k]) for k in first)
-  assert first['sigmas'].dtype == torch.float64 and first['sigmas'][0] == 50.0
+  assert first['sigmas'].dtype == torch.float64 and first['sigmas'][0].item() == pytest.approx(50.0, rel=1e-15)
   assert torch.equal(first['sigmas'], torch.tensor(get_sigmas(config)))
 
 

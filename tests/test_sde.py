@@ -367,3 +367,15 @@ def test_golden_predictor_noise_scale(golden, file):
   for case in record['cases'].values():
     _, G = sde.discretize(case['x_in'], case['t'])
     assert_close_to_golden(G, case['predictor_G'], rtol=1e-6, name='G')
+
+
+def test_use_exact_float32_switches_tf32():
+  from models.utils import use_exact_float32
+  saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+  try:
+    use_exact_float32()
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    use_exact_float32(False)
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+  finally:
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -1,0 +1,7 @@
+"""Stage 'classifier_total' of the moons experiment at the paper's settings (spec §6.5); train with
+`python main.py --config configs/toy/classifier_total.py --model classifier --workdir toy_classifier_total --restore <score checkpoint>`."""
+from configs.toy.default_toy_configs import get_default_configs, stage_config
+
+
+def get_config():
+  return stage_config(get_default_configs(), 'classifier_total')

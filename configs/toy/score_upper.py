@@ -1,0 +1,7 @@
+"""Stage 'score_upper' of the moons experiment at the paper's settings (spec §6.5); train with
+`python main.py --config configs/toy/score_upper.py --model score --workdir toy_score_upper`."""
+from configs.toy.default_toy_configs import get_default_configs, stage_config
+
+
+def get_config():
+  return stage_config(get_default_configs(), 'score_upper')

@@ -1,0 +1,212 @@
+"""The moons experiment end to end (spec §6), the quick-start `make demo`:
+
+  python run_lib_toy.py --config configs/toy/demo.py --workdir toy_demo     (CPU, minutes)
+  python run_lib_toy.py --config configs/toy/paper.py --workdir toy_paper   (the paper's settings, hours on CPU)
+
+Trains the six stages through run_lib (score model; upper / lower score models for posterior SM; CE, DLSM and
+total-loss classifiers), then measures D_P / D_L against the oracle, samples every method with the annealed PC
+sampler, computes class-wise precision / recall, and writes the table (Markdown + JSON) and the plots into the
+workdir (used as given, no results/ prefix). Finished stages are reused when the command is run again.
+"""
+import logging
+import os
+import time
+
+import torch
+from absl import app, flags
+from ml_collections.config_flags import config_flags
+from tqdm.auto import tqdm
+
+import run_lib
+import toy_lib
+from configs.toy.default_toy_configs import STAGES, stage_config
+from models import checkpoint as ckpt
+from models import utils as mutils
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Toy pipeline config (configs/toy/demo.py or paper.py).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', 'toy_demo', 'Folder of the run (stage checkpoints, table, plots).')
+flags.mark_flags_as_required(['config'])
+
+CLASSIFIER_METHODS = (  # table row, classifier stage, guidance scale (None: the scaling baseline's)
+    ('base', 'classifier_ce', 1.0),
+    ('scaling', 'classifier_ce', None),
+    ('dlsm', 'classifier_dlsm', 1.0),
+    ('ours', 'classifier_total', 1.0),
+)
+
+
+def train_stages(config, workdir):
+  """Train every stage with run_lib (classifiers on the trained score model); returns {stage: checkpoint}."""
+  paths = {}
+  for index, (stage, spec) in enumerate(STAGES.items()):
+    cfg = stage_config(config, stage)
+    if spec['model'] == 'classifier':
+      cfg.model.score_restore_path = paths['score']
+    stage_dir = os.path.join(workdir, stage)
+    tqdm.write(f'[{index + 1}/{len(STAGES)}] {stage}: {cfg.training.n_iters + 1} updates of batch '
+               f'{cfg.training.batch_size}, lr {cfg.optim.lr:g}')
+    run_lib.train(cfg, stage_dir, spec['model'])
+    paths[stage] = ckpt.latest_checkpoint(os.path.join(stage_dir, 'checkpoints'))
+  return paths
+
+
+def load_networks(config, paths):
+  """The trained networks by stage, eval mode, no parameter gradients."""
+  networks = {}
+  for stage, spec in STAGES.items():
+    if spec['model'] == 'score':
+      net = ckpt.restore_score_model(paths[stage], mutils.create_model(config), device=mutils.get_device(config))
+    else:
+      net = ckpt.restore_classifier(paths[stage], mutils.create_classifier(config), mutils.get_device(config))
+    networks[stage] = net.eval().requires_grad_(False)
+  return networks
+
+
+def scale_of(config, scale):
+  return config.eval.scaling_baseline if scale is None else scale
+
+
+def grid_fields(config, networks, grid):
+  """Posterior score fields on the grid, {method: (upper, lower)}, and the prior score s(x, sigma)."""
+  sigma = config.model.std
+  prior = toy_lib.prior_score(networks['score'], grid, sigma)
+  fields, likelihoods = {}, {}
+  for method, stage, scale in CLASSIFIER_METHODS:
+    likelihoods[method] = [toy_lib.likelihood_score(networks[stage], grid, sigma, c)
+                           for c in range(len(toy_lib.CLASS_NAMES))]
+    fields[method] = [prior + scale_of(config, scale) * g for g in likelihoods[method]]
+  fields['posterior_sm'] = [toy_lib.prior_score(networks[f'score_{name}'], grid, sigma)
+                            for name in toy_lib.CLASS_NAMES]
+  return prior, likelihoods, fields
+
+
+def distance_rows(config, oracle, prior, likelihoods, fields):
+  """E[D_P] and E[D_L] per method and class (spec §6.8), plus D_full of the prior score model."""
+  rows = {}
+  for method, _, scale in CLASSIFIER_METHODS:
+    d = toy_lib.classifier_distances(oracle, prior, likelihoods[method], scale_of(config, scale))
+    rows[method] = {'scale': scale_of(config, scale),
+                    'D_P': [d[f'D_P_{name}'] for name in toy_lib.CLASS_NAMES],
+                    'D_L': [d[f'D_L_{name}'] for name in toy_lib.CLASS_NAMES]}
+  d = toy_lib.posterior_sm_distances(oracle, fields['posterior_sm'])
+  rows['posterior_sm'] = {'D_P': [d[f'D_P_{name}'] for name in toy_lib.CLASS_NAMES], 'D_L': None}
+  rows['oracle'] = {'D_P': [0., 0.], 'D_L': [0., 0.]}
+  return rows, toy_lib.mean_distance(oracle['score_full'], prior)
+
+
+def sampling_jobs(config, networks):
+  """(row, score_fn, classifier_fn, scale, sampling config) for every sampled method."""
+  jobs = [(method, networks['score'], networks[stage], scale_of(config, scale), config)
+          for method, stage, scale in CLASSIFIER_METHODS]
+  jobs.append(('posterior_sm', None, None, 1.0, config))
+  if config.eval.compare_original_sampler:
+    original = config.copy_and_resolve_references()
+    with original.unlocked():
+      original.sampling.method = 'original'
+    jobs.append(('ours_original_sampler', networks['score'], networks['classifier_total'], 1.0, original))
+  return jobs
+
+
+def sample_methods(config, networks, device):
+  """{row: [samples of class 0, class 1]}; each (method, class) draws from its own seed."""
+  jobs = sampling_jobs(config, networks)
+  samples = {}
+  with tqdm(total=len(jobs) * len(toy_lib.CLASS_NAMES), desc='sampling', mininterval=1.0) as progress:
+    for job_index, (method, score_net, classifier, scale, cfg) in enumerate(jobs):
+      samples[method] = []
+      for c, name in enumerate(toy_lib.CLASS_NAMES):
+        progress.set_postfix_str(f'{method} / {name}')
+        score_fn = networks[f'score_{name}'] if method == 'posterior_sm' else score_net
+        torch.manual_seed(config.seed + 1000 * job_index + c)
+        points = toy_lib.sample_class(score_fn, classifier, c, scale, config.eval.num_samples, cfg, device)
+        samples[method].append(points.cpu().double().numpy())
+        progress.update(1)
+  return samples
+
+
+def exact_draws(positions, labels, sigma, num_samples, generator):
+  """Samples of the true p_sigma(x | y) per class: class points drawn uniformly plus sigma·z (the oracle row)."""
+  draws = []
+  for c in range(len(toy_lib.CLASS_NAMES)):
+    points = torch.as_tensor(positions[labels == c])
+    index = torch.randint(len(points), (num_samples,), generator=generator)
+    draws.append((points[index] + sigma * torch.randn(num_samples, 2, generator=generator,
+                                                      dtype=torch.float64)).numpy())
+  return draws
+
+
+def evaluate(config, networks, workdir, timings):
+  """D_P / D_L, samples, class-wise PRDC, plots and the table; returns (results, table paths, plot paths)."""
+  device = mutils.get_device(config)
+  sigma = config.model.std
+  positions, labels = toy_lib.moons_dataset('all')
+  grid = toy_lib.evaluation_grid(config.sampling.width, config.sampling.height, config.sampling.density)
+  oracle = toy_lib.oracle_scores(positions, labels, grid, sigma)
+  prior, likelihoods, fields = grid_fields(config, networks, grid.to(device))
+  rows, d_full = distance_rows(config, oracle, prior.cpu(), {k: [g.cpu() for g in v] for k, v in likelihoods.items()},
+                               {k: [f.cpu() for f in v] for k, v in fields.items()})
+
+  start = time.time()
+  samples = sample_methods(config, networks, device)
+  generator = torch.Generator().manual_seed(config.seed)
+  samples['oracle'] = exact_draws(positions, labels, sigma, config.eval.num_samples, generator)
+  real = toy_lib.reference_sets(positions, labels, sigma, generator)
+  for method, per_class in samples.items():
+    prdc = toy_lib.classwise_prdc(real, per_class, config.eval.nearest_k)
+    rows.setdefault(method, {'D_P': None, 'D_L': None})
+    rows[method].update({key: [m[key] for m in prdc] for key in ('precision', 'recall', 'density', 'coverage')})
+  timings['sampling_and_prdc'] = time.time() - start
+
+  plots = make_plots(config, grid, oracle, fields, samples, workdir)
+  results = {'seed': config.seed, 'sigma': sigma, 'scaling_factor': config.eval.scaling_baseline,
+             'sampler': config.sampling.method, 'num_samples_per_class': config.eval.num_samples,
+             'D_full': d_full, 'rows': rows, 'timings_s': timings, 'paper': toy_lib.PAPER_TABLE}
+  return results, plots
+
+
+def make_plots(config, grid, oracle, fields, samples, workdir):
+  titles = {'base': 'base (CE)', 'scaling': f'scaling (λ={config.eval.scaling_baseline:g})',
+            'posterior_sm': 'posterior SM', 'ours': 'ours (total)'}
+  field_panels = {title: [f.cpu() for f in fields[key]] for key, title in titles.items()}
+  field_panels['oracle'] = [oracle[f'score_{name}'] for name in toy_lib.CLASS_NAMES]
+  sample_panels = {title: samples[key] for key, title in titles.items()}
+  sample_panels['oracle (exact draws)'] = samples['oracle']
+  paths = [toy_lib.plot_score_fields(grid, field_panels, os.path.join(workdir, 'posterior_scores.png')),
+           toy_lib.plot_samples(sample_panels, os.path.join(workdir, 'samples.png'))]
+  if 'ours_original_sampler' in samples:
+    compare = {'ours, annealed PC sampler': samples['ours'],
+               'ours, original sampler (T1)': samples['ours_original_sampler'],
+               'reference (data + σz)': samples['oracle']}
+    paths.append(toy_lib.plot_samples(compare, os.path.join(workdir, 'samplers.png')))
+  return paths
+
+
+def run_pipeline(config, workdir):
+  """Train all stages, evaluate, write the table and plots; returns the results dict."""
+  os.makedirs(workdir, exist_ok=True)
+  timings, start = {}, time.time()
+  paths = train_stages(config, workdir)
+  timings['training'] = time.time() - start
+  networks = load_networks(config, paths)
+  results, plots = evaluate(config, networks, workdir, timings)
+  timings['total'] = time.time() - start
+  table_paths = toy_lib.write_table(results, workdir)
+  print(toy_lib.format_table(results['rows'], config.eval.scaling_baseline))
+  print(f"\nD_full (prior score model) = {results['D_full']:.3f}; sigma = {config.model.std:g}; "
+        f"{config.eval.num_samples} samples per class ({config.sampling.method} sampler); "
+        f"{timings['total']:.0f} s in total.")
+  print('Table: ' + ', '.join(table_paths))
+  print('Plots: ' + ', '.join(plots))
+  return results
+
+
+def main(argv):
+  del argv
+  logging.getLogger().setLevel(logging.WARNING)  # the per-stage progress bars carry the training losses
+  run_pipeline(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,224 @@
+"""main.py end to end on a CIFAR-format folder the tests write: tiny score model -> checkpoint -> classifier with
+--restore, resume after SIGKILL, a 2-process gloo torchrun run, and the clear errors (exit code 1)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.cifar_fixture import write_cifar_folder
+from tests.helpers import REPO_ROOT
+
+MAIN = str(REPO_ROOT / 'main.py')
+SCORE_CONFIG = str(REPO_ROOT / 'configs/score/cifar10_score_configs.py')
+CLASSIFIER_CONFIG = str(REPO_ROOT / 'configs/classifier/cifar10_classifier_resnet18_cond_configs.py')
+TINY_SCORE = ['--config.model.nf=8', '--config.model.num_res_blocks=1', '--config.model.ch_mult=(1,2)',
+              '--config.training.batch_size=4', '--config.training.snapshot_sampling=False']
+TINY_CLASSIFIER = TINY_SCORE[:3] + ['--config.training.batch_size=4', '--config.classifier.resnet_base_width=4',
+                                    '--config.classifier.nf=8', '--config.eval.batch_size=16']
+
+
+def schedule(n_iters, snapshot_freq, log_freq=1, eval_freq=2):
+  return [f'--config.training.n_iters={n_iters}', f'--config.training.snapshot_freq={snapshot_freq}',
+          f'--config.training.log_freq={log_freq}', f'--config.training.eval_freq={eval_freq}']
+
+
+def environment():
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
+  env.pop('WORLD_SIZE', None)
+  return env
+
+
+def main_command(config, model, workdir, *extra, launcher=(sys.executable,)):
+  return [*launcher, MAIN, f'--config={config}', f'--model={model}', f'--workdir={workdir}', *extra]
+
+
+def run_main(cwd, config, model, workdir, *extra, launcher=(sys.executable,), timeout=300):
+  return subprocess.run(main_command(config, model, workdir, *extra, launcher=launcher), cwd=cwd, env=environment(),
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def assert_ok(result):
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+def assert_clear_failure(result, *fragments):
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in result.stderr, result.stderr[-3000:]
+
+
+def checkpoint_steps(run_dir):
+  names = os.listdir(os.path.join(run_dir, 'checkpoints'))
+  return sorted(int(name[len('checkpoint_'):-len('.pth')]) for name in names if name.endswith('.pth'))
+
+
+def load(path):
+  from models.checkpoint import load_checkpoint_file
+  return load_checkpoint_file(path, 'cpu')
+
+
+def adam_steps(checkpoint):
+  return {int(state['step']) for state in checkpoint['optimizer']['state'].values()}
+
+
+def tensorboard_tags(log_dir):
+  """Scalar tags and steps, read in a subprocess without TensorFlow (tensorboard's stub)."""
+  code = ("import json, sys, types; sys.modules['tensorboard.compat.notf'] = types.ModuleType('notf');"
+          "from tensorboard.backend.event_processing.event_accumulator import EventAccumulator;"
+          f"acc = EventAccumulator({str(log_dir)!r}); acc.Reload();"
+          "print(json.dumps({tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()['scalars']}))")
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=environment(), timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope='module')
+def cifar_root(tmp_path_factory):
+  root = tmp_path_factory.mktemp('runs')
+  write_cifar_folder(root / 'data', 'CIFAR10', num_train=48, num_test=32)
+  return root
+
+
+@pytest.fixture(scope='module')
+def score_run(cifar_root):
+  """A 4-update tiny score run (n_iters=3): checkpoints after 2 and 4 updates."""
+  result = run_main(cifar_root, SCORE_CONFIG, 'score', 'score_tiny', '--data_dir=data', *TINY_SCORE,
+                    *schedule(n_iters=3, snapshot_freq=2))
+  assert_ok(result)
+  return cifar_root / 'results' / 'score_tiny'
+
+
+def test_score_run_writes_checkpoints_log_and_tensorboard(score_run):
+  assert checkpoint_steps(score_run) == [2, 4]  # named by completed updates; n_iters + 1 updates (B26, B27)
+  final = load(score_run / 'checkpoints' / 'checkpoint_4.pth')
+  assert list(final) == ['optimizer', 'model', 'step', 'ema']
+  assert final['step'] == 4 and final['ema']['num_updates'] == 4 and adam_steps(final) == {4}
+  assert all(key.startswith('module.') for key in final['model'])
+  log = (score_run / 'log.txt').read_text()
+  assert 'step: 3, training_loss:' in log and 'eval_loss' in log
+  tags = tensorboard_tags(score_run / 'tensorboard')
+  assert tags['training_loss'] == [0, 1, 2, 3] and tags['eval_loss'] == [0, 2] and 'lr' in tags
+
+
+def test_classifier_trains_with_restored_score_model(score_run, cifar_root):
+  restore = score_run / 'checkpoints' / 'checkpoint_4.pth'
+  result = run_main(cifar_root, CLASSIFIER_CONFIG, 'classifier', 'classifier_tiny', '--data_dir=data',
+                    f'--restore={restore}', *TINY_CLASSIFIER, *schedule(n_iters=2, snapshot_freq=2))
+  assert_ok(result)
+  run_dir = cifar_root / 'results' / 'classifier_tiny'
+  assert checkpoint_steps(run_dir) == [2, 3]
+  final = load(run_dir / 'checkpoints' / 'checkpoint_3.pth')
+  assert list(final) == ['optimizer', 'model', 'step'] and final['step'] == 3 and adam_steps(final) == {3}
+  log = (run_dir / 'log.txt').read_text()
+  assert f'Score model restored from {restore}' in log and 'step: 2, eval_acc:' in log
+  tags = tensorboard_tags(run_dir / 'tensorboard')
+  assert tags['loss'] == [0, 1, 2] and tags['eval_acc'] == [0, 2]
+
+
+def test_resume_after_sigkill_continues_at_the_right_step(cifar_root):
+  args = ['--data_dir=data', *TINY_SCORE, *schedule(n_iters=15, snapshot_freq=2, log_freq=5, eval_freq=100)]
+  run_dir = cifar_root / 'results' / 'score_killed'
+  process = subprocess.Popen(main_command(SCORE_CONFIG, 'score', 'score_killed', *args), cwd=cifar_root,
+                             env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  try:
+    while time.time() < deadline and process.poll() is None:
+      if os.path.isdir(run_dir / 'checkpoints') and checkpoint_steps(run_dir):
+        break
+      time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+  finally:
+    process.wait()
+  assert process.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
+  killed_at = checkpoint_steps(run_dir)[-1]
+  assert killed_at < 16
+  before = load(run_dir / 'checkpoints' / f'checkpoint_{killed_at}.pth')
+
+  result = run_main(cifar_root, SCORE_CONFIG, 'score', 'score_killed', *args)
+  assert_ok(result)
+  steps = checkpoint_steps(run_dir)
+  assert steps[-1] == 16 and steps == sorted(set(steps))
+  log = (run_dir / 'log.txt').read_text()
+  assert f'checkpoint_{killed_at}.pth (step {killed_at})' in log
+  resumed = load(run_dir / 'checkpoints' / f'checkpoint_{killed_at}.pth')
+  assert all(torch.equal(before['model'][k], resumed['model'][k]) for k in before['model'])  # not overwritten
+  final = load(run_dir / 'checkpoints' / 'checkpoint_16.pth')
+  # Adam and EMA counted every update of both processes: their state was restored, not restarted.
+  assert final['step'] == 16 and adam_steps(final) == {16} and final['ema']['num_updates'] == 16
+
+
+def test_torchrun_two_processes_gloo_writes_a_loadable_checkpoint(score_run, cifar_root):
+  from models import checkpoint, utils
+  from tests.helpers import load_config
+  restore = score_run / 'checkpoints' / 'checkpoint_4.pth'
+  launcher = (sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2')
+  result = run_main(cifar_root, CLASSIFIER_CONFIG, 'classifier', 'classifier_ddp', '--data_dir=data',
+                    f'--restore={restore}', *TINY_CLASSIFIER, *schedule(n_iters=2, snapshot_freq=10),
+                    launcher=launcher)
+  assert_ok(result)
+  run_dir = cifar_root / 'results' / 'classifier_ddp'
+  assert checkpoint_steps(run_dir) == [3]
+  assert len(os.listdir(run_dir / 'tensorboard')) == 1  # rank 0 only
+  assert '2 process(es)' in (run_dir / 'log.txt').read_text()
+  config = load_config('configs/classifier/cifar10_classifier_resnet18_cond_configs.py')
+  config.device, config.classifier.resnet_base_width, config.classifier.nf = 'cpu', 4, 8
+  classifier = utils.create_classifier(config)
+  optimizer = torch.optim.Adam(classifier.parameters())
+  step = checkpoint.restore_training_state(str(run_dir / 'checkpoints' / 'checkpoint_3.pth'), classifier, optimizer)
+  assert step == 3 and adam_steps({'optimizer': optimizer.state_dict()}) == {3}
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path):
+  result = run_main(tmp_path, SCORE_CONFIG, 'score', 'no_data', f'--data_dir={tmp_path / "nowhere"}', *TINY_SCORE,
+                    *schedule(1, 1))
+  assert_clear_failure(result, 'cifar-10-batches-py', 'cifar-10-python.tar.gz')
+
+
+def test_missing_restore_file_is_a_clear_error(cifar_root):
+  result = run_main(cifar_root, CLASSIFIER_CONFIG, 'classifier', 'no_restore', '--data_dir=data',
+                    '--restore=results/none/checkpoint_9.pth', *TINY_CLASSIFIER, *schedule(1, 1))
+  assert_clear_failure(result, 'results/none/checkpoint_9.pth')
+
+
+def test_config_restore_path_is_used_without_the_flag(cifar_root):
+  """B2: without --restore the config's model.score_restore_path (results/checkpoint.pth) is what gets loaded."""
+  result = run_main(cifar_root, CLASSIFIER_CONFIG, 'classifier', 'config_restore', '--data_dir=data',
+                    *TINY_CLASSIFIER, *schedule(1, 1))
+  assert_clear_failure(result, 'results/checkpoint.pth')
+
+
+def test_wrong_architecture_checkpoint_is_a_clear_error(score_run, cifar_root):
+  wider = [arg.replace('nf=8', 'nf=16') if arg.startswith('--config.model.nf') else arg for arg in TINY_CLASSIFIER]
+  result = run_main(cifar_root, CLASSIFIER_CONFIG, 'classifier', 'wrong_arch', '--data_dir=data',
+                    f'--restore={score_run / "checkpoints" / "checkpoint_4.pth"}', *wider, *schedule(1, 1))
+  assert_clear_failure(result, 'does not fit', 'model.nf')
+
+
+def test_unknown_model_flag_fails(tmp_path):
+  result = run_main(tmp_path, SCORE_CONFIG, 'scorer', 'bad_flag')
+  assert result.returncode != 0 and "--model" in result.stderr and 'score' in result.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(cifar_root):
+  result = run_main(cifar_root, SCORE_CONFIG, 'score', 'diverged', '--data_dir=data', *TINY_SCORE,
+                    *schedule(n_iters=5, snapshot_freq=1, eval_freq=100), '--config.optim.lr=1e30',
+                    '--config.optim.warmup=0')
+  assert_clear_failure(result, 'nan at step 1', 'checkpoint_1.pth')
+  run_dir = cifar_root / 'results' / 'diverged'
+  assert checkpoint_steps(run_dir) == [1]
+  assert all(torch.isfinite(v).all() for v in load(run_dir / 'checkpoints' / 'checkpoint_1.pth')['model'].values())
+
+
+def test_training_modules_do_not_import_tensorflow(tmp_path):
+  code = ('import sys, main, run_lib, losses, datasets;'
+          f'writer = run_lib.tensorboard_writer({str(tmp_path)!r}); writer.add_scalar("x", 1.0, 0); writer.close();'
+          'assert "tensorflow" not in sys.modules, "tensorflow was imported"')
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, env=environment(), capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
