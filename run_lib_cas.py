@@ -7,7 +7,7 @@ Samples are read from <samples_dir>/<class>/samples_<r>.npz on every run (no cac
 are used for training and the real test split for testing. The test accuracy is measured every
 training.eval_freq steps and after the last one; the final and the best accuracy are reported (B13). Only the newest
 eval.cas_keep_checkpoints checkpoints plus the best weights are kept in results/<workdir>/checkpoints_cas, and an
-interrupted run resumes from the newest one.
+interrupted run resumes from the newest one. TensorBoard tags as the original: loss_ce, eval_acc (percent).
 """
 
 import functools
@@ -26,6 +26,7 @@ from tqdm import tqdm
 import datasets
 import evaluation
 import losses
+import run_lib
 from models import cas
 from models import checkpoint as ckpt
 from models import utils as mutils
@@ -112,6 +113,7 @@ def train_cas(config, workdir, samples_dir):
     logging.info('CAS: %d samples of %d classes from %s, %d test images, %s from step %d',
                  len(images), num_classes, samples_dir, len(test_images), config.eval.cas_arch, start)
 
+    writer = run_lib.tensorboard_writer(os.path.join(workdir, 'tensorboard'))  # the original's tags, without TF
     model.train()
     n_iters, eval_freq = config.training.n_iters, config.training.eval_freq
     progress = tqdm(range(start, n_iters), initial=start, total=n_iters, desc='CAS', mininterval=2)
@@ -123,10 +125,13 @@ def train_cas(config, workdir, samples_dir):
         optimizer.step()
         if step % config.training.log_freq == 0:
             progress.set_postfix(loss_ce=f'{loss.item():.4f}')
+            writer.add_scalar('loss_ce', loss.item(), step)
         if step % eval_freq == 0 or step == n_iters - 1:
             history.append((step + 1, test_accuracy(model, test_images, test_labels, config.eval.batch_size)))
+            writer.add_scalar('eval_acc', 100 * history[-1][1], step)
             progress.write(f'Step {step + 1}: loss_ce {loss.item():.4f} || Accuracy: {100 * history[-1][1]:.2f}%')
             save_progress(config, ckpt_dir, model, optimizer, step + 1, history)
+    writer.close()
     if not history:
         raise ValueError(f'nothing to do: training.n_iters={n_iters} updates are already done in {ckpt_dir}')
     return summarize(history, samples_dir, len(images))

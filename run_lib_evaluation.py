@@ -68,11 +68,14 @@ def run_latent(config, workdir, inception):
         logits.append(logit)
     np.savez(stat_file(workdir), **stat, pool_3=np.concatenate(pools), logit=np.concatenate(logits))
 
-    samples_dir = os.path.join(workdir, 'eval_samples')
+    samples_dir, latent_dir = os.path.join(workdir, 'eval_samples'), os.path.join(workdir, 'latent')
+    for c in range(num_classes):  # latents of sample files that no longer exist must not be evaluated
+        for stale in evaluation.latent_files(os.path.join(latent_dir, str(c))):
+            os.remove(stale)
     files = [path for c in range(num_classes) for path in evaluation.sample_files(os.path.join(samples_dir, str(c)))]
     for path in tqdm(files, desc='latent: sample files'):
         pool, logit = evaluation.get_inception_features(evaluation.load_sample_file(path), inception, batch_size)
-        out = evaluation.latent_path(os.path.join(workdir, 'latent'), path)
+        out = evaluation.latent_path(latent_dir, path)
         os.makedirs(os.path.dirname(out), exist_ok=True)
         np.savez_compressed(out, pool_3=pool, logits=logit)
     print(f'Latent: {len(stat["batch"])} dataset images and {len(files)} sample files encoded')
@@ -166,8 +169,8 @@ def evaluate(config, workdir, mode, stat, latent, fidis, prdc):
     if latent:
         inception_dir = evaluation.find_inception_dir(config.eval.inception_dir)
         check_samples(os.path.join(workdir, 'eval_samples'), config.classifier.classes)
-    if (latent or fidis or prdc) and not stat and not os.path.isfile(stat_file(workdir)):
-        evaluation.load_stat(stat_file(workdir))  # raises the missing-stat error
+    if not stat and not os.path.isfile(stat_file(workdir)):
+        raise FileNotFoundError(f'stat file {stat_file(workdir)} not found; run with --stat first')
     if stat:
         run_stat(config, workdir)
     if latent:

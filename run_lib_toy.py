@@ -14,6 +14,7 @@ import time
 
 import torch
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections.config_flags import config_flags
 from tqdm.auto import tqdm
 
@@ -204,7 +205,8 @@ def run_pipeline(config, workdir):
 
 def main(argv):
   del argv
-  logging.getLogger().setLevel(logging.WARNING)  # the per-stage progress bars carry the training losses
+  # The per-stage progress bars carry the losses; INFO lines still go to each stage's log.txt.
+  absl_logging.get_absl_handler().setLevel(logging.WARNING)
   run_pipeline(FLAGS.config, FLAGS.workdir)
 
 

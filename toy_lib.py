@@ -4,8 +4,6 @@ plots and the results table. Networks live in models/toy.py; training goes throu
 Classes: 0 = upper crescent, 1 = lower crescent. Scores are evaluated at a fixed noise level sigma (7.5).
 A "noise-level function" here is a callable fn(x, sigma) -> [B, 2]; the toy networks are such callables.
 """
-import contextlib
-import io
 import json
 import math
 import os
@@ -181,14 +179,10 @@ def reference_sets(positions, labels, sigma, generator):
 
 
 def classwise_prdc(real_sets, fake_sets, nearest_k=5):
-    """prdc.compute_prdc per class (its progress print is swallowed): list of dicts of python floats."""
-    import prdc
-    results = []
-    for real, fake in zip(real_sets, fake_sets):
-        with contextlib.redirect_stdout(io.StringIO()):
-            metrics = prdc.compute_prdc(np.asarray(real, np.float32), np.asarray(fake, np.float32), nearest_k)
-        results.append({k: float(v) for k, v in metrics.items()})
-    return results
+    """Precision / recall / density / coverage per class (prdc's definitions, evaluation.compute_prdc_chunked)."""
+    import evaluation  # its TensorFlow is imported lazily, never by PRDC
+    return [evaluation.compute_prdc_chunked(np.asarray(real, np.float32), np.asarray(fake, np.float32), nearest_k)
+            for real, fake in zip(real_sets, fake_sets)]
 
 
 # ---------------------------------------------------------------------------------------------- table

@@ -33,18 +33,21 @@ def config_on(path, device):
 
 
 def seconds_per_step(step, device, steps, autocast):
-  """Median wall time of `steps` calls after one warm-up call."""
+  """Median (wall, process CPU) seconds of `steps` calls after one warm-up call.
+
+  The CPU column helps on a shared machine: divided by the thread count it approximates an unloaded wall time.
+  """
   context = (torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext())
   times = []
   for _ in range(steps + 1):
     if device.type == 'cuda':
       torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     with context:
       step()
     if device.type == 'cuda':
       torch.cuda.synchronize()
-    times.append(time.perf_counter() - start)
+    times.append((time.perf_counter() - start, time.process_time() - start_cpu))
   times = sorted(times[1:])
   return times[len(times) // 2]
 
@@ -80,12 +83,18 @@ def main():
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--steps', type=int, default=2, help='timed steps after one warm-up step')
   parser.add_argument('--device', default='cpu')
+  parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: the default)')
+  parser.add_argument('--only', choices=['score', 'classifier'], default=None)
   args = parser.parse_args()
+  if args.threads:
+    torch.set_num_threads(args.threads)
   device = torch.device(args.device)
   torch.manual_seed(0)
   modes = [False, True] if device.type == 'cuda' else [False]
   rows = []
   for name, build in (("classifier 'total' step", classifier_step), ('score step', score_step)):
+    if args.only and not name.startswith(args.only):
+      continue
     step = build(device, args.batch)
     for autocast in modes:
       rows.append((name, 'bf16 autocast' if autocast else 'float32',
@@ -93,10 +102,11 @@ def main():
     del step
   print(f'\nTraining step time, full CIFAR-10 configs, batch {args.batch}, device {device}, '
         f'{torch.get_num_threads()} threads')
-  print(f'| {"step":<24} | {"precision":<13} | {"s / step":>8} | {"original (2-core CPU)":>21} |')
-  print(f'|{"-" * 26}|{"-" * 15}|{"-" * 10}|{"-" * 23}|')
-  for name, precision, seconds in rows:
-    print(f'| {name:<24} | {precision:<13} | {seconds:8.3f} | {ORIGINAL_CPU_SECONDS[name]:21.1f} |')
+  print(f'| {"step":<24} | {"precision":<13} | {"s / step":>8} | {"CPU s / step":>12} | {"original (2-core CPU)":>21} |')
+  print(f'|{"-" * 26}|{"-" * 15}|{"-" * 10}|{"-" * 14}|{"-" * 23}|')
+  for name, precision, (seconds, cpu_seconds) in rows:
+    print(f'| {name:<24} | {precision:<13} | {seconds:8.3f} | {cpu_seconds:12.3f} | '
+          f'{ORIGINAL_CPU_SECONDS[name]:21.1f} |')
 
 
 if __name__ == '__main__':

@@ -11,7 +11,7 @@ import importlib
 import logging
 import os
 import re
-import tempfile
+import uuid
 import zipfile
 from collections import OrderedDict
 
@@ -48,9 +48,10 @@ def prefixed_state_dict(model):
 
 def atomic_save(obj, path):
   """torch.save to a temporary file in the same folder, then rename: `path` is never left half-written."""
-  folder = os.path.dirname(os.path.abspath(path))
+  folder, name = os.path.split(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+  tmp_path = os.path.join(folder, f'.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
+  fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # permissions as torch.save (umask)
   try:
     with os.fdopen(fd, 'wb') as file:
       torch.save(obj, file)
@@ -65,7 +66,7 @@ def atomic_save(obj, path):
 
 def save_checkpoint(path, model, optimizer=None, step=0, ema=None):
   """Write {'optimizer', 'model', 'step'[, 'ema']} atomically, model keys prefixed 'module.'."""
-  state = OrderedDict()
+  state = {}
   if optimizer is not None:
     state['optimizer'] = optimizer.state_dict()
   state['model'] = prefixed_state_dict(model)
@@ -75,9 +76,9 @@ def save_checkpoint(path, model, optimizer=None, step=0, ema=None):
   atomic_save(state, path)
 
 
-def save_weights(path, model, prefix=''):
-  """Write {'model': state_dict} atomically (the CAS and toy layout: no prefix)."""
-  state_dict = prefixed_state_dict(model) if prefix == PREFIX else unwrap(model).state_dict()
+def save_weights(path, model, prefixed=False):
+  """Write {'model': state_dict} atomically (the CAS and toy layout: no 'module.' prefix unless asked)."""
+  state_dict = prefixed_state_dict(model) if prefixed else unwrap(model).state_dict()
   atomic_save({'model': state_dict}, path)
 
 
@@ -152,10 +153,15 @@ def _require(checkpoint, keys, path, what):
 
 
 def strip_prefix(state_dict):
-  """Remove one leading 'module.' when every key carries it."""
-  if state_dict and all(key.startswith(PREFIX) for key in state_dict):
-    return OrderedDict((key[len(PREFIX):], value) for key, value in state_dict.items())
-  return state_dict
+  """Remove one leading 'module.' when every key carries it (keeping the per-module version metadata)."""
+  if not state_dict or not all(key.startswith(PREFIX) for key in state_dict):
+    return state_dict
+  stripped = OrderedDict((key[len(PREFIX):], value) for key, value in state_dict.items())
+  metadata = getattr(state_dict, '_metadata', None)
+  if metadata is not None:
+    stripped._metadata = OrderedDict(('' if key == 'module' else key[len(PREFIX):], value)
+                                     for key, value in metadata.items() if key.startswith('module'))
+  return stripped
 
 
 def _listed(keys):

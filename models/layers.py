@@ -114,31 +114,39 @@ def get_timestep_embedding(timesteps, embedding_dim, max_positions=10000):
 # ------------------------------------------------------------------------------------------------
 # FIR resampling (upfirdn2d semantics: convolution with the kernel, i.e. correlation with its flip)
 
-def _as_taps(kernel):
-  """Hashable form of a 1-D tap list or a 2-D kernel."""
-  arr = np.asarray(kernel, dtype=np.float32)
-  return tuple(map(tuple, arr)) if arr.ndim == 2 else tuple(arr.tolist())
+def as_taps(kernel):
+  """Hashable (tuple) form of 1-D taps or a 2-D kernel, in plain Python (traceable by torch.compile)."""
+  if hasattr(kernel[0], '__len__'):
+    return tuple(tuple(float(v) for v in row) for row in kernel)
+  return tuple(float(v) for v in kernel)
 
 
-def setup_kernel(taps):
-  """2-D float32 kernel from 1-D taps (outer product) or a 2-D array, normalised to sum 1."""
-  k = np.asarray(taps, dtype=np.float32)
+def fir_kernel_2d(taps, gain=1.0):
+  """2-D float32 kernel from 1-D taps (outer product) or a 2-D kernel, normalised to sum 1, times gain."""
+  k = torch.tensor(as_taps(taps), dtype=torch.float32)
   if k.ndim == 1:
-    k = np.outer(k, k)
-  return k / np.sum(k)
+    k = torch.outer(k, k)
+  return k / k.sum() * gain
+
+
+def _depthwise_weight(taps, gain, channels, flip, device, dtype):
+  """(channels, 1, kh, kw) weight of a grouped convolution applying the kernel to every channel."""
+  k = fir_kernel_2d(taps, gain)
+  k = k.flip(0, 1) if flip else k
+  return k.to(device=device, dtype=dtype)[None, None].repeat(channels, 1, 1, 1)
 
 
 @functools.lru_cache(maxsize=256)
-def _depthwise_weight(taps, gain, channels, flip, device, dtype):
-  """(channels, 1, kh, kw) weight for a grouped conv; built once per device/dtype."""
+def _cached_depthwise_weight(*args):
   with torch.inference_mode(False):  # must stay usable by autograd even if first made under inference
-    k = torch.from_numpy(setup_kernel(taps) * np.float32(gain))
-    k = k.flip(0, 1) if flip else k
-    return k.to(device=device, dtype=dtype)[None, None].repeat(channels, 1, 1, 1)
+    return _depthwise_weight(*args)
 
 
 def _fir_weight(x, taps, gain=1.0, flip=True):
-  return _depthwise_weight(_as_taps(taps), float(gain), x.shape[1], flip, x.device, x.dtype)
+  args = (as_taps(taps), float(gain), x.shape[1], flip, x.device, x.dtype)
+  if torch.compiler.is_compiling():  # constants for the compiled graph; the cache is for eager calls
+    return _depthwise_weight(*args)
+  return _cached_depthwise_weight(*args)
 
 
 def fir_filter(x, taps, pad0, pad1, gain=1.0, down=1):
@@ -176,7 +184,7 @@ def upfirdn2d_reference(x, taps, up=1, down=1, pad=(0, 0), gain=1.0):
   """Slow reference of the original's CPU upfirdn2d (zero insertion, padding, per-channel convolution
   with the flipped kernel, strided slicing); for tests and benchmarks only."""
   B, C, H, W = x.shape
-  kernel = torch.from_numpy(setup_kernel(taps) * np.float32(gain)).to(x)
+  kernel = fir_kernel_2d(taps, gain).to(x)
   u = F.pad(x.reshape(B * C, 1, H, 1, W, 1), (0, up - 1, 0, 0, 0, up - 1)).reshape(B * C, 1, H * up, W * up)
   u = F.pad(u, (pad[0], pad[1], pad[0], pad[1]))
   out = F.conv2d(u, kernel.flip(0, 1)[None, None])[:, :, ::down, ::down]
@@ -203,7 +211,7 @@ class FIRConv2d(nn.Module):
     self.weight = nn.Parameter(default_init()((out_ch, in_ch, kernel, kernel)))
     self.bias = nn.Parameter(torch.zeros(out_ch))
     self.up, self.down = up, down
-    self.resample_kernel = tuple(resample_kernel)
+    self.resample_kernel = as_taps(resample_kernel)
     self.kernel = kernel
 
   def forward(self, x):
@@ -238,7 +246,7 @@ class Upsample(nn.Module):
       self.Conv_0 = conv3x3(in_ch, out_ch)
     elif with_conv:
       self.Conv2d_0 = FIRConv2d(in_ch, out_ch, kernel=3, up=True, resample_kernel=fir_kernel)
-    self.fir, self.with_conv, self.fir_kernel = fir, with_conv, tuple(fir_kernel)
+    self.fir, self.with_conv, self.fir_kernel = fir, with_conv, as_taps(fir_kernel)
 
   def forward(self, x):
     if not self.fir:
@@ -259,7 +267,7 @@ class Downsample(nn.Module):
       self.Conv_0 = conv3x3(in_ch, out_ch, stride=2, padding=0)
     elif with_conv:
       self.Conv2d_0 = FIRConv2d(in_ch, out_ch, kernel=3, down=True, resample_kernel=fir_kernel)
-    self.fir, self.with_conv, self.fir_kernel = fir, with_conv, tuple(fir_kernel)
+    self.fir, self.with_conv, self.fir_kernel = fir, with_conv, as_taps(fir_kernel)
 
   def forward(self, x):
     if not self.fir:
@@ -324,7 +332,7 @@ class ResnetBlockBigGANpp(nn.Module):
     super().__init__()
     out_ch = out_ch if out_ch else in_ch
     self.GroupNorm_0 = group_norm(in_ch)
-    self.up, self.down, self.fir, self.fir_kernel = up, down, fir, tuple(fir_kernel)
+    self.up, self.down, self.fir, self.fir_kernel = up, down, fir, as_taps(fir_kernel)
     self.Conv_0 = conv3x3(in_ch, out_ch)
     if temb_dim is not None:
       self.Dense_0 = dense(temb_dim, out_ch)

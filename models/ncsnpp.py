@@ -156,7 +156,7 @@ class NCSNpp(nn.Module):
   # Forward (spec §2.4, §2.9.6)
 
   def forward(self, x, time_cond):
-    modules = iter(self.all_modules)
+    modules = iter(list(self.all_modules))  # consumed in construction order
     temb, used_sigmas = self._embed_time(modules, time_cond)
     if not self.centered:
       x = 2 * x - 1.0  # data in [0, 1]

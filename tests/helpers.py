@@ -86,9 +86,15 @@ def tensor_from_recipe(entry, shape, dtype, config=None):
   return (entry['loc'] + entry['scale'] * x).to(dtype)
 
 
-def state_dict_from_recipe(param_recipe, reference_state_dict, config=None):
-  """Recipe weights for every key of `reference_state_dict` (which supplies shapes and dtypes)."""
-  return {key: tensor_from_recipe(param_recipe[key], tuple(ref.shape), ref.dtype, config)
+def state_dict_from_recipe(param_recipe, reference_state_dict, config=None, keep=None):
+  """Recipe weights for every key of `reference_state_dict` (which supplies shapes and dtypes).
+
+  `keep` optionally supplies 'keep' entries verbatim: the golden `sigmas` differ from this machine's NumPy exp by
+  1 ulp in some entries, so a bit-exact sha256 needs the stored table (e.g. a small golden file's `module.sigmas`).
+  """
+  keep = keep or {}
+  return {key: keep[key] if key in keep
+          else tensor_from_recipe(param_recipe[key], tuple(ref.shape), ref.dtype, config)
           for key, ref in reference_state_dict.items()}
 
 

@@ -392,6 +392,9 @@ def test_atomic_write_never_leaves_a_partial_file(tmp_path, small_classifier):
   path = tmp_path / 'checkpoints' / 'checkpoint_5.pth'
   ckpt.save_checkpoint(path, small_classifier, step=5)
   good = path.read_bytes()
+  umask = os.umask(0)
+  os.umask(umask)
+  assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as torch.save would create it, not 0600
 
   def crash_midway(obj, file):
     file.write(b'PK\x03\x04 half a checkpoint')

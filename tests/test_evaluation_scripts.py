@@ -101,6 +101,9 @@ def tiny_run(tmp_path_factory):
     rng = np.random.default_rng(0)
     splits = write_cifar10_folder(os.path.join(root, 'data'), rng)
     samples = write_samples(os.path.join(root, 'results', 'run', 'eval_samples'), rng)
+    stale = os.path.join(root, 'results', 'run', 'latent', '0', 'samples_99_latent.npz')  # from an earlier sampling
+    os.makedirs(os.path.dirname(stale))
+    np.savez_compressed(stale, pool_3=np.zeros((3, POOL_DIM), np.float32), logits=np.zeros((3, NUM_LOGITS), np.float32))
     return dict(root=root, splits=splits, samples=samples)
 
 
@@ -167,7 +170,7 @@ def test_standin_module_loads_from_a_prefilled_tfhub_cache(standin_inception, tm
     np.testing.assert_allclose(pool, direct, rtol=1e-6)
 
 
-def test_latent_files_hold_each_sample_file(tiny_run, evaluated, standin_inception):
+def test_latent_files_hold_each_sample_file_and_nothing_stale(tiny_run, evaluated, standin_inception):
     inception = evaluation.load_inception(standin_inception)
     for c in (0, 9):
         names = os.listdir(os.path.join(evaluated['workdir'], 'latent', str(c)))
@@ -253,6 +256,7 @@ def test_cas_trains_on_samples_reports_accuracy_keeps_bounded_checkpoints_and_re
             '--config.eval.batch_size=16'], tiny_run['root'])
     first = cas(6)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert 'tensorflow/' not in first.stderr  # TensorFlow's import logs: CAS (TensorBoard included) never loads it
     workdir = os.path.join(tiny_run['root'], 'results', 'cas')
     ckpt_dir = os.path.join(workdir, 'checkpoints_cas')
     assert sorted(os.listdir(ckpt_dir)) == ['best.pth', 'checkpoint_6.pth', 'history.json']  # evals at 1, 5, 6
@@ -267,6 +271,7 @@ def test_cas_trains_on_samples_reports_accuracy_keeps_bounded_checkpoints_and_re
     assert result['final_accuracy'] == accuracies[-1] and result['final_step'] == 8
     assert result['best_accuracy'] == max(accuracies) and result['num_train_samples'] == 90
     assert f"CAS final accuracy: {100 * accuracies[-1]:.2f}%" in second.stdout
+    assert any(name.startswith('events.out.tfevents') for name in os.listdir(os.path.join(workdir, 'tensorboard')))
 
     from models import cas as cas_models
     from models import checkpoint

@@ -335,6 +335,17 @@ def test_dropout_only_in_train_mode():
     assert torch.equal(model(x, c), model(x, c))
 
 
+def test_ncsnpp_traces_as_one_graph_for_torch_compile():
+  """No graph breaks (the FIR weights and the module walk are traceable), so `sampling.compile` gets one graph."""
+  model = NCSNpp(small_config()).eval()
+  try:
+    with torch.no_grad():
+      explanation = torch._dynamo.explain(model)(torch.rand(2, 3, 16, 16), torch.tensor([0.5, 3.0]))
+  finally:
+    torch._dynamo.reset()
+  assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
 def test_fourier_embedding_requires_continuous_training():
   config = small_config()
   config.training.continuous = False
@@ -423,7 +434,7 @@ def test_fir_down_and_up_sampling_match_upfirdn2d(taps):
 
 
 def test_fir_kernel_of_the_spec():
-  k = torch.from_numpy(layers.setup_kernel([1, 3, 3, 1]))
+  k = layers.fir_kernel_2d([1, 3, 3, 1])
   assert torch.equal(k, torch.outer(torch.tensor([1., 3, 3, 1]), torch.tensor([1., 3, 3, 1])) / 64)
   x = torch.zeros(1, 1, 4, 4)
   x[0, 0, 1, 1] = 1.0
