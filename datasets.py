@@ -130,7 +130,7 @@ def get_data_inverse_scaler(config):
 
 
 class ImageBatches(torch.utils.data.Dataset):
-  """uint8 NHWC images indexed by a list of indices -> float32 NCHW batches in [0, 1], optionally flipped."""
+  """uint8 NHWC images indexed by a tensor of indices -> float32 NCHW batches in [0, 1], optionally flipped."""
 
   def __init__(self, images, labels, image_size=32, random_flip=False, uniform_dequantization=False, seed=0):
     self.images = torch.from_numpy(np.ascontiguousarray(images))
@@ -159,7 +159,7 @@ class ImageBatches(torch.utils.data.Dataset):
 
 
 class PointBatches(torch.utils.data.Dataset):
-  """Points [N, d] indexed by a list of indices -> float32 batches (the moons)."""
+  """Points [N, d] indexed by a tensor of indices -> float32 batches (the moons)."""
 
   def __init__(self, points, labels):
     self.points = torch.as_tensor(points).float()
@@ -172,19 +172,26 @@ class PointBatches(torch.utils.data.Dataset):
     return self.points[indices], self.labels[indices]
 
 
-class RankSlices(torch.utils.data.Sampler):
-  """Each global batch of indices, cut into `world_size` equal parts; this rank gets part `rank`."""
+class EpochBatches(torch.utils.data.Sampler):
+  """Index tensors of one epoch's full batches (seeded shuffle); with several ranks, this rank's equal share of each.
 
-  def __init__(self, batch_sampler, rank, world_size):
-    self.batch_sampler, self.rank, self.world_size = batch_sampler, rank, world_size
+  Every rank draws the same permutation (same seed), so the global batch does not depend on the number of ranks.
+  """
+
+  def __init__(self, num_examples, batch_size, shuffle=True, seed=0, rank=0, world_size=1):
+    self.num_examples, self.batch_size, self.shuffle = num_examples, batch_size, shuffle
+    self.rank, self.per_rank = rank, batch_size // world_size
+    self.generator = torch.Generator().manual_seed(seed)
 
   def __len__(self):
-    return len(self.batch_sampler)
+    return self.num_examples // self.batch_size
 
   def __iter__(self):
-    for batch in self.batch_sampler:
-      per_rank = len(batch) // self.world_size
-      yield batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+    order = (torch.randperm(self.num_examples, generator=self.generator) if self.shuffle
+             else torch.arange(self.num_examples))
+    for start in range(0, len(self) * self.batch_size, self.batch_size):
+      first = start + self.rank * self.per_rank
+      yield order[first:first + self.per_rank]
 
 
 class Batches:
@@ -224,9 +231,6 @@ def get_dataset(config, split='train', *, batch_size=None, repeat=True, shuffle=
   if len(dataset) < batch_size:
     raise ValueError(f'The {split} split of {config.data.dataset} has {len(dataset)} examples, fewer than one batch '
                      f'of {batch_size}.')
-  generator = torch.Generator().manual_seed(seed)
-  order = (torch.utils.data.RandomSampler(dataset, generator=generator) if shuffle
-           else torch.utils.data.SequentialSampler(dataset))
-  batches = torch.utils.data.BatchSampler(order, batch_size, drop_last=True)
-  loader = torch.utils.data.DataLoader(dataset, sampler=RankSlices(batches, rank, world_size), batch_size=None)
+  sampler = EpochBatches(len(dataset), batch_size, shuffle, seed, rank, world_size)
+  loader = torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None)
   return Batches(loader, repeat)

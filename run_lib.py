@@ -58,6 +58,8 @@ class Run:
       if not dist.is_initialized():
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo',
                                 timeout=datetime.timedelta(minutes=30))
+    if device.type == 'cuda':  # exact float32 unless the config opts into TF32 convolutions / matmuls
+      mutils.use_exact_float32(not config.training.get('allow_tf32', False))
     config.device = str(device)  # so create_model / samplers place everything here
     return device
 
@@ -218,6 +220,7 @@ def train_score(config, workdir):
     if run.is_main:
       logging.info('Score training: updates %d to %d, %d process(es), device %s', initial_step, num_updates,
                    run.world_size, run.device)
+    report_start(run, initial_step, num_updates)
     run.start_progress(initial_step, num_updates, 'score')
 
     for step in range(initial_step, num_updates):
@@ -236,6 +239,11 @@ def train_score(config, workdir):
         if config.training.snapshot_sampling:
           snapshot_samples(run, config, sde, sampling_eps, score_model, ema, completed)
       run.progress.update(1)
+
+
+def report_start(run, initial_step, num_updates):
+  if run.is_main and initial_step >= num_updates:
+    logging.info('Nothing to do: %s already holds the final checkpoint (step %d).', run.ckpt_dir, initial_step)
 
 
 def report_loss(run, tag, loss, step, lr=None):
@@ -330,6 +338,7 @@ def train_classifier(config, workdir):
     if run.is_main:
       logging.info('Classifier training (%s loss): updates %d to %d, %d process(es), device %s',
                    config.model.loss_type, initial_step, num_updates, run.world_size, run.device)
+    report_start(run, initial_step, num_updates)
     run.start_progress(initial_step, num_updates, f'classifier ({config.model.loss_type})')
 
     for step in range(initial_step, num_updates):

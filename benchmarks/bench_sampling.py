@@ -157,7 +157,7 @@ def guided_score_fn(mode, sde, score_model, classifier, labels, scale, device):
 
 
 def score_errors(modes, sde, score_model, classifier, labels, scale, shape, device):
-  """Guided-score error of each mode against fp32 at t = 1, 0.5, 0.05, 1e-3 (x drawn from a VE marginal):
+  """Guided-score error of each mode against exact fp32 at t = 1, 0.5, 0.05, 1e-3 (x drawn from a VE marginal):
   max over t of |Δ|_max / |ŝ|_max and of ‖Δ‖₂ / ‖ŝ‖₂."""
   generator = torch.Generator().manual_seed(1)
   points = []
@@ -166,8 +166,11 @@ def score_errors(modes, sde, score_model, classifier, labels, scale, shape, devi
     sigma = sde.marginal_prob(torch.zeros(1), torch.tensor([t_value]))[1].item()
     x = (torch.rand(shape, generator=generator) + sigma * torch.randn(shape, generator=generator)).to(device)
     points.append((x, t))
+  tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+  mutils.use_exact_float32()  # the reference is true fp32 (CUDA convolutions default to TF32)
   reference = [guided_score_fn('fp32', sde, score_model, classifier, labels, scale, device)(x, t)
                for x, t in points]
+  torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
   errors = {}
   for mode in modes:
     fn = guided_score_fn(mode, sde, score_model, classifier, labels, scale, device)

@@ -3,7 +3,7 @@
   python benchmarks/bench_train.py [--batch 8] [--steps 2] [--device cpu|cuda]
 
 Reference (the original code, batch 8, 2-core CPU): score step ≈ 7.3 s, classifier 'total' step ≈ 2.1 s.
-On CUDA the table also has bf16-autocast rows.
+On CUDA the table has exact float32 (TF32 off, as training runs by default), TF32 and bf16-autocast rows.
 """
 import argparse
 import contextlib
@@ -32,12 +32,15 @@ def config_on(path, device):
   return config
 
 
-def seconds_per_step(step, device, steps, autocast):
+def seconds_per_step(step, device, steps, precision):
   """Median (wall, process CPU) seconds of `steps` calls after one warm-up call.
 
   The CPU column helps on a shared machine: divided by the thread count it approximates an unloaded wall time.
   """
-  context = (torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext())
+  if device.type == 'cuda':
+    mutils.use_exact_float32(precision != 'tf32')
+  context = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == 'bf16 autocast'
+             else contextlib.nullcontext())
   times = []
   for _ in range(steps + 1):
     if device.type == 'cuda':
@@ -90,15 +93,14 @@ def main():
     torch.set_num_threads(args.threads)
   device = torch.device(args.device)
   torch.manual_seed(0)
-  modes = [False, True] if device.type == 'cuda' else [False]
+  precisions = ['float32', 'tf32', 'bf16 autocast'] if device.type == 'cuda' else ['float32']
   rows = []
   for name, build in (("classifier 'total' step", classifier_step), ('score step', score_step)):
     if args.only and not name.startswith(args.only):
       continue
     step = build(device, args.batch)
-    for autocast in modes:
-      rows.append((name, 'bf16 autocast' if autocast else 'float32',
-                   seconds_per_step(step, device, args.steps, autocast)))
+    for precision in precisions:
+      rows.append((name, precision, seconds_per_step(step, device, args.steps, precision)))
     del step
   print(f'\nTraining step time, full CIFAR-10 configs, batch {args.batch}, device {device}, '
         f'{torch.get_num_threads()} threads')

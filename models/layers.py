@@ -1,8 +1,8 @@
 """Building blocks of NCSN++ (spec §2.2, §2.9.4–2.9.6): initialisers, convolutions, embeddings, FIR
 resampling in plain PyTorch, residual/attention blocks, Upsample/Downsample and Combine.
 
-Construction order and random draws follow the original code, so with the same seed a model is
-initialised exactly as the original's; parameter names and registration order match its checkpoints.
+Construction order and random draws follow the original code (so the same seed should give the original's
+initial weights); parameter names and registration order match its checkpoints.
 """
 import functools
 import math
@@ -170,14 +170,13 @@ def upsample_2d(x, taps=(1, 3, 3, 1), factor=2, gain=1.0):
   p = n - factor
   pad0, pad1 = (p + 1) // 2 + factor - 1, p // 2
   weight = _fir_weight(x, taps, gain * factor ** 2, flip=False)
-  # out_full[o] = sum_i x[i] k[o - factor i]; the wanted output is out_full[crop + o].
-  crop = n - 1 - pad0
-  length = x.shape[-1] * factor + pad0 + pad1 - n + 1
-  full = (x.shape[-1] - 1) * factor + n
-  if crop >= 0 and full - crop - length == crop:
-    return F.conv_transpose2d(x, weight, stride=factor, padding=crop, groups=x.shape[1])
+  # The transposed conv gives out[o] = sum_i x[i] k[o - factor i]; upfirdn2d's output is that sequence
+  # from index n - 1 - pad0 on, ending pad1 + factor - n entries past its end (negative: before it).
+  before, after = n - 1 - pad0, pad1 + factor - n
+  if before >= 0 and after == -before:
+    return F.conv_transpose2d(x, weight, stride=factor, padding=before, groups=x.shape[1])
   out = F.conv_transpose2d(x, weight, stride=factor, groups=x.shape[1])
-  return F.pad(out, (-crop, length + crop - full, -crop, length + crop - full))
+  return F.pad(out, (-before, after, -before, after))
 
 
 def upfirdn2d_reference(x, taps, up=1, down=1, pad=(0, 0), gain=1.0):

@@ -26,7 +26,6 @@ class NCSNpp(nn.Module):
 
   def __init__(self, config):
     super().__init__()
-    self.config = config
     self.act = layers.get_act(config)
     self.register_buffer('sigmas', torch.tensor(get_sigmas(config)))
     m = config.model

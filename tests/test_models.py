@@ -16,18 +16,26 @@ from models.ema import ExponentialMovingAverage
 from models.ncsnpp import NCSNpp, get_sigmas
 from models.resnet_cond import BasicBlock, Bottleneck, Classifier, ResNet_cond
 from models.utils import get_classifier_fn, get_model, get_score_fn
+from tests.conftest import resolve_golden_dir
 from tests.helpers import (REPO_ROOT, assert_close_to_golden, config_from_flat, flatten_config, golden_form,
                            load_config, state_dict_from_recipe, state_dict_sha256)
 
 SCORE_CONFIG = 'configs/score/cifar10_score_configs.py'
-MANIFESTS = ['score_cifar10', 'score_cifar100', 'classifier_cifar10_resnet18_cond',
-             'classifier_cifar100_resnet34_cond']
+GOLDEN_DIR = resolve_golden_dir()
+# File patterns of the golden format (a second golden set may use other seeds, SDEs and configs).
+PATTERNS = {'small_score': 'score_ncsnpp_small_*.pt', 'full_score': 'score_ncsnpp_full_recipe_*.pt',
+            'small_classifier': 'classifier_*_small.pt', 'full_classifier': 'classifier_*_full_recipe*.pt'}
+
+
+def golden_names(kind):
+  return sorted(path.stem for path in (GOLDEN_DIR / 'vectors').glob(PATTERNS[kind]))
+
+
+MANIFESTS = sorted(path.stem for path in (GOLDEN_DIR / 'manifests').glob('*.json'))
 
 
 def sde_from_golden(spec):
-  if spec['type'] == 'VESDE':
-    return sde_lib.VESDE(spec['sigma_min'], spec['sigma_max'], spec['N'])
-  return sde_lib.VPSDE(spec['beta_min'], spec['beta_max'], spec['N'])
+  return getattr(sde_lib, spec['type'])(**{k: v for k, v in spec.items() if k != 'type'})
 
 
 def strip_module(state_dict):
@@ -40,11 +48,23 @@ def build_on_meta(config, name):
     return get_model(name)(config)
 
 
+def model_from_golden(record, name):
+  """The network of a small golden file, with its stored weights, in eval mode."""
+  model = get_model(name)(config_from_flat(record['config']))
+  model.load_state_dict(strip_module(record['state_dict']))
+  return model.eval()
+
+
+@pytest.mark.parametrize('kind', PATTERNS)
+def test_golden_files_are_found(kind):
+  assert golden_names(kind), f'no {PATTERNS[kind]} in {GOLDEN_DIR / "vectors"}'
+
+
 # ------------------------------------------------------------------------------------------------
 # Manifests: keys, shapes, dtypes, state_dict order, parameter order, EMA order
 
-def load_manifest(golden_dir, name):
-  return json.loads((golden_dir / 'manifests' / f'{name}.json').read_text())
+def load_manifest(name):
+  return json.loads((GOLDEN_DIR / 'manifests' / f'{name}.json').read_text())
 
 
 def config_for_manifest(manifest):
@@ -54,8 +74,8 @@ def config_for_manifest(manifest):
 
 
 @pytest.mark.parametrize('name', MANIFESTS)
-def test_real_config_has_the_manifest_key_config(golden_dir, name):
-  manifest = load_manifest(golden_dir, name)
+def test_real_config_has_the_manifest_key_config(name):
+  manifest = load_manifest(name)
   flat = flatten_config(config_for_manifest(manifest))
   mismatched = {key: (flat.get(key), value) for key, value in manifest['key_config'].items()
                 if golden_form(flat.get(key, '<missing>')) != value}
@@ -63,8 +83,8 @@ def test_real_config_has_the_manifest_key_config(golden_dir, name):
 
 
 @pytest.mark.parametrize('name', MANIFESTS)
-def test_model_structure_matches_manifest(golden_dir, name):
-  manifest = load_manifest(golden_dir, name)
+def test_model_structure_matches_manifest(name):
+  manifest = load_manifest(name)
   model = build_on_meta(config_for_manifest(manifest), manifest['model_name'])
   state = model.state_dict()
   assert list(state) == [key[len('module.'):] for key in manifest['state_dict_order']]
@@ -78,42 +98,37 @@ def test_model_structure_matches_manifest(golden_dir, name):
   assert sum(p.numel() for _, p in named if p.requires_grad) == manifest['trainable_params']
   buffers = {f'module.{n}': (list(b.shape), str(b.dtype).replace('torch.', '')) for n, b in model.named_buffers()}
   assert buffers == {n: (b['shape'], b['dtype']) for n, b in manifest['buffers'].items()}
-
-
-@pytest.mark.parametrize('name', ['score_cifar10', 'score_cifar100'])
-def test_ema_shadow_order_matches_manifest(golden_dir, name):
-  manifest = load_manifest(golden_dir, name)
-  model = build_on_meta(config_for_manifest(manifest), manifest['model_name'])
-  ema = ExponentialMovingAverage(model.parameters(), decay=manifest['ema_decay'])
-  order = manifest['ema_shadow_params_order']
-  assert [f'module.{n}' for n, p in model.named_parameters() if p.requires_grad] == order
-  assert [list(s.shape) for s in ema.shadow_params] == [manifest['state_dict'][n]['shape'] for n in order]
+  if 'ema_shadow_params_order' in manifest:
+    order = manifest['ema_shadow_params_order']
+    assert [f'module.{n}' for n, p in named if p.requires_grad] == order
+    ema = ExponentialMovingAverage(model.parameters(), decay=manifest['ema_decay'])
+    assert [list(s.shape) for s in ema.shadow_params] == [manifest['state_dict'][n]['shape'] for n in order]
 
 
 # ------------------------------------------------------------------------------------------------
 # Golden vectors: small models
 
-@pytest.mark.parametrize('sde_name', ['ve', 'vp'])
-def test_small_ncsnpp_network_output(request, golden, sde_name):
-  model = request.getfixturevalue(f'small_score_model_{sde_name}')
-  record = golden(f'score_ncsnpp_small_{sde_name}')
+@pytest.mark.parametrize('name', golden_names('small_score'))
+def test_small_ncsnpp_network_output(golden, name):
+  record = golden(name)
+  model = model_from_golden(record, 'ncsnpp')
   expected = record.get('eval_model_raw_output', record['eval_score'])  # VE: the output is the score
   with torch.no_grad():
     for row in range(len(record['eval_t'])):
       out = model(record['eval_x'][row], record['eval_model_time_input'][row])
       assert out.dtype == torch.float32
-      assert_close_to_golden(out, expected[row], name=f'{sde_name} row {row}')
+      assert_close_to_golden(out, expected[row], name=f'{name} row {row}')
 
 
-@pytest.mark.parametrize('sde_name', ['ve', 'vp'])
-def test_small_ncsnpp_score_fn(request, golden, sde_name):
-  model = request.getfixturevalue(f'small_score_model_{sde_name}')
-  record = golden(f'score_ncsnpp_small_{sde_name}')
+@pytest.mark.parametrize('name', golden_names('small_score'))
+def test_small_ncsnpp_score_fn(golden, name):
+  record = golden(name)
+  model = model_from_golden(record, 'ncsnpp')
   score_fn = get_score_fn(sde_from_golden(record['sde']), model, train=False, continuous=True)
   with torch.no_grad():
     for row in range(len(record['eval_t'])):
       score = score_fn(record['eval_x'][row], record['eval_t'][row])
-      assert_close_to_golden(score, record['eval_score'][row], name=f'{sde_name} score row {row}')
+      assert_close_to_golden(score, record['eval_score'][row], name=f'{name} score row {row}')
 
 
 def check_classifier_case(model, case):
@@ -138,24 +153,22 @@ def check_classifier_case(model, case):
       assert torch.equal(actual, expected), key
 
 
-@pytest.mark.parametrize('sde_name', ['ve', 'vp'])
-def test_small_classifier(small_classifier, golden, sde_name):
-  check_classifier_case(small_classifier, golden('classifier_resnet18_cond_small')['by_sde'][sde_name])
-
-
-@pytest.mark.parametrize('sde_name', ['ve', 'vp'])
-def test_small_classifier_fn_feeds_the_model_time_input(small_classifier, golden, sde_name):
-  case = golden('classifier_resnet18_cond_small')['by_sde'][sde_name]
-  logits_fn = get_classifier_fn(sde_from_golden(case['sde']), small_classifier, train=False, continuous=True)
-  with torch.no_grad():
-    assert_close_to_golden(logits_fn(case['x'], case['t']), case['logits_eval'])
+@pytest.mark.parametrize('name', golden_names('small_classifier'))
+def test_small_classifier(golden, name):
+  record = golden(name)
+  for sde_name, case in record['by_sde'].items():
+    check_classifier_case(model_from_golden(record, 'classifier'), case)
+    logits_fn = get_classifier_fn(sde_from_golden(case['sde']), model_from_golden(record, 'classifier'),
+                                  train=False, continuous=True)
+    with torch.no_grad():
+      assert_close_to_golden(logits_fn(case['x'], case['t']), case['logits_eval'], name=f'{sde_name} logits_fn')
 
 
 # ------------------------------------------------------------------------------------------------
 # Golden vectors: full-size models with recipe weights
 
 def recipe_state(record, model, config):
-  """Recipe weights for `model`, verified against the file's sha256 and per-tensor checksums."""
+  """Recipe weights for `model`, verified against the file's per-tensor checksums."""
   state = state_dict_from_recipe(record['param_recipe'], {f'module.{k}': v for k, v in model.state_dict().items()},
                                  config)
   for key, sums in record['param_checksums'].items():
@@ -166,34 +179,52 @@ def recipe_state(record, model, config):
   return state
 
 
-def test_full_ncsnpp_recipe(full_ncsnpp_cifar10, golden):
-  record = golden('score_ncsnpp_full_recipe_cifar10_ve')
+def stored_sigma_table(golden, config):
+  """The float64 sigma table as a small golden file stores it, for the same sigma_min/sigma_max/num_scales.
+
+  The generator's platform exp rounds some entries 1 ulp differently from NumPy here, so recomputed tables
+  agree only to 1e-15; the sha256 needs the stored bits.
+  """
+  fields = ('model.sigma_min', 'model.sigma_max', 'model.num_scales')
+  for name in golden_names('small_score'):
+    record = golden(name)
+    if all(record['config'][f] == flatten_config(config)[f] for f in fields):
+      return record['state_dict']['module.sigmas']
+  raise AssertionError('no small golden file with this sigma table')
+
+
+def builds_like_the_fixture(flat_config):
+  """Whether a golden file's NCSN++ is the session fixture's (every model field and image shape equal)."""
+  fixture = flatten_config(load_config(SCORE_CONFIG))
+  return all(golden_form(fixture.get(key)) == value for key, value in flat_config.items()
+             if key.startswith('model.') or key in ('data.image_size', 'data.num_channels', 'data.centered'))
+
+
+@pytest.mark.parametrize('name', golden_names('full_score'))
+def test_full_ncsnpp_recipe(full_ncsnpp_cifar10, golden, name):
+  record = golden(name)
   config = config_from_flat(record['config'])
-  state = recipe_state(record, full_ncsnpp_cifar10, config)
-  # The generator's platform exp rounds 1 ulp differently in some entries of the float64 sigma table;
-  # the small file stores that exact table (same sigma_min / sigma_max / num_scales).
-  small = golden('score_ncsnpp_small_ve')
-  assert all(small['config'][k] == record['config'][k] for k in ('model.sigma_min', 'model.sigma_max',
-                                                                   'model.num_scales'))
-  stored_sigmas = small['state_dict']['module.sigmas']
+  model = full_ncsnpp_cifar10 if builds_like_the_fixture(record['config']) else get_model('ncsnpp')(config)
+  state = recipe_state(record, model, config)
+  stored_sigmas = stored_sigma_table(golden, config)
   assert torch.allclose(state['module.sigmas'], stored_sigmas, rtol=1e-15, atol=0)
   state['module.sigmas'] = stored_sigmas
   assert state_dict_sha256(state) == record['state_dict_sha256']
-  full_ncsnpp_cifar10.load_state_dict(strip_module(state))
-  full_ncsnpp_cifar10.eval()
+  model.load_state_dict(strip_module(state))
+  score_fn = get_score_fn(sde_from_golden(record['sde']), model, train=False, continuous=True)
   with torch.no_grad():
-    out = full_ncsnpp_cifar10(record['x'], record['model_time_input'])
-  assert_close_to_golden(out, record['score'], name='full NCSN++ score')
+    assert_close_to_golden(score_fn(record['x'], record['t']), record['score'], name=f'{name} score')
 
 
-def test_full_classifier_recipe(golden):
-  record = golden('classifier_resnet18_cond_full_recipe')
+@pytest.mark.parametrize('name', golden_names('full_classifier'))
+def test_full_classifier_recipe(golden, name):
+  record = golden(name)
   config = config_from_flat(record['config'])
   model = get_model(config.classifier.name)(config)
-  state = strip_module(recipe_state(record, model, config))
-  assert state_dict_sha256({f'module.{k}': v for k, v in state.items()}) == record['state_dict_sha256']
+  state = recipe_state(record, model, config)
+  assert state_dict_sha256(state) == record['state_dict_sha256']
   for case in record['by_sde'].values():
-    model.load_state_dict(state)
+    model.load_state_dict(strip_module(state))
     check_classifier_case(model, case)
 
 

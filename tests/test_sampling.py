@@ -258,3 +258,30 @@ def test_golden_mini_sampler_reproduces_the_original(golden, request, monkeypatc
   assert_close_to_golden(output, run['output'], name='mini sampler output')
   assert score_model.training is False and classifier.training is False
   assert flags == [p.requires_grad for p in classifier.parameters()]  # frozen only while sampling
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+@pytest.mark.parametrize('sde_name', ['ve', 'vp'])
+def test_golden_step_on_the_gpu(golden, request, monkeypatch, sde_name):
+  """The VE tables are looked up on the device (the original crashed here, B40); TF32 off for parity."""
+  record = golden(f'pc_step_small_{sde_name}')
+  case = record['cases']['sf10_step700']
+  device = torch.device('cuda')
+  monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)  # what models.utils.use_exact_float32 sets
+  monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
+  sde = _sde_from_record(record['sde'])
+  score_model = request.getfixturevalue(f'small_score_model_{sde_name}').to(device)
+  classifier = request.getfixturevalue('small_classifier').to(device)
+  guided = sampling.get_guided_score_fn(sampling.as_score_fn(sde, score_model),
+                                        sampling.as_classifier_fn(sde, classifier), case['cond'].to(device),
+                                        case['scaling_factor'])
+  noises = iter([case['corrector_noise'].to(device), case['predictor_z'].to(device)])
+  monkeypatch.setattr(torch, 'randn_like', lambda x: next(noises))
+  corrector, predictor = _golden_step_components(record, guided)
+  t = case['t'].to(device)
+  with torch.no_grad():
+    x, _ = corrector(case['x_in'].to(device), t)
+    assert_close_to_golden(x, case['corrector_x'], name='corrector_x')
+    x, x_mean = predictor(case['corrector_x'].to(device), t)
+  assert_close_to_golden(x_mean, case['predictor_x_mean'], name='predictor_x_mean')
+  assert_close_to_golden(x, case['predictor_x'], name='predictor_x')

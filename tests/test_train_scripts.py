@@ -222,3 +222,27 @@ def test_training_modules_do_not_import_tensorflow(tmp_path):
   result = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, env=environment(), capture_output=True,
                           text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_toy_trains_through_the_same_trainers(tmp_path):
+  """The moons (data.dataset='moons') go through run_lib's trainers with the toy's eps=0 and σ-power weights."""
+  import run_lib
+  from tests.helpers import load_config
+
+  def tiny(path, n_iters):
+    config = load_config(path)
+    config.device = 'cpu'
+    config.training.n_iters, config.training.batch_size = n_iters, 500
+    config.training.snapshot_freq = config.training.log_freq = config.training.eval_freq = 10
+    return config
+
+  score_config = tiny('configs/toy/score.py', 19)
+  run_lib.train_score(score_config, str(tmp_path / 'toy_score'))
+  assert checkpoint_steps(tmp_path / 'toy_score') == [10, 20]
+  classifier_config = tiny('configs/toy/classifier_total.py', 9)
+  classifier_config.model.score_restore_path = str(tmp_path / 'toy_score' / 'checkpoints' / 'checkpoint_20.pth')
+  run_lib.train_classifier(classifier_config, str(tmp_path / 'toy_total'))
+  final = load(tmp_path / 'toy_total' / 'checkpoints' / 'checkpoint_10.pth')
+  assert final['step'] == 10 and adam_steps(final) == {10}
+  log = (tmp_path / 'toy_total' / 'log.txt').read_text()
+  assert 'Classifier training (total loss)' in log and 'step: 0, eval_acc:' in log
