@@ -98,8 +98,9 @@ def load_cifar(root, dataset, train):
   try:
     split = reader(root, train=train, download=False)
   except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as error:
-    raise DatasetIntegrityError(f'{os.path.join(root, reader.base_folder)} is not a readable {reader.display_name} '
-                                f'folder ({type(error).__name__}: {error}); extract {reader.filename} again.') from error
+    folder = os.path.join(root, reader.base_folder)
+    raise DatasetIntegrityError(f'{folder} is not a readable {reader.display_name} folder '
+                                f'({type(error).__name__}: {error}); extract {reader.filename} again.') from error
   images = np.ascontiguousarray(split.data, dtype=np.uint8)
   labels = np.asarray(split.targets, dtype=np.int64)
   if len(labels) != len(images) or (labels.size and (labels.min() < 0 or labels.max() >= reader.num_classes)):

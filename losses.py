@@ -135,7 +135,8 @@ def get_ddpm_loss_fn(vpsde, train, reduce_mean=True):
 def dlsm_loss(log_prob_grad, prior_score, z, std, weighting_dlsm=0):
   """mean of ½ (σ^w G + σ^w s + σ^(w-1) z)² over all elements (spec §1.7.4)."""
   std = per_sample(std, z)
-  residual = log_prob_grad * std ** weighting_dlsm + prior_score * std ** weighting_dlsm + z * std ** (weighting_dlsm - 1)
+  weight = std ** weighting_dlsm
+  residual = log_prob_grad * weight + prior_score * weight + z * std ** (weighting_dlsm - 1)
   return torch.mean(0.5 * torch.square(residual))
 
 

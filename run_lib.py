@@ -97,7 +97,10 @@ class Run:
     return False
 
   def seed(self, config, initial_step):
-    """Seed torch / NumPy / random from config.seed (B30); ranks and resumed runs get distinct streams."""
+    """Seed torch / NumPy / random from config.seed (B30); ranks and resumed runs get distinct streams.
+
+    DDP broadcasts rank 0's initial weights, so the rank offset only decorrelates the t / z draws.
+    """
     seed = config.seed + 100_003 * self.rank + initial_step
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -196,6 +199,7 @@ def new_ema(config, model):
 def train_score(config, workdir):
   """Train the score model of `config` in `workdir` (resuming when it holds checkpoints)."""
   with Run(config, workdir) as run:
+    run.seed(config, 0)  # reproducible initial weights
     sde, sampling_eps = sde_lib.get_sde(config)
     score_model = mutils.create_model(config)
     ema = new_ema(config, score_model)
@@ -317,6 +321,7 @@ def train_classifier(config, workdir):
   if not config.training.continuous:
     raise ValueError('Classifier training needs training.continuous=True (as the original).')
   with Run(config, workdir) as run:
+    run.seed(config, 0)  # reproducible initial weights
     sde, sampling_eps = sde_lib.get_sde(config)
     score_model = load_frozen_score_model(run, config)
     classifier = mutils.create_classifier(config)
@@ -351,12 +356,12 @@ def train_classifier(config, workdir):
         ensure_finite(run, run.mean(loss), step, 'The training loss')
         save_training_checkpoint(run, config, classifier, optimizer, completed)
       if step % config.training.eval_freq == 0:
-        accuracy = test_accuracy(run, classifier, correct_fn, test_batches, scaler)
+        accuracy = evaluate_accuracy(run, classifier, correct_fn, test_batches, scaler)
         log_value(run, 'eval_acc', accuracy, step, fmt='%.2e')
       run.progress.update(1)
 
 
-def test_accuracy(run, classifier, correct_fn, test_batches, scaler):
+def evaluate_accuracy(run, classifier, correct_fn, test_batches, scaler):
   """Accuracy in % over one pass of the test batches (spec §1.8), summed over the ranks."""
   counts = torch.zeros(2, dtype=torch.float64, device=run.device)
   for images, labels in test_batches:

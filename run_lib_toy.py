@@ -38,10 +38,11 @@ CLASSIFIER_METHODS = (  # table row, classifier stage, guidance scale (None: the
 )
 
 
-def train_stages(config, workdir):
+def train_stages(config, workdir, timings):
   """Train every stage with run_lib (classifiers on the trained score model); returns {stage: checkpoint}."""
   paths = {}
   for index, (stage, spec) in enumerate(STAGES.items()):
+    start = time.time()
     cfg = stage_config(config, stage)
     if spec['model'] == 'classifier':
       cfg.model.score_restore_path = paths['score']
@@ -50,6 +51,7 @@ def train_stages(config, workdir):
                f'{cfg.training.batch_size}, lr {cfg.optim.lr:g}')
     run_lib.train(cfg, stage_dir, spec['model'])
     paths[stage] = ckpt.latest_checkpoint(os.path.join(stage_dir, 'checkpoints'))
+    timings[stage] = time.time() - start
   return paths
 
 
@@ -151,6 +153,8 @@ def evaluate(config, networks, workdir, timings):
 
   start = time.time()
   samples = sample_methods(config, networks, device)
+  timings['sampling'] = time.time() - start
+  start = time.time()
   generator = torch.Generator().manual_seed(config.seed)
   samples['oracle'] = exact_draws(positions, labels, sigma, config.eval.num_samples, generator)
   real = toy_lib.reference_sets(positions, labels, sigma, generator)
@@ -158,7 +162,7 @@ def evaluate(config, networks, workdir, timings):
     prdc = toy_lib.classwise_prdc(real, per_class, config.eval.nearest_k)
     rows.setdefault(method, {'D_P': None, 'D_L': None})
     rows[method].update({key: [m[key] for m in prdc] for key in ('precision', 'recall', 'density', 'coverage')})
-  timings['sampling_and_prdc'] = time.time() - start
+  timings['prdc'] = time.time() - start
 
   plots = make_plots(config, grid, oracle, fields, samples, workdir)
   results = {'seed': config.seed, 'sigma': sigma, 'scaling_factor': config.eval.scaling_baseline,
@@ -188,7 +192,7 @@ def run_pipeline(config, workdir):
   """Train all stages, evaluate, write the table and plots; returns the results dict."""
   os.makedirs(workdir, exist_ok=True)
   timings, start = {}, time.time()
-  paths = train_stages(config, workdir)
+  paths = train_stages(config, workdir, timings)
   timings['training'] = time.time() - start
   networks = load_networks(config, paths)
   results, plots = evaluate(config, networks, workdir, timings)

@@ -187,9 +187,9 @@ def classwise_prdc(real_sets, fake_sets, nearest_k=5):
 
 # ---------------------------------------------------------------------------------------------- table
 
-TABLE_ROWS = (('base', '(a) Base (CE)'), ('scaling', '(b) Scaling (CE, λ = {scale:g})'),
+TABLE_ROWS = (('base', '(a) Base (CE)'), ('scaling', '(b) Scaling (CE, λ {scale})'),
               ('posterior_sm', '(c) Posterior SM'), ('dlsm', "(d') DLSM only"), ('ours', '(d) Ours (total loss)'),
-              ('oracle', '(e) Oracle'))
+              ('ours_original_sampler', '(d) Ours, original sampler (T1)'), ('oracle', '(e) Oracle'))
 # Spec §6.10, values for class c1 / c2.
 PAPER_TABLE = {
     'base': {'D_P': (0.198, 0.197), 'D_L': (0.190, 0.181), 'precision': (0.94, 0.93), 'recall': (1.00, 1.00)},
@@ -204,7 +204,7 @@ TABLE_COLUMNS = (('D_P', 'E[D_P]', '{:.3f}'), ('D_L', 'E[D_L]', '{:.3f}'),
 
 def format_table(rows, scale=None):
     """Markdown table of spec §6.10 from {method: {'D_P': (c1, c2) | None, 'D_L': …, 'precision': …, 'recall': …}};
-    methods missing from `rows` are skipped, missing values print as '-'."""
+    methods missing from `rows` are skipped, missing values print as '-'. `scale`: the scaling baseline's λ."""
     lines = ['| method | ' + ' | '.join(f'{title} (c1 / c2)' for _, title, _ in TABLE_COLUMNS) + ' |',
              '|---' * (len(TABLE_COLUMNS) + 1) + '|']
     for key, label in TABLE_ROWS:
@@ -214,8 +214,8 @@ def format_table(rows, scale=None):
         for column, _, fmt in TABLE_COLUMNS:
             pair = rows[key].get(column)
             cells.append('-' if pair is None else ' / '.join(fmt.format(v) for v in pair))
-        lines.append(f"| {label.format(scale=scale if scale is not None else rows[key].get('scale', 0))} | "
-                     + ' | '.join(cells) + ' |')
+        label = label.format(scale='> 1' if scale is None else f'= {scale:g}')
+        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
@@ -223,7 +223,7 @@ def write_table(results, workdir):
     """Write results['rows'] as toy_table.md (ours, then the paper's) and all of `results` as toy_table.json."""
     scale = results.get('scaling_factor')
     markdown = '\n'.join(['## Moons, this run', '', format_table(results['rows'], scale), '',
-                          '## Paper (spec §6.10)', '', format_table(PAPER_TABLE, scale), ''])
+                          '## Paper (spec §6.10)', '', format_table(PAPER_TABLE), ''])
     paths = os.path.join(workdir, 'toy_table.md'), os.path.join(workdir, 'toy_table.json')
     with open(paths[0], 'w') as f:
         f.write(markdown)

@@ -104,7 +104,8 @@ def main():
     del step
   print(f'\nTraining step time, full CIFAR-10 configs, batch {args.batch}, device {device}, '
         f'{torch.get_num_threads()} threads')
-  print(f'| {"step":<24} | {"precision":<13} | {"s / step":>8} | {"CPU s / step":>12} | {"original (2-core CPU)":>21} |')
+  header = ('step', 'precision', 's / step', 'CPU s / step', 'original (2-core CPU)')
+  print(f'| {header[0]:<24} | {header[1]:<13} | {header[2]:>8} | {header[3]:>12} | {header[4]:>21} |')
   print(f'|{"-" * 26}|{"-" * 15}|{"-" * 10}|{"-" * 14}|{"-" * 23}|')
   for name, precision, (seconds, cpu_seconds) in rows:
     print(f'| {name:<24} | {precision:<13} | {seconds:8.3f} | {cpu_seconds:12.3f} | '

@@ -16,6 +16,7 @@ def get_default_configs():
   training.continuous = True
   training.reduce_mean = False
   training.keep_checkpoints = 0  # newest training checkpoints kept on disk; 0 keeps all
+  training.allow_tf32 = False  # TF32 on CUDA during training; False keeps exact float32
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.n_steps_each = 1

@@ -170,8 +170,12 @@ def _listed(keys):
   return shown + (f', ... ({len(keys) - _MAX_LISTED_KEYS} more)' if len(keys) > _MAX_LISTED_KEYS else '')
 
 
-def load_model_state(model, state_dict, what='score model', config_hint=None):
-  """Strictly load 'module.'-prefixed or plain keys; any missing / unexpected / mis-shaped key is a ValueError."""
+def load_model_state(model, state_dict, what='score model', config_hint=None, source=None):
+  """Strictly load 'module.'-prefixed or plain keys; any missing / unexpected / mis-shaped key is a ValueError.
+
+  The error names the keys, the config values the checkpoint fits, `source` (its file) and `config_hint` (e.g. the
+  config file the model was built from).
+  """
   model = unwrap(model)
   state_dict = strip_prefix(state_dict)
   expected = model.state_dict()
@@ -188,9 +192,9 @@ def load_model_state(model, state_dict, what='score model', config_hint=None):
       problems.append(f'unexpected keys: {_listed(unexpected)}')
     if misshaped:
       problems.append(f'mis-shaped keys (checkpoint vs model): {_listed(misshaped)}')
-    raise ValueError(f'The {what} checkpoint does not fit the model built from the config'
-                     f'{f" ({config_hint})" if config_hint else ""}: ' + '; '.join(problems)
-                     + '. ' + layout_advice(state_dict, expected))
+    raise ValueError(f'The {what} checkpoint{f" {source}" if source else ""} does not fit the model built from '
+                     f'{config_hint or "the config"}: ' + '; '.join(problems) + '. '
+                     + layout_advice(state_dict, expected))
   model.load_state_dict(state_dict, strict=True)
   return model
 
@@ -223,7 +227,7 @@ def restore_score_model(path, model, ema=None, device='cpu', config_hint=None):
   """
   checkpoint = load_checkpoint_file(path, device)
   _require(checkpoint, ('model', 'ema'), path, 'score model')
-  load_model_state(model, checkpoint['model'], 'score model', config_hint or path)
+  load_model_state(model, checkpoint['model'], 'score model', config_hint, path)
   shadows = checkpoint['ema']['shadow_params']
   validate_shadows(model, shadows)
   if ema is None:
@@ -243,7 +247,7 @@ def restore_weights(path, model, device='cpu', what='model', config_hint=None):
   """Load the 'model' entry of any checkpoint strictly, with or without the 'module.' prefix."""
   checkpoint = load_checkpoint_file(path, device)
   _require(checkpoint, ('model',), path, what)
-  return load_model_state(model, checkpoint['model'], what, config_hint or path)
+  return load_model_state(model, checkpoint['model'], what, config_hint, path)
 
 
 def _plain_numbers(optimizer_state):
@@ -260,7 +264,7 @@ def restore_training_state(path, model, optimizer, ema=None, device='cpu', confi
   checkpoint = load_checkpoint_file(path, device)
   required = ('optimizer', 'model', 'step') + (('ema',) if ema is not None else ())
   _require(checkpoint, required, path, 'training')
-  load_model_state(model, checkpoint['model'], 'training', config_hint or path)
+  load_model_state(model, checkpoint['model'], 'training', config_hint, path)
   optimizer.load_state_dict(_plain_numbers(checkpoint['optimizer']))
   if ema is not None:
     validate_shadows(model, checkpoint['ema']['shadow_params'])

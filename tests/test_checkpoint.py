@@ -448,3 +448,13 @@ def test_golden_copy_matches_shared():
     match, mismatch, errors = filecmp.cmpfiles(shared / sub, local / sub, names, shallow=False)
     assert not mismatch and not errors, (mismatch, errors)
   assert resolve_golden_dir().is_dir()
+
+
+def test_restore_error_names_file_and_config(trained_small, small_score_model_vp):
+  """The VE checkpoint into the VP (positional-embedding) model: the file, the config and the fitting value."""
+  path = trained_small[-1]
+  with pytest.raises(ValueError) as error:
+    ckpt.restore_score_model(path, small_score_model_vp, config_hint='configs/vp.py')
+  message = str(error.value)
+  for fragment in (str(path), 'configs/vp.py', 'unexpected keys: all_modules.0.W', "model.embedding_type='fourier'"):
+    assert fragment in message

@@ -297,7 +297,8 @@ def test_format_table():
     assert lines[2] == '| (a) Base (CE) | 0.198 / 0.197 | 0.190 / 0.181 | 0.94 / 0.93 | 1.00 / 1.00 |'
     assert lines[3] == '| (c) Posterior SM | 0.063 / 0.060 | - | 0.97 / 0.97 | 1.00 / 1.00 |'
     assert len(lines) == 4
-    assert '(b) Scaling (CE, λ = 20)' in toy_lib.format_table(toy_lib.PAPER_TABLE, scale=20.)
+    assert '| (b) Scaling (CE, λ = 20) | 2.734 / 2.627 |' in toy_lib.format_table(toy_lib.PAPER_TABLE, scale=20.)
+    assert '| (b) Scaling (CE, λ > 1) |' in toy_lib.format_table(toy_lib.PAPER_TABLE)
 
 
 def test_write_table(tmp_path):
@@ -305,7 +306,7 @@ def test_write_table(tmp_path):
     md_path, json_path = toy_lib.write_table(results, str(tmp_path))
     markdown = open(md_path).read()
     assert toy_lib.format_table(table_rows(), 20.) in markdown
-    assert toy_lib.format_table(toy_lib.PAPER_TABLE, 20.) in markdown
+    assert toy_lib.format_table(toy_lib.PAPER_TABLE) in markdown
     assert json.load(open(json_path)) == json.loads(json.dumps(results))
 
 

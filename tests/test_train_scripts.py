@@ -225,7 +225,7 @@ def test_training_modules_do_not_import_tensorflow(tmp_path):
 
 
 def test_toy_trains_through_the_same_trainers(tmp_path):
-  """The moons (data.dataset='moons') go through run_lib's trainers with the toy's eps=0 and σ-power weights."""
+  """The moons (data.dataset='moons') go through run_lib's trainers (eps=0, σ-power weights); runs are seeded (B30)."""
   import run_lib
   from tests.helpers import load_config
 
@@ -236,9 +236,12 @@ def test_toy_trains_through_the_same_trainers(tmp_path):
     config.training.snapshot_freq = config.training.log_freq = config.training.eval_freq = 10
     return config
 
-  score_config = tiny('configs/toy/score.py', 19)
-  run_lib.train_score(score_config, str(tmp_path / 'toy_score'))
+  run_lib.train_score(tiny('configs/toy/score.py', 19), str(tmp_path / 'toy_score'))
   assert checkpoint_steps(tmp_path / 'toy_score') == [10, 20]
+  run_lib.train_score(tiny('configs/toy/score.py', 19), str(tmp_path / 'toy_score_again'))
+  first, again = (load(tmp_path / name / 'checkpoints' / 'checkpoint_20.pth')
+                  for name in ('toy_score', 'toy_score_again'))
+  assert all(torch.equal(first['model'][k], again['model'][k]) for k in first['model'])  # config.seed fixes the run
   classifier_config = tiny('configs/toy/classifier_total.py', 9)
   classifier_config.model.score_restore_path = str(tmp_path / 'toy_score' / 'checkpoints' / 'checkpoint_20.pth')
   run_lib.train_classifier(classifier_config, str(tmp_path / 'toy_total'))

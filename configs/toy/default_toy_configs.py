@@ -105,7 +105,7 @@ def get_default_configs():
   evaluate.batch_size = 10000  # classifier accuracy during training: all points at t = training.eps
   evaluate.num_samples = 10000  # generated points per class
   evaluate.nearest_k = 5
-  evaluate.scaling_baseline = 20.  # guidance scale of the scaling baseline (CE classifier, scale > 1)
+  evaluate.scaling_baseline = 10.  # guidance scale of the scaling baseline (CE classifier; 10 as on CIFAR)
   evaluate.compare_original_sampler = True  # also sample 'ours' with the original sampler (T1) for the plots
 
   config.stages = ml_collections.ConfigDict()

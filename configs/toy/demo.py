@@ -1,5 +1,5 @@
 """`make demo`: the moons pipeline sized for a 2-core CPU (< 10 min in all): shorter training at batch 1 000 with
-larger learning rates, 300-step sampling of 5 000 points per class. Everything else as configs/toy/paper.py."""
+larger learning rates, 200-step sampling of 5 000 points per class. Everything else as configs/toy/paper.py."""
 import ml_collections
 
 from configs.toy.default_toy_configs import get_default_configs
@@ -22,6 +22,6 @@ def get_config():
   config.training.snapshot_freq = 1000
   config.training.log_freq = 100
   config.training.eval_freq = 1000
-  config.sampling.num_steps = 300
+  config.sampling.num_steps = 200
   config.eval.num_samples = 5000
   return config
