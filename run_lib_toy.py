@@ -28,6 +28,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Toy pipeline config (configs/toy/demo.py or paper.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', 'toy_demo', 'Folder of the run (stage checkpoints, table, plots).')
+flags.DEFINE_integer('num_threads', 1, 'CPU threads for torch (0: torch\'s default). The toy networks are too small '
+                     'to gain from more, and extra threads slow down a machine that is busy with anything else.')
 flags.mark_flags_as_required(['config'])
 
 CLASSIFIER_METHODS = (  # table row, classifier stage, guidance scale (None: the scaling baseline's)
@@ -72,21 +74,23 @@ def scale_of(config, scale):
 
 
 def grid_fields(config, networks, grid):
-  """Posterior score fields on the grid, {method: (upper, lower)}, and the prior score s(x, sigma)."""
-  sigma = config.model.std
-  prior = toy_lib.prior_score(networks['score'], grid, sigma)
-  fields, likelihoods = {}, {}
+  """On the grid (CPU tensors): the prior score s(x, sigma), the likelihood fields {method: [upper, lower]} and
+  the posterior fields {method: [upper, lower]} of every method (posterior SM: its class score models)."""
+  sigma, device = config.model.std, mutils.get_device(config)
+  grid = grid.to(device)
+  prior = toy_lib.prior_score(networks['score'], grid, sigma).cpu()
+  likelihoods, fields = {}, {}
   for method, stage, scale in CLASSIFIER_METHODS:
-    likelihoods[method] = [toy_lib.likelihood_score(networks[stage], grid, sigma, c)
+    likelihoods[method] = [toy_lib.likelihood_score(networks[stage], grid, sigma, c).cpu()
                            for c in range(len(toy_lib.CLASS_NAMES))]
     fields[method] = [prior + scale_of(config, scale) * g for g in likelihoods[method]]
-  fields['posterior_sm'] = [toy_lib.prior_score(networks[f'score_{name}'], grid, sigma)
+  fields['posterior_sm'] = [toy_lib.prior_score(networks[f'score_{name}'], grid, sigma).cpu()
                             for name in toy_lib.CLASS_NAMES]
   return prior, likelihoods, fields
 
 
 def distance_rows(config, oracle, prior, likelihoods, fields):
-  """E[D_P] and E[D_L] per method and class (spec §6.8), plus D_full of the prior score model."""
+  """E[D_P] and E[D_L] per method and class (spec §6.8), and D_full of the prior score model."""
   rows = {}
   for method, _, scale in CLASSIFIER_METHODS:
     d = toy_lib.classifier_distances(oracle, prior, likelihoods[method], scale_of(config, scale))
@@ -140,32 +144,33 @@ def exact_draws(positions, labels, sigma, num_samples, generator):
   return draws
 
 
-def evaluate(config, networks, workdir, timings):
-  """D_P / D_L, samples, class-wise PRDC, plots and the table; returns (results, table paths, plot paths)."""
-  device = mutils.get_device(config)
-  sigma = config.model.std
-  positions, labels = toy_lib.moons_dataset('all')
-  grid = toy_lib.evaluation_grid(config.sampling.width, config.sampling.height, config.sampling.density)
-  oracle = toy_lib.oracle_scores(positions, labels, grid, sigma)
-  prior, likelihoods, fields = grid_fields(config, networks, grid.to(device))
-  rows, d_full = distance_rows(config, oracle, prior.cpu(), {k: [g.cpu() for g in v] for k, v in likelihoods.items()},
-                               {k: [f.cpu() for f in v] for k, v in fields.items()})
-
-  start = time.time()
-  samples = sample_methods(config, networks, device)
-  timings['sampling'] = time.time() - start
-  start = time.time()
+def add_sample_quality(config, rows, samples, positions, labels):
+  """Class-wise precision / recall / density / coverage of every sampled method (and of exact draws, the oracle
+  row) against the class points plus sigma·z (spec §6.9)."""
   generator = torch.Generator().manual_seed(config.seed)
-  samples['oracle'] = exact_draws(positions, labels, sigma, config.eval.num_samples, generator)
-  real = toy_lib.reference_sets(positions, labels, sigma, generator)
+  samples['oracle'] = exact_draws(positions, labels, config.model.std, config.eval.num_samples, generator)
+  real = toy_lib.reference_sets(positions, labels, config.model.std, generator)
   for method, per_class in samples.items():
     prdc = toy_lib.classwise_prdc(real, per_class, config.eval.nearest_k)
     rows.setdefault(method, {'D_P': None, 'D_L': None})
     rows[method].update({key: [m[key] for m in prdc] for key in ('precision', 'recall', 'density', 'coverage')})
-  timings['prdc'] = time.time() - start
 
+
+def evaluate(config, networks, workdir, timings):
+  """D_P / D_L on the grid, samples and their class-wise PRDC, plots; returns (results, plot paths)."""
+  positions, labels = toy_lib.moons_dataset('all')
+  grid = toy_lib.evaluation_grid(config.sampling.width, config.sampling.height, config.sampling.density)
+  oracle = toy_lib.oracle_scores(positions, labels, grid, config.model.std)
+  prior, likelihoods, fields = grid_fields(config, networks, grid)
+  rows, d_full = distance_rows(config, oracle, prior, likelihoods, fields)
+  start = time.time()
+  samples = sample_methods(config, networks, mutils.get_device(config))
+  timings['sampling'] = time.time() - start
+  start = time.time()
+  add_sample_quality(config, rows, samples, positions, labels)
+  timings['prdc'] = time.time() - start
   plots = make_plots(config, grid, oracle, fields, samples, workdir)
-  results = {'seed': config.seed, 'sigma': sigma, 'scaling_factor': config.eval.scaling_baseline,
+  results = {'seed': config.seed, 'sigma': config.model.std, 'scaling_factor': config.eval.scaling_baseline,
              'sampler': config.sampling.method, 'num_samples_per_class': config.eval.num_samples,
              'D_full': d_full, 'rows': rows, 'timings_s': timings, 'paper': toy_lib.PAPER_TABLE}
   return results, plots
@@ -174,7 +179,7 @@ def evaluate(config, networks, workdir, timings):
 def make_plots(config, grid, oracle, fields, samples, workdir):
   titles = {'base': 'base (CE)', 'scaling': f'scaling (λ={config.eval.scaling_baseline:g})',
             'posterior_sm': 'posterior SM', 'ours': 'ours (total)'}
-  field_panels = {title: [f.cpu() for f in fields[key]] for key, title in titles.items()}
+  field_panels = {title: fields[key] for key, title in titles.items()}
   field_panels['oracle'] = [oracle[f'score_{name}'] for name in toy_lib.CLASS_NAMES]
   sample_panels = {title: samples[key] for key, title in titles.items()}
   sample_panels['oracle (exact draws)'] = samples['oracle']
@@ -183,7 +188,7 @@ def make_plots(config, grid, oracle, fields, samples, workdir):
   if 'ours_original_sampler' in samples:
     compare = {'ours, annealed PC sampler': samples['ours'],
                'ours, original sampler (T1)': samples['ours_original_sampler'],
-               'reference (data + σz)': samples['oracle']}
+               'exact draws (data + σz)': samples['oracle']}
     paths.append(toy_lib.plot_samples(compare, os.path.join(workdir, 'samplers.png')))
   return paths
 
@@ -211,6 +216,8 @@ def main(argv):
   del argv
   # The per-stage progress bars carry the losses; INFO lines still go to each stage's log.txt.
   absl_logging.get_absl_handler().setLevel(logging.WARNING)
+  if FLAGS.num_threads > 0:
+    torch.set_num_threads(FLAGS.num_threads)
   run_pipeline(FLAGS.config, FLAGS.workdir)
 
 

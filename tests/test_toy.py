@@ -2,6 +2,7 @@
 table and the end-to-end pipeline. Golden values come from toy_oracle.pt / toy_models.pt (read, never hard-coded)."""
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -27,6 +28,15 @@ def assert_close_to_max(actual, expected, rtol):
     assert actual.shape == expected.shape
     scale = expected.abs().max().item()
     torch.testing.assert_close(actual.to(expected.dtype), expected, rtol=0, atol=rtol * scale)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """The toy networks are tiny: one thread is as fast and does not stall on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope='module')
@@ -374,23 +384,26 @@ def test_short_dlsm_training_lowers_the_loss(tmp_path, models_file, networks):
 def test_main_trains_toy_stages(tmp_path):
     """The toy configs run through main.py (--model score, then classifier with --restore)."""
     common = ['--config.training.n_iters=3', '--config.training.batch_size=100', '--config.device=cpu']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
     score = subprocess.run([sys.executable, str(REPO_ROOT / 'main.py'), f'--config={REPO_ROOT}/configs/toy/score.py',
                             '--model=score', '--workdir=toy_score'] + common,
-                           cwd=tmp_path, capture_output=True, text=True)
+                           cwd=tmp_path, env=env, capture_output=True, text=True)
     assert score.returncode == 0, score.stderr[-2000:]
     score_ckpt = ckpt.latest_checkpoint(str(tmp_path / 'results' / 'toy_score' / 'checkpoints'))
     assert score_ckpt.endswith('checkpoint_4.pth')
     classifier = subprocess.run([sys.executable, str(REPO_ROOT / 'main.py'),
                                  f'--config={REPO_ROOT}/configs/toy/classifier_total.py', '--model=classifier',
                                  '--workdir=toy_total', f'--restore={score_ckpt}'] + common,
-                                cwd=tmp_path, capture_output=True, text=True)
+                                cwd=tmp_path, env=env, capture_output=True, text=True)
     assert classifier.returncode == 0, classifier.stderr[-2000:]
     assert ckpt.latest_checkpoint(str(tmp_path / 'results' / 'toy_total' / 'checkpoints')).endswith('checkpoint_4.pth')
 
 
-def test_pipeline_end_to_end(tmp_path):
+def test_pipeline_end_to_end(tmp_path, monkeypatch):
     """run_lib_toy on a tiny config: every stage trains, the table and plots are written."""
     import run_lib_toy
+    full_reference_sets = toy_lib.reference_sets  # 500 reference points per class keep PRDC fast here
+    monkeypatch.setattr(toy_lib, 'reference_sets', lambda *args: [r[:500] for r in full_reference_sets(*args)])
     config = load_config('configs/toy/demo.py')
     for stage in default_toy_configs.STAGES:
         config.stages[stage].update(dict(n_iters=4, batch_size=200))
