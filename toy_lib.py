@@ -246,7 +246,8 @@ def plot_score_fields(grid, fields, path, density=35):
             field = np.asarray(torch.as_tensor(field, dtype=torch.float64))
             ax = axes[row, col]
             ax.quiver(grid[:, 0], grid[:, 1], field[:, 0], field[:, 1], color='C0' if row == 0 else 'C3')
-            ax.set_title(f'{title}: {CLASS_NAMES[row]}', fontsize=9)
+            mean_norm = np.linalg.norm(field, axis=1).mean()  # arrows are scaled per panel
+            ax.set_title(f'{title}: {CLASS_NAMES[row]} (mean |s| {mean_norm:.2f})', fontsize=9)
             ax.set_aspect('equal')
             ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
