@@ -1,6 +1,6 @@
 """`make demo`: the moons pipeline sized for a 2-core CPU (a few minutes in all). Training is shorter, at batch 1 000
 with larger learning rates, and the score models keep an EMA of their weights (0.99) to make up for the short run;
-sampling uses 200 steps and 5 000 points per class. Everything else as configs/toy/paper.py."""
+sampling uses 100 steps and 5 000 points per class. Everything else as configs/toy/paper.py."""
 import ml_collections
 
 from configs.toy.default_toy_configs import get_default_configs
@@ -24,6 +24,6 @@ def get_config():
   config.training.snapshot_freq = 1000
   config.training.log_freq = 500
   config.training.eval_freq = 1000
-  config.sampling.num_steps = 200
+  config.sampling.num_steps = 100
   config.eval.num_samples = 5000
   return config
