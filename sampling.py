@@ -234,14 +234,17 @@ def annealed_langevin_corrector(sde, score_fn, snr, n_steps):
 # ---------------------------------------------------------------------------------------------
 # Turning models into score / logits functions (with the opt-in speed modes).
 
-_COMPILED = weakref.WeakKeyDictionary()
+_PREPARED = weakref.WeakKeyDictionary()
 
 
-def _compiled(model):
-  """torch.compile(model), built once per model."""
-  if model not in _COMPILED:
-    _COMPILED[model] = torch.compile(model)
-  return _COMPILED[model]
+def _prepared(model, compile=False):
+  """The network as the sampler runs it: 4-D weights in channels_last (faster oneDNN / cuDNN convolutions, same
+  values; converted in place, once) and, if asked, torch.compile'd (once per model)."""
+  versions = _PREPARED.setdefault(model, {})
+  if compile not in versions:
+    model.to(memory_format=torch.channels_last)
+    versions[compile] = torch.compile(model) if compile else model
+  return versions[compile]
 
 
 def _autocast(fn, device, dtype):
@@ -259,7 +262,7 @@ def as_score_fn(sde, score_model, continuous=True, device='cpu', dtype=torch.flo
   """A score function s(x, t) from a score network (eval mode) or an already-built callable."""
   if not isinstance(score_model, torch.nn.Module):
     return score_model
-  model = _compiled(score_model) if compile else score_model
+  model = _prepared(score_model, compile)
   return _autocast(mutils.get_score_fn(sde, model, train=False, continuous=continuous), device, dtype)
 
 
@@ -268,7 +271,7 @@ def as_classifier_fn(sde, classifier_model, continuous=True, device='cpu', dtype
   """A logits function f(x, t) from a classifier (eval mode) or an already-built callable."""
   if classifier_model is None or not isinstance(classifier_model, torch.nn.Module):
     return classifier_model
-  model = _compiled(classifier_model) if compile else classifier_model
+  model = _prepared(classifier_model, compile)
   return _autocast(mutils.get_classifier_fn(sde, model, train=False, continuous=continuous),
                    device, dtype)
 
