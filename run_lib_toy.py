@@ -25,12 +25,6 @@ from models import checkpoint as ckpt
 from models import utils as mutils
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Toy pipeline config (configs/toy/demo.py or paper.py).',
-                                lock_config=True)
-flags.DEFINE_string('workdir', 'toy_demo', 'Folder of the run (stage checkpoints, table, plots).')
-flags.DEFINE_integer('num_threads', 1, 'CPU threads for torch (0: torch\'s default). The toy networks are too small '
-                     'to gain from more, and extra threads slow down a machine that is busy with anything else.')
-flags.mark_flags_as_required(['config'])
 
 CLASSIFIER_METHODS = (  # table row, classifier stage, guidance scale (None: the scaling baseline's)
     ('base', 'classifier_ce', 1.0),
@@ -221,6 +215,16 @@ def run_pipeline(config, workdir):
   return results
 
 
+def define_flags():
+  """The command line; defined only when run as a script, so tests can import this module beside other scripts."""
+  config_flags.DEFINE_config_file('config', None, 'Toy pipeline config (configs/toy/demo.py or paper.py).',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', 'toy_demo', 'Folder of the run (stage checkpoints, table, plots).')
+  flags.DEFINE_integer('num_threads', 1, 'CPU threads for torch (0: torch\'s default). The toy networks are too small '
+                       'to gain from more, and extra threads slow down a machine that is busy with anything else.')
+  flags.mark_flags_as_required(['config'])
+
+
 def main(argv):
   del argv
   # The per-stage progress bars carry the losses; INFO lines still go to each stage's log.txt.
@@ -231,4 +235,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
