@@ -173,8 +173,10 @@ def prepare(config, workdir, classes):
   batch_size, channels, size = config.training.batch_size, config.data.num_channels, config.data.image_size
   sample_dir = os.path.join(workdir, 'eval_samples')
   work = pending_work(sample_dir, classes, rounds, (batch_size, size, size, channels), rank, world_size)
-  logging.info('rank %d of %d: %d batches of %d left to sample for classes %d..%d (%d rounds each)', rank,
-               world_size, len(work), batch_size, classes[0], classes[-1], rounds)
+  logging.info('rank %d of %d on %s: %d batches of %d left to sample for classes %d..%d (%d rounds each; '
+               'guidance scale %g, %s%s)', rank, world_size, device, len(work), batch_size, classes[0],
+               classes[-1], rounds, config.sampling.scaling_factor, config.sampling.dtype,
+               ', compiled' if config.sampling.compile else '')
   if not work:
     return work, rounds, None
   score_model, classifier = load_models(config, device)

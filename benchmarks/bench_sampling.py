@@ -71,13 +71,13 @@ def best_time(fn, device, repeats):
 # ---------------------------------------------------------------------------------------------- peaks
 
 def conv_peak(device, repeats=3):
-  """Best fp32 GFLOP/s over a few 3x3 convolution shapes of the NCSN++ trunk."""
+  """Best fp32 GFLOP/s of 3x3 convolutions (channels_last, the layout the sampler uses) of NCSN++ trunk shapes."""
   best = 0.
-  for batch, channels, size in ((8, 256, 16), (8, 128, 32)):
+  for batch, channels, size in ((8, 256, 16), (8, 128, 32), (32, 256, 16)):
     if device.type == 'cuda':
       batch *= 16
-    x = torch.randn(batch, channels, size, size, device=device)
-    w = torch.randn(channels, channels, 3, 3, device=device)
+    x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, channels, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
     flops = 2 * batch * channels * channels * 9 * size * size
     with torch.no_grad():
       best = max(best, flops / best_time(lambda: F.conv2d(x, w, padding=1), device, repeats) / 1e9)
@@ -85,10 +85,13 @@ def conv_peak(device, repeats=3):
 
 
 def bf16_matmul_peak(device, repeats=3):
-  n = 8192 if device.type == 'cuda' else 2048
-  a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-  b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-  return 2 * n ** 3 / best_time(lambda: a @ b, device, repeats) / 1e9
+  """Best bf16 GFLOP/s of square matrix products."""
+  best = 0.
+  for n in ((4096, 8192) if device.type == 'cuda' else (1024, 2048)):
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    best = max(best, 2 * n ** 3 / best_time(lambda: a @ b, device, repeats) / 1e9)
+  return best
 
 
 # ---------------------------------------------------------------------------------------------- networks
@@ -148,18 +151,19 @@ def classifier_classes(classifier):
   return [m for m in classifier.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
 
 
-def guided_score_fn(mode, sde, score_model, classifier, labels, scale, device):
+def mode_fns(mode, sde, score_model, classifier, device):
+  """(score_fn, classifier_fn) as the sampler of `mode` evaluates them ('original': plain fp32 wrappers)."""
   if mode == 'original':
-    return original_guided_score(sde, score_model, classifier, labels, scale, classifier_classes(classifier))
+    return (mutils.get_score_fn(sde, score_model, train=False, continuous=True),
+            mutils.get_classifier_fn(sde, classifier, train=False, continuous=True))
   dtype, compile_ = MODES[mode]
-  score_fn = sampling.as_score_fn(sde, score_model, True, device, dtype, compile_)
-  classifier_fn = sampling.as_classifier_fn(sde, classifier, True, device, dtype, compile_)
-  return sampling.get_guided_score_fn(score_fn, classifier_fn, labels, scale)
+  return (sampling.as_score_fn(sde, score_model, True, device, dtype, compile_),
+          sampling.as_classifier_fn(sde, classifier, True, compile_))
 
 
 def score_errors(modes, sde, score_model, classifier, labels, scale, shape, device):
-  """Guided-score error of each mode against exact fp32 at t = 1, 0.5, 0.05, 1e-3 (x drawn from a VE marginal):
-  max over t of |Δ|_max / |ŝ|_max and of ‖Δ‖₂ / ‖ŝ‖₂."""
+  """{mode: (score error, guidance-gradient error, guided-score error)} against exact fp32, each the largest
+  ‖Δ‖₂ / ‖reference‖₂ over t = 1, 0.5, 0.05, 1e-3 (x drawn from the VE marginal of uniform noise images)."""
   generator = torch.Generator().manual_seed(1)
   points = []
   for t_value in (1.0, 0.5, 0.05, 1e-3):
@@ -167,18 +171,24 @@ def score_errors(modes, sde, score_model, classifier, labels, scale, shape, devi
     sigma = sde.marginal_prob(torch.zeros(1), torch.tensor([t_value]))[1].item()
     x = (torch.rand(shape, generator=generator) + sigma * torch.randn(shape, generator=generator)).to(device)
     points.append((x, t))
+
+  def parts(mode):
+    score_fn, classifier_fn = mode_fns(mode, sde, score_model, classifier, device)
+    with torch.no_grad(), sampling._FrozenParameters(score_model, classifier):
+      return [(score_fn(x, t), scale * sampling.log_prob_grad(classifier_fn, x, t, labels)) for x, t in points]
+
   tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
   mutils.use_exact_float32()  # the reference is true fp32 (CUDA convolutions default to TF32)
-  reference = [guided_score_fn('fp32', sde, score_model, classifier, labels, scale, device)(x, t)
-               for x, t in points]
+  reference = parts('fp32')
   torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+  def relative(a, b):
+    return ((a - b).norm() / b.norm()).item()
   errors = {}
   for mode in modes:
-    fn = guided_score_fn(mode, sde, score_model, classifier, labels, scale, device)
-    with sampling._FrozenParameters(score_model, classifier):
-      diffs = [(fn(x, t) - ref, ref) for (x, t), ref in zip(points, reference)]
-    errors[mode] = (max((d.abs().max() / r.abs().max()).item() for d, r in diffs),
-                    max((d.norm() / r.norm()).item() for d, r in diffs))
+    found = parts(mode)
+    errors[mode] = tuple(max(relative(pick(*mine), pick(*ref)) for mine, ref in zip(found, reference))
+                         for pick in (lambda s, g: s, lambda s, g: g, lambda s, g: s + g))
   return errors
 
 
@@ -234,13 +244,15 @@ def speed_table(args, device):
   shape = (batch, 3, 32, 32)
   labels = torch.arange(batch, device=device) % config.classifier.classes
   flops = step_flops(sde, score_model, classifier, labels, shape, device)
-  errors = score_errors(args.modes, sde, score_model, classifier, labels, 1.0, shape, device)
   timings = time_modes(args.modes, sde, models, labels, shape, device, args.steps, args.rounds)
+  errors = score_errors(args.modes, sde, score_model, classifier, labels, 1.0, shape, device)
   size = 'small (nf 16, 1 res block)' if args.quick else 'full CIFAR-10 configs'
   print(f'\nGuided PC step, {size}, batch {batch}: {flops / 1e9:.1f} GFLOP per step '
         f'(2 score forwards + 2 classifier input-gradients); best of {args.rounds} runs of {args.steps} steps')
+  print('errors: relative L2 against exact fp32 of the score, of the guidance gradient and of the guided score '
+        '(worst of t = 1, 0.5, 0.05, 1e-3; random weights)')
   header = (f'{"mode":<14}{"s/step":>9}{"GFLOP/s":>9}{"% peak":>8}{"vs orig":>8}{"warm-up s":>10}'
-            f'{"max err":>10}{"L2 err":>10}')
+            f'{"score err":>10}{"grad err":>10}{"guided err":>11}')
   if device.type == 'cuda':
     header += f'{"img/s (1000-step PC)":>22}'
   print(header)
@@ -250,7 +262,7 @@ def speed_table(args, device):
     peak = args.peaks['bf16'] if MODES[mode][0] == torch.bfloat16 else args.peaks['fp32']
     rate = flops / seconds / 1e9
     line = (f'{mode:<14}{seconds:>9.3f}{rate:>9.0f}{100 * rate / peak:>7.0f}%{baseline / seconds:>7.2f}x'
-            f'{warmup:>10.1f}{errors[mode][0]:>10.1e}{errors[mode][1]:>10.1e}')
+            f'{warmup:>10.1f}{errors[mode][0]:>10.1e}{errors[mode][1]:>10.1e}{errors[mode][2]:>11.1e}')
     if device.type == 'cuda':
       line += f'{batch / (1000 * seconds):>22.1f}'
     print(line, flush=True)
@@ -345,7 +357,8 @@ def quality_experiment(args, device):
   labels = torch.arange(shape[0], device=device) % 3
   modes = [m for m in args.modes if m != 'original']
   errors = score_errors(modes, sde, score_model, classifier, labels, args.scale, shape, device)
-  print(f'{"mode":<14}{"seed":>5}{"oracle acc":>11}{"class FD":>10}{"mean px":>9}{"max err":>10}{"L2 err":>10}')
+  print(f'{"mode":<14}{"seed":>5}{"oracle acc":>11}{"class FD":>10}{"mean px":>9}{"score err":>10}'
+        f'{"grad err":>10}{"guided err":>11}')
   runs = [('fp32', seed) for seed in range(args.seeds)] + [(m, 0) for m in modes if m != 'fp32']
   for mode, seed in runs:
     sampler = make_sampler(mode, short, shape, device, args.scale)
@@ -353,7 +366,7 @@ def quality_experiment(args, device):
     samples, _ = sampler(score_model, classifier, labels)
     accuracy, fd, mean = quality_metrics(samples, labels, data)
     print(f'{mode:<14}{seed:>5}{accuracy:>11.3f}{fd:>10.3f}{mean:>9.4f}{errors[mode][0]:>10.1e}'
-          f'{errors[mode][1]:>10.1e}', flush=True)
+          f'{errors[mode][1]:>10.1e}{errors[mode][2]:>11.1e}', flush=True)
   ode_comparison(args, short, sde, eps, score_model, classifier, labels, shape, device, data)
 
 

@@ -12,15 +12,17 @@ import run_lib_sampling as rls
 from tests.helpers import REPO_ROOT, load_config
 
 EVAL_CONFIG = 'configs/eval/cifar10/eval_cifar10_configs.py'
-# Tiny networks, 3 PC steps, batches of 2 and (40 // 2) // 10 = 2 rounds per class.
+# Tiny networks, 3 PC steps, batches of 2 and (40 // 2) // 10 = 2 rounds per class. The script runs on the CPU
+# (DLSM_TEST_DEVICE=cuda runs it on a GPU instead).
 TINY = {'model.nf': 8, 'model.num_res_blocks': 1, 'model.num_scales': 3, 'classifier.resnet_base_width': 4,
-        'classifier.nf': 8, 'training.batch_size': 2, 'eval.num_samples': 40, 'device': 'cpu'}
+        'classifier.nf': 8, 'training.batch_size': 2, 'eval.num_samples': 40,
+        'device': os.environ.get('DLSM_TEST_DEVICE', 'cpu')}
 SAMPLE_SHAPE = (2, 32, 32, 3)
 
 
 def tiny_config():
   config = load_config(EVAL_CONFIG)
-  for key, value in TINY.items():
+  for key, value in {**TINY, 'device': 'cpu'}.items():
     *sections, field = key.split('.')
     node = config
     for section in sections:
