@@ -157,6 +157,9 @@ def process_device(config, local_rank, world_size):
   device = mutils.get_device(config)
   if world_size > 1 and device.type == 'cuda' and device.index is None:
     device = torch.device('cuda', local_rank)
+  if device.type == 'cuda':  # the same cuDNN algorithms in every process: shards give the same files
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
   config.device = str(device)
   return device
 

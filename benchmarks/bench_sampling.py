@@ -313,6 +313,22 @@ def quality_metrics(samples, labels, data):
   return accuracy, fd, samples.mean().item()
 
 
+def oracle_accuracy(data):
+  return quality_metrics(data[0][:600], data[1][:600], data)[0]
+
+
+def classifier_accuracy(sde, classifier, data, device):
+  classifier_fn = mutils.get_classifier_fn(sde, classifier, train=False, continuous=True)
+  images, labels = data[0][:600].to(device), data[1][:600].to(device)
+  correct = []
+  for t_value in (1e-5, 0.3, 0.6):
+    t = torch.full((images.shape[0],), t_value, device=device)
+    noisy = images + sde.marginal_prob(images, t)[1][:, None, None, None] * torch.randn_like(images)
+    with torch.no_grad():
+      correct.append((classifier_fn(noisy, t).argmax(1) == labels).float().mean().item())
+  return float(np.mean(correct))
+
+
 def small_training_config(device):
   config = load_config(EVAL_CONFIG)
   config.device = str(device)
@@ -351,11 +367,13 @@ def quality_experiment(args, device):
   score_model, classifier = train_small_models(config, sde, data, args.train_steps, 32, device)
   print(f'\nQuality experiment: small NCSN++ (nf 16, ch_mult (1,2,2)) and resnet18_cond (width 8) trained '
         f'{args.train_steps} steps each on synthetic 3-class images ({time.perf_counter() - start:.0f} s); '
-        f'{args.sample_steps}-step guided PC (scale {args.scale}), {args.quality_batch} samples per run')
+        f'{args.sample_steps}-step guided PC (scale {args.scale}), {args.quality_batch} samples per run.\n'
+        f'Reference: the colour oracle labels {oracle_accuracy(data):.3f} of the data correctly; the classifier '
+        f'{classifier_accuracy(sde, classifier, data, device):.3f} at t = 1e-5, 0.3, 0.6 (mean).')
   short = sde_lib.VESDE(sde.sigma_min, sde.sigma_max, N=args.sample_steps)
   shape = (args.quality_batch, 3, 32, 32)
   labels = torch.arange(shape[0], device=device) % 3
-  modes = [m for m in args.modes if m != 'original']
+  modes = ['fp32'] + [m for m in args.quality_modes if m != 'fp32']
   errors = score_errors(modes, sde, score_model, classifier, labels, args.scale, shape, device)
   print(f'{"mode":<14}{"seed":>5}{"oracle acc":>11}{"class FD":>10}{"mean px":>9}{"score err":>10}'
         f'{"grad err":>10}{"guided err":>11}')
@@ -392,16 +410,18 @@ def main():
   parser.add_argument('--rounds', type=int, default=None, help='timed runs per mode, best kept (default 4)')
   parser.add_argument('--modes', nargs='+', default=list(MODES), choices=list(MODES))
   parser.add_argument('--quality', action='store_true', help='run the sample-quality experiment')
-  parser.add_argument('--train_steps', type=int, default=None, help='quality: steps per model (default 400)')
+  parser.add_argument('--quality_modes', nargs='+', default=['bf16'],
+                      choices=[m for m in MODES if m != 'original'], help='quality: modes compared with fp32')
+  parser.add_argument('--train_steps', type=int, default=None, help='quality: steps per model (default 800)')
   parser.add_argument('--sample_steps', type=int, default=None, help='quality: PC steps (default 200)')
   parser.add_argument('--quality_batch', type=int, default=None, help='quality: samples per run (default 96)')
   parser.add_argument('--seeds', type=int, default=3, help='quality: fp32 runs for the run-to-run spread')
-  parser.add_argument('--scale', type=float, default=1.0, help='quality: guidance scale')
+  parser.add_argument('--scale', type=float, default=4.0, help='quality: guidance scale (default 4)')
   parser.add_argument('--ode_tol', type=float, default=None, help='quality: ODE rtol = atol (default 1e-5)')
   args = parser.parse_args()
   args.steps = args.steps or (1 if args.quick else 2)
   args.rounds = args.rounds or (2 if args.quick else 4)
-  args.train_steps = args.train_steps or (30 if args.quick else 400)
+  args.train_steps = args.train_steps or (30 if args.quick else 800)
   args.sample_steps = args.sample_steps or (20 if args.quick else 200)
   args.quality_batch = args.quality_batch or (24 if args.quick else 96)
   args.ode_tol = args.ode_tol or (1e-3 if args.quick else 1e-5)
