@@ -22,17 +22,21 @@ from absl import app, flags
 from ml_collections.config_flags import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Sampling configuration file (configs/eval/...).',
-                                lock_config=True)
-flags.DEFINE_string('workdir', None, 'Run folder name; samples go to results/<workdir>/eval_samples.')
-flags.DEFINE_enum('mode', 'full', ['full', 'class'], 'full: every class; class: --classid .. --classidend.')
-flags.DEFINE_integer('classid', 0, 'First class (class mode).')
-flags.DEFINE_integer('classidend', -1, 'End of the class range, EXCLUSIVE; -1 means only --classid.')
-flags.DEFINE_float('scale', None, 'Guidance scale λ; overrides sampling.scaling_factor only when given.')
-flags.DEFINE_string('restore', None, 'Score checkpoint; overrides model.score_restore_path only when given.')
-flags.DEFINE_string('restore_classifier', None,
-                    'Classifier checkpoint; overrides model.classifier_restore_path only when given.')
-flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def define_flags():
+  """The seed's flags (defined when run as a script, so importing this module defines none)."""
+  config_flags.DEFINE_config_file('config', None, 'Sampling configuration file (configs/eval/...).',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Run folder name; samples go to results/<workdir>/eval_samples.')
+  flags.DEFINE_enum('mode', 'full', ['full', 'class'], 'full: every class; class: --classid .. --classidend.')
+  flags.DEFINE_integer('classid', 0, 'First class (class mode).')
+  flags.DEFINE_integer('classidend', -1, 'End of the class range, EXCLUSIVE; -1 means only --classid.')
+  flags.DEFINE_float('scale', None, 'Guidance scale λ; overrides sampling.scaling_factor only when given.')
+  flags.DEFINE_string('restore', None, 'Score checkpoint; overrides model.score_restore_path only when given.')
+  flags.DEFINE_string('restore_classifier', None,
+                      'Classifier checkpoint; overrides model.classifier_restore_path only when given.')
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def class_range(mode, class_id, class_id_end, num_classes):
@@ -140,7 +144,8 @@ def checkpoint_paths(config):
 
 
 def load_models(config, device):
-  """The EMA score model and the classifier, in eval mode on `device`."""
+  """The EMA score model and the classifier, in eval mode on `device`, weights in channels_last."""
+  import sampling
   from models import checkpoint
   from models import utils as mutils
   score_path, classifier_path = checkpoint_paths(config)
@@ -148,7 +153,7 @@ def load_models(config, device):
   checkpoint.restore_score_model(score_path, score_model, None, device)
   classifier = mutils.create_classifier(config)
   checkpoint.restore_classifier(classifier_path, classifier, device)
-  return score_model.eval(), classifier.eval()
+  return sampling.to_channels_last(score_model.eval(), classifier.eval())
 
 
 def process_device(config, local_rank, world_size):
@@ -219,4 +224,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

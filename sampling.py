@@ -234,17 +234,24 @@ def annealed_langevin_corrector(sde, score_fn, snr, n_steps):
 # ---------------------------------------------------------------------------------------------
 # Turning models into score / logits functions (with the opt-in speed modes).
 
-_PREPARED = weakref.WeakKeyDictionary()
+_COMPILED = weakref.WeakKeyDictionary()
 
 
-def _prepared(model, compile=False):
-  """The network as the sampler runs it: 4-D weights in channels_last (faster oneDNN / cuDNN convolutions, same
-  values; converted in place, once) and, if asked, torch.compile'd (once per model)."""
-  versions = _PREPARED.setdefault(model, {})
-  if compile not in versions:
+def _compiled(model, compile=False):
+  """torch.compile(model), built once per model (it reads the current weights at every call)."""
+  if not compile:
+    return model
+  if model not in _COMPILED:
+    _COMPILED[model] = torch.compile(model)
+  return _COMPILED[model]
+
+
+def to_channels_last(*models):
+  """Converts the networks' 4-D weights to channels_last in place (same values): oneDNN and cuDNN convolutions
+  run faster on it (benchmarks/bench_sampling.py). Meant for networks that are only sampled from."""
+  for model in models:
     model.to(memory_format=torch.channels_last)
-    versions[compile] = torch.compile(model) if compile else model
-  return versions[compile]
+  return models
 
 
 def _autocast(fn, device, dtype):
@@ -262,7 +269,7 @@ def as_score_fn(sde, score_model, continuous=True, device='cpu', dtype=torch.flo
   """A score function s(x, t) from a score network (eval mode) or an already-built callable."""
   if not isinstance(score_model, torch.nn.Module):
     return score_model
-  model = _prepared(score_model, compile)
+  model = _compiled(score_model, compile)
   return _autocast(mutils.get_score_fn(sde, model, train=False, continuous=continuous), device, dtype)
 
 
@@ -274,7 +281,7 @@ def as_classifier_fn(sde, classifier_model, continuous=True, compile=False):
   """
   if classifier_model is None or not isinstance(classifier_model, torch.nn.Module):
     return classifier_model
-  model = _prepared(classifier_model, compile)
+  model = _compiled(classifier_model, compile)
   return mutils.get_classifier_fn(sde, model, train=False, continuous=continuous)
 
 
@@ -325,8 +332,8 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
   """Predictor–corrector sampler (§3.2); `predictor == 'adaptive'` selects the adaptive loop (§3.9.7).
 
   Returns `sampler(score_model, classifier_model=None, cond=None) -> (samples, nfe)`. Models are
-  nn.Modules (wrapped with models.utils.get_score_fn / get_classifier_fn in eval mode, weights moved to
-  channels_last) or callables f(x, t) used as they are; `cond` holds the target class per sample (or one int).
+  nn.Modules (wrapped with models.utils.get_score_fn / get_classifier_fn in eval mode) or callables
+  f(x, t) used as they are; `cond` holds the target class per sample (or one int).
   Guidance is used when both a classifier and `cond` are given. `dtype=torch.bfloat16` runs the score network
   under autocast (the classifier stays float32); `compile` applies torch.compile to both networks.
   """

@@ -8,9 +8,10 @@
 Prints the machine's fp32 convolution and bf16 matrix-product peaks, then per mode the seconds per guided PC step
 (Langevin corrector + reverse-diffusion predictor: 2 score evaluations + 2 classifier input-gradients), the achieved
 GFLOP/s (counted once with FlopCounterMode), the fraction of the matching peak, the speed-up over the original's
-formulation, and the guided-score error against fp32. `original` is the step written as the original code does it
-(a copy of x made a leaf, one-hot cotangent, classifier parameters left requiring grad); `fp32` is this project's
-default. The quality experiment trains a small NCSN++ and classifier on synthetic 3-class images, samples them with
+formulation, and the errors of the score, the guidance gradient and the guided score against exact fp32. `original`
+is the step written as the original code does it (networks as built, NCHW; a copy of x made a leaf; one-hot
+cotangent; classifier parameters left requiring grad); `fp32` is this project's default. Timed runs of the modes
+take turns and the fastest counts, so other load on the machine disturbs the comparison little. The quality experiment trains a small NCSN++ and classifier on synthetic 3-class images, samples them with
 each mode and with several fp32 seeds, and prints the metrics next to the fp32 run-to-run spread; it also runs the
 guided probability-flow ODE sampler and prints its number of network evaluations next to PC's.
 """
@@ -133,7 +134,7 @@ def original_guided_score(sde, score_model, classifier, labels, scale, num_class
 
 
 def make_sampler(mode, sde, shape, device, scale):
-  """PC sampler of `mode` over sde.N steps and the arguments to call it with."""
+  """The PC sampler of `mode` over sde.N steps (guided: reverse diffusion + Langevin, as the configs)."""
   dtype, compile_ = MODES[mode]
   return sampling.get_pc_sampler(sde, shape, 'reverse_diffusion', 'langevin', lambda x: x, snr=0.16,
                                  continuous=True, denoise=True, eps=1e-5, device=device, scale=scale,
@@ -141,6 +142,7 @@ def make_sampler(mode, sde, shape, device, scale):
 
 
 def sampler_call(mode, sde, score_model, classifier, labels, scale):
+  """The sampler's arguments: the networks, or for `original` its own guided score as a callable."""
   if mode == 'original':
     return (original_guided_score(sde, score_model, classifier, labels, scale, classifier_classes(classifier)),
             None, None)
@@ -237,13 +239,14 @@ def speed_table(args, device):
   torch.manual_seed(0)
   score_model = activate(mutils.create_model(config), 0)
   classifier = activate(mutils.create_classifier(config), 1)
-  # The original ran the networks as built (NCHW); this project's sampler converts its copies to channels_last.
-  models = {'original': (copy.deepcopy(score_model), copy.deepcopy(classifier)), 'project': (score_model, classifier)}
+  # The original ran the networks as built (NCHW); run_lib_sampling converts its networks to channels_last.
+  models = {'original': (copy.deepcopy(score_model), copy.deepcopy(classifier)),
+            'project': sampling.to_channels_last(score_model, classifier)}
   sde, _ = sde_lib.get_sde(config)
   batch = args.batch or (128 if device.type == 'cuda' else 8)
   shape = (batch, 3, 32, 32)
   labels = torch.arange(batch, device=device) % config.classifier.classes
-  flops = step_flops(sde, score_model, classifier, labels, shape, device)
+  flops = step_flops(sde, *models['original'], labels, shape, device)  # NCHW: SDPA's flash kernel is not counted
   timings = time_modes(args.modes, sde, models, labels, shape, device, args.steps, args.rounds)
   errors = score_errors(args.modes, sde, score_model, classifier, labels, 1.0, shape, device)
   size = 'small (nf 16, 1 res block)' if args.quick else 'full CIFAR-10 configs'
@@ -364,7 +367,8 @@ def quality_experiment(args, device):
   config = small_training_config(device)
   sde, eps = sde_lib.get_sde(config)
   start = time.perf_counter()
-  score_model, classifier = train_small_models(config, sde, data, args.train_steps, 32, device)
+  score_model, classifier = sampling.to_channels_last(
+      *train_small_models(config, sde, data, args.train_steps, 32, device))
   print(f'\nQuality experiment: small NCSN++ (nf 16, ch_mult (1,2,2)) and resnet18_cond (width 8) trained '
         f'{args.train_steps} steps each on synthetic 3-class images ({time.perf_counter() - start:.0f} s); '
         f'{args.sample_steps}-step guided PC (scale {args.scale}), {args.quality_batch} samples per run.\n'

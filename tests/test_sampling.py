@@ -1,11 +1,11 @@
 """Samplers: golden PC steps and seeded runs of the original, plus exact-score checks of every component."""
-import numpy as np
+import copy
+
 import pytest
 import torch
 
 import sampling
 import sde_lib
-from models import utils as mutils
 from tests.helpers import assert_close_to_golden
 
 # ---------------------------------------------------------------------------------------------
@@ -107,10 +107,10 @@ def test_unsupported_combinations_fail_at_construction():
     sampling.get_corrector('hmc')
 
 
-@pytest.mark.parametrize('sde_name', ['ve', 'vp'])
-def test_adaptive_sampler_terminates_at_the_sampler_eps(sde_name):
-  # VP's eps is 1e-3: the original's own end time 1e-5 never terminated there (B42).
-  x, iterations = _run_pc(sde_name, 'adaptive', 'langevin')
+@pytest.mark.parametrize('sde_name,probability_flow', [('ve', False), ('vp', False), ('vp', True)])
+def test_adaptive_sampler_terminates_at_the_sampler_eps(sde_name, probability_flow):
+  # VP's eps is 1e-3: the original's own end time 1e-5 never terminated there, and the flow crashed (B42).
+  x, iterations = _run_pc(sde_name, 'adaptive', 'langevin', probability_flow=probability_flow)
   assert 10 < iterations < 1000
   means, std = _class_stats(x)
   assert torch.allclose(means, MEANS, atol=0.15), means
@@ -135,6 +135,26 @@ def test_ode_sampler_is_guided_and_counts_evaluations(sde_name):
   assert torch.equal(sampler(score_fn, logits_fn, LABELS, z=z)[0], sampler(score_fn, logits_fn, LABELS, z=z)[0])
 
 
+def test_get_sampling_fn_follows_the_config():
+  from tests.helpers import load_config
+  config = load_config('configs/eval/cifar10/eval_cifar10_configs.py')
+  config.device, config.model.num_scales = 'cpu', 200
+  sde, eps = sde_lib.get_sde(config)
+  score_fn, logits_fn = mixture_fns(sde)
+  for method in ('pc', 'ode'):
+    config.sampling.method = method
+    sampling_fn = sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)
+    torch.manual_seed(0)
+    x, nfe = sampling_fn(score_fn, logits_fn, LABELS)
+    assert torch.allclose(_class_stats(x)[0], MEANS, atol=0.15), method
+    assert nfe == 400 if method == 'pc' else (nfe - 2) % 6 == 0
+    with pytest.raises(ValueError, match='pass a classifier'):
+      sampling_fn(score_fn)
+  config.sampling.dtype = 'float16'
+  with pytest.raises(ValueError, match='sampling.dtype'):
+    sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)
+
+
 def test_log_prob_grad_matches_the_closed_form():
   sde, _ = SDES['ve'](10)
   score_fn, logits_fn = mixture_fns(sde)
@@ -157,7 +177,26 @@ def test_log_prob_grad_matches_the_closed_form():
 # Golden files of the original (pc_step_small_{ve,vp}.pt): one guided Langevin + reverse-diffusion step
 # with the captured noise, and complete seeded runs of the original get_pc_sampler.
 
-GOLDEN_CASES = ['sf1_step0', 'sf1_step700', 'sf10_step0', 'sf10_step700']
+_NETWORKS = {}
+
+
+def golden_network(golden, file_name):
+  """The network of a golden model file (its flat config and state_dict), built once, eval mode, CPU."""
+  if file_name not in _NETWORKS:
+    from models.checkpoint import load_model_state
+    from models.utils import create_classifier, create_model
+    from tests.helpers import config_from_flat
+    record = golden(file_name)
+    config = config_from_flat(record['config'])
+    config.device = 'cpu'
+    build = create_model if 'score' in file_name else create_classifier
+    _NETWORKS[file_name] = load_model_state(build(config), record['state_dict'], what=file_name).eval()
+  return _NETWORKS[file_name]
+
+
+def golden_networks(golden, record):
+  """(score model, classifier) named by a pc_step record (score_model_file, classifier_model_file)."""
+  return golden_network(golden, record['score_model_file']), golden_network(golden, record['classifier_model_file'])
 
 
 def _sde_from_record(record):
@@ -172,47 +211,44 @@ def _golden_step_components(record, guided_score_fn):
   return corrector, predictor
 
 
-def _check_golden_step(case, corrector, predictor, rtol):
+def _check_golden_step(name, case, corrector, predictor, rtol):
   torch.manual_seed(case['torch_manual_seed'])  # reproduces the captured noises (checked below)
   with torch.no_grad():
     x, x_mean = corrector(case['x_in'], case['t'])
-    assert_close_to_golden(x_mean, case['corrector_x_mean'], rtol, 'corrector_x_mean')
-    assert_close_to_golden(x, case['corrector_x'], rtol, 'corrector_x')
+    assert_close_to_golden(x_mean, case['corrector_x_mean'], rtol, f'{name} corrector_x_mean')
+    assert_close_to_golden(x, case['corrector_x'], rtol, f'{name} corrector_x')
     x, x_mean = predictor(case['corrector_x'], case['t'])
-    assert_close_to_golden(x_mean, case['predictor_x_mean'], rtol, 'predictor_x_mean')
-    assert_close_to_golden(x, case['predictor_x'], rtol, 'predictor_x')
+    assert_close_to_golden(x_mean, case['predictor_x_mean'], rtol, f'{name} predictor_x_mean')
+    assert_close_to_golden(x, case['predictor_x'], rtol, f'{name} predictor_x')
 
 
 @pytest.mark.parametrize('sde_name', ['ve', 'vp'])
-@pytest.mark.parametrize('case_name', GOLDEN_CASES)
-def test_golden_step_updates_from_the_stored_scores(golden, sde_name, case_name):
+def test_golden_step_updates_from_the_stored_scores(golden, sde_name):
   """The update algebra and the draw order alone: the guided scores are replayed from the file."""
   record = golden(f'pc_step_small_{sde_name}')
-  case = record['cases'][case_name]
-  sf = case['scaling_factor']
-  replay = iter([case['corrector_score'] + sf * case['corrector_classifier_grad'],
-                 case['predictor_score'] + sf * case['predictor_classifier_grad']])
-  corrector, predictor = _golden_step_components(record, lambda x, t: next(replay))
-  _check_golden_step(case, corrector, predictor, rtol=1e-6)
+  for name, case in record['cases'].items():
+    sf = case['scaling_factor']
+    replay = iter([case['corrector_score'] + sf * case['corrector_classifier_grad'],
+                   case['predictor_score'] + sf * case['predictor_classifier_grad']])
+    corrector, predictor = _golden_step_components(record, lambda x, t: next(replay))
+    _check_golden_step(name, case, corrector, predictor, rtol=1e-6)
 
 
 @pytest.mark.parametrize('sde_name', ['ve', 'vp'])
-@pytest.mark.parametrize('case_name', GOLDEN_CASES)
-def test_golden_step_with_the_networks(golden, request, sde_name, case_name):
+def test_golden_step_with_the_networks(golden, sde_name):
   record = golden(f'pc_step_small_{sde_name}')
-  case = record['cases'][case_name]
   sde = _sde_from_record(record['sde'])
-  score_model = request.getfixturevalue(f'small_score_model_{sde_name}')
-  classifier = request.getfixturevalue('small_classifier')
+  score_model, classifier = golden_networks(golden, record)
   score_fn = sampling.as_score_fn(sde, score_model, continuous=record['continuous'])
   classifier_fn = sampling.as_classifier_fn(sde, classifier, continuous=record['continuous'])
-  with torch.no_grad():
-    assert_close_to_golden(score_fn(case['x_in'], case['t']), case['corrector_score'], name='score')
-  grad = sampling.log_prob_grad(classifier_fn, case['x_in'], case['t'], case['cond'])
-  assert_close_to_golden(grad, case['corrector_classifier_grad'], name='classifier grad')
-  guided = sampling.get_guided_score_fn(score_fn, classifier_fn, case['cond'], case['scaling_factor'])
-  corrector, predictor = _golden_step_components(record, guided)
-  _check_golden_step(case, corrector, predictor, rtol=1e-4)
+  for name, case in record['cases'].items():
+    with torch.no_grad():
+      assert_close_to_golden(score_fn(case['x_in'], case['t']), case['corrector_score'], name=f'{name} score')
+    grad = sampling.log_prob_grad(classifier_fn, case['x_in'], case['t'], case['cond'])
+    assert_close_to_golden(grad, case['corrector_classifier_grad'], name=f'{name} classifier grad')
+    guided = sampling.get_guided_score_fn(score_fn, classifier_fn, case['cond'], case['scaling_factor'])
+    corrector, predictor = _golden_step_components(record, guided)
+    _check_golden_step(name, case, corrector, predictor, rtol=1e-4)
 
 
 class _DrawRecorder:
@@ -233,45 +269,58 @@ class _DrawRecorder:
 
 
 @pytest.mark.parametrize('sde_name', ['ve', 'vp'])
-@pytest.mark.parametrize('run_name', ['sf1', 'sf10'])
-def test_golden_mini_sampler_reproduces_the_original(golden, request, monkeypatch, sde_name, run_name):
+def test_golden_mini_sampler_reproduces_the_original(golden, monkeypatch, sde_name):
   record = golden(f'pc_step_small_{sde_name}')
-  mini, run = record['mini_sampler'], record['mini_sampler']['runs'][run_name]
+  mini = record['mini_sampler']
   sde = _sde_from_record(mini['sde'])
+  score_model, classifier = golden_networks(golden, record)
   centered = record['config']['data.centered']
-  sampler = sampling.get_pc_sampler(
-      sde, tuple(mini['shape']), 'reverse_diffusion', 'langevin',
-      (lambda x: (x + 1.) / 2.) if centered else (lambda x: x), snr=record['snr'],
-      n_steps=record['n_steps_each'], probability_flow=record['probability_flow'],
-      continuous=record['continuous'], denoise=mini['denoise'], eps=mini['eps'], device='cpu',
-      scale=run['scaling_factor'])
-  score_model = request.getfixturevalue(f'small_score_model_{sde_name}')
-  classifier = request.getfixturevalue('small_classifier')
   flags = [p.requires_grad for p in classifier.parameters()]
-  recorder = _DrawRecorder(monkeypatch)
-  torch.manual_seed(run['torch_manual_seed'])
-  output, nfe = sampler(score_model, classifier, run['cond'])
-  assert nfe == run['nfe']
-  assert len(recorder.draws) == len(run['rng_draws'])
-  for mine, theirs in zip(recorder.draws, run['rng_draws']):
-    assert torch.equal(mine, theirs)
-  assert_close_to_golden(output, run['output'], name='mini sampler output')
+  for name, run in mini['runs'].items():
+    sampler = sampling.get_pc_sampler(
+        sde, tuple(mini['shape']), 'reverse_diffusion', 'langevin',
+        (lambda x: (x + 1.) / 2.) if centered else (lambda x: x), snr=record['snr'],
+        n_steps=record['n_steps_each'], probability_flow=record['probability_flow'],
+        continuous=record['continuous'], denoise=mini['denoise'], eps=mini['eps'], device='cpu',
+        scale=run['scaling_factor'])
+    with monkeypatch.context() as patch:
+      recorder = _DrawRecorder(patch)
+      torch.manual_seed(run['torch_manual_seed'])
+      output, nfe = sampler(score_model, classifier, run['cond'])
+    assert nfe == run['nfe']
+    assert len(recorder.draws) == len(run['rng_draws'])
+    for mine, theirs in zip(recorder.draws, run['rng_draws']):
+      assert torch.equal(mine, theirs)
+    assert_close_to_golden(output, run['output'], name=f'{name} mini sampler output')
   assert score_model.training is False and classifier.training is False
   assert flags == [p.requires_grad for p in classifier.parameters()]  # frozen only while sampling
 
 
+def test_ode_sampler_on_a_small_network_returns_finite_samples_and_its_nfe(golden):
+  record = golden('pc_step_small_ve')
+  score_model, classifier = golden_networks(golden, record)
+  sde = sde_lib.VESDE()
+  sampler = sampling.get_ode_sampler(sde, (1, 3, 32, 32), lambda x: x, denoise=True, rtol=1e-3, atol=1e-3,
+                                     eps=1e-5, device='cpu', scale=10.)
+  z = sde.prior_sampling((1, 3, 32, 32))
+  guided, nfe = sampler(score_model, classifier, 3, z=z)
+  unguided, _ = sampler(score_model, None, None, z=z)
+  assert torch.isfinite(guided).all() and guided.shape == (1, 3, 32, 32)
+  assert nfe >= 8 and (nfe - 2) % 6 == 0
+  assert not torch.allclose(guided, unguided)  # the classifier steers the flow
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 @pytest.mark.parametrize('sde_name', ['ve', 'vp'])
-def test_golden_step_on_the_gpu(golden, request, monkeypatch, sde_name):
+def test_golden_step_on_the_gpu(golden, monkeypatch, sde_name):
   """The VE tables are looked up on the device (the original crashed here, B40); TF32 off for parity."""
   record = golden(f'pc_step_small_{sde_name}')
-  case = record['cases']['sf10_step700']
+  case = record['cases'][max(record['cases'], key=lambda name: record['cases'][name]['timestep_index'])]
   device = torch.device('cuda')
   monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)  # what models.utils.use_exact_float32 sets
   monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
   sde = _sde_from_record(record['sde'])
-  score_model = request.getfixturevalue(f'small_score_model_{sde_name}').to(device)
-  classifier = request.getfixturevalue('small_classifier').to(device)
+  score_model, classifier = (copy.deepcopy(network).to(device) for network in golden_networks(golden, record))
   guided = sampling.get_guided_score_fn(sampling.as_score_fn(sde, score_model),
                                         sampling.as_classifier_fn(sde, classifier), case['cond'].to(device),
                                         case['scaling_factor'])
