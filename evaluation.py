@@ -20,19 +20,19 @@ METRIC_NAMES = ('fid', 'is', 'precision', 'recall', 'density', 'coverage')
 
 
 class InceptionModuleNotFound(FileNotFoundError):
-    """The TF-GAN Inception module is not where the run was told to look."""
+  """The TF-GAN Inception module is not where the run was told to look."""
 
 
 def _tensorflow():
-    """TensorFlow, imported on first use; GPU memory grows on demand so PyTorch can share the device."""
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    import tensorflow as tf
-    for gpu in tf.config.list_physical_devices('GPU'):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # devices already initialised by an earlier call
-            pass
-    return tf
+  """TensorFlow, imported on first use; GPU memory grows on demand so PyTorch can share the device."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow as tf
+  for gpu in tf.config.list_physical_devices('GPU'):
+    try:
+      tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:  # devices already initialised by an earlier call
+      pass
+  return tf
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -40,73 +40,73 @@ def _tensorflow():
 
 
 def hub_cache_dir(cache_root):
-    """Folder in which tensorflow_hub caches the Inception module under a TFHUB_CACHE_DIR root."""
-    return os.path.join(cache_root, hashlib.sha1(INCEPTION_HANDLE.encode('utf8')).hexdigest())
+  """Folder in which tensorflow_hub caches the Inception module under a TFHUB_CACHE_DIR root."""
+  return os.path.join(cache_root, hashlib.sha1(INCEPTION_HANDLE.encode('utf8')).hexdigest())
 
 
 def _is_saved_model_dir(path):
-    return os.path.isfile(os.path.join(path, 'saved_model.pb')) and os.path.isdir(os.path.join(path, 'variables'))
+  return os.path.isfile(os.path.join(path, 'saved_model.pb')) and os.path.isdir(os.path.join(path, 'variables'))
 
 
 def find_inception_dir(inception_dir=''):
-    """Local folder of the Inception module: `inception_dir` if given, else its entry under $TFHUB_CACHE_DIR."""
-    cache_root = os.environ.get('TFHUB_CACHE_DIR', '')
-    path = inception_dir or (hub_cache_dir(cache_root) if cache_root else '')
-    if path and _is_saved_model_dir(path):
-        return path
-    where = f'in {path}' if path else '(no --inception_dir, config.eval.inception_dir or TFHUB_CACHE_DIR)'
-    raise InceptionModuleNotFound(
-        f"The Inception network of the paper, TF-GAN's TF-Hub module 'tfgan/eval/inception/1' ({INCEPTION_HANDLE}), "
-        f"was not found {where}. It is a TF2 SavedModel folder holding 'saved_model.pb' and 'variables/' "
-        "(variables.index, variables.data-*). No hub can be reached at run time, so fetch it once on a machine with "
-        "internet access, e.g. python -c \"import tensorflow_hub as hub; "
-        f"print(hub.resolve('{INCEPTION_HANDLE}'))\" "
-        "prints the downloaded folder; copy that folder here and pass --inception_dir=<folder> (or set "
-        "config.eval.inception_dir), or copy it to $TFHUB_CACHE_DIR/"
-        f"{os.path.basename(hub_cache_dir(''))}.")
+  """Local folder of the Inception module: `inception_dir` if given, else its entry under $TFHUB_CACHE_DIR."""
+  cache_root = os.environ.get('TFHUB_CACHE_DIR', '')
+  path = inception_dir or (hub_cache_dir(cache_root) if cache_root else '')
+  if path and _is_saved_model_dir(path):
+    return path
+  where = f'in {path}' if path else '(no --inception_dir, config.eval.inception_dir or TFHUB_CACHE_DIR)'
+  raise InceptionModuleNotFound(
+      f"The Inception network of the paper, TF-GAN's TF-Hub module 'tfgan/eval/inception/1' ({INCEPTION_HANDLE}), "
+      f"was not found {where}. It is a TF2 SavedModel folder holding 'saved_model.pb' and 'variables/' "
+      "(variables.index, variables.data-*). No hub can be reached at run time, so fetch it once on a machine with "
+      "internet access, e.g. python -c \"import tensorflow_hub as hub; "
+      f"print(hub.resolve('{INCEPTION_HANDLE}'))\" "
+      "prints the downloaded folder; copy that folder here and pass --inception_dir=<folder> (or set "
+      "config.eval.inception_dir), or copy it to $TFHUB_CACHE_DIR/"
+      f"{os.path.basename(hub_cache_dir(''))}.")
 
 
 def load_inception(inception_dir=''):
-    """Load the Inception module from a local folder; returns `run(images_uint8) -> {'pool_3', 'logits'}` (NumPy)."""
-    path = find_inception_dir(inception_dir)
-    tf = _tensorflow()
-    import tensorflow_gan as tfgan
-    import tensorflow_hub as tfhub
-    module = tfhub.load(path)
+  """Load the Inception module from a local folder; returns `run(images_uint8) -> {'pool_3', 'logits'}` (NumPy)."""
+  path = find_inception_dir(inception_dir)
+  tf = _tensorflow()
+  import tensorflow_gan as tfgan
+  import tensorflow_hub as tfhub
+  module = tfhub.load(path)
 
-    def classifier_fn(images):  # as score_sde: the two outputs, flattened to 2-D
-        outputs = module(images)
-        return {key: tf.reshape(outputs[key], [tf.shape(outputs[key])[0], -1])
-                for key in (INCEPTION_POOL, INCEPTION_LOGITS)}
+  def classifier_fn(images):  # as score_sde: the two outputs, flattened to 2-D
+    outputs = module(images)
+    return {key: tf.reshape(outputs[key], [tf.shape(outputs[key])[0], -1])
+            for key in (INCEPTION_POOL, INCEPTION_LOGITS)}
 
-    @tf.function
-    def run_inception(images):
-        images = (tf.cast(images, tf.float32) - 127.5) / 127.5  # [-1, 1] at 32x32; the module resizes internally
-        return tfgan.eval.run_classifier_fn(images, num_batches=1, classifier_fn=classifier_fn,
-                                            dtypes={INCEPTION_POOL: tf.float32, INCEPTION_LOGITS: tf.float32})
+  @tf.function
+  def run_inception(images):
+    images = (tf.cast(images, tf.float32) - 127.5) / 127.5  # [-1, 1] at 32x32; the module resizes internally
+    return tfgan.eval.run_classifier_fn(images, num_batches=1, classifier_fn=classifier_fn,
+                                        dtypes={INCEPTION_POOL: tf.float32, INCEPTION_LOGITS: tf.float32})
 
-    def run(images):
-        return {key: value.numpy() for key, value in run_inception(tf.constant(images)).items()}
-    return run
+  def run(images):
+    return {key: value.numpy() for key, value in run_inception(tf.constant(images)).items()}
+  return run
 
 
 def get_inception_features(images, inception, batch_size=200):
-    """`pool_3` and `logits` of uint8 NHWC images in fixed-size batches on one device; the last batch is padded (B19).
+  """`pool_3` and `logits` of uint8 NHWC images in fixed-size batches on one device; the last batch is padded (B19).
 
-    Inputs smaller than `batch_size` (one sample file) form a single batch of their own size, not a padded one.
-    """
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
-        raise ValueError(f'expected a non-empty uint8 NHWC array, got {images.dtype} {images.shape}')
-    batch_size = min(batch_size, len(images))
-    pools, logits = [], []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        padded = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:], np.uint8)])
-        outputs = inception(padded)
-        pools.append(outputs[INCEPTION_POOL][:len(batch)])
-        logits.append(outputs[INCEPTION_LOGITS][:len(batch)])
-    return np.concatenate(pools), np.concatenate(logits)
+  Inputs smaller than `batch_size` (one sample file) form a single batch of their own size, not a padded one.
+  """
+  images = np.asarray(images)
+  if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
+    raise ValueError(f'expected a non-empty uint8 NHWC array, got {images.dtype} {images.shape}')
+  batch_size = min(batch_size, len(images))
+  pools, logits = [], []
+  for start in range(0, len(images), batch_size):
+    batch = images[start:start + batch_size]
+    padded = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:], np.uint8)])
+    outputs = inception(padded)
+    pools.append(outputs[INCEPTION_POOL][:len(batch)])
+    logits.append(outputs[INCEPTION_LOGITS][:len(batch)])
+  return np.concatenate(pools), np.concatenate(logits)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,22 +114,22 @@ def get_inception_features(images, inception, batch_size=200):
 
 
 def fid_from_activations(real, fake):
-    """FID of two activation sets with tensorflow-gan (float64, 1/(n-1) covariances)."""
-    _tensorflow()
-    import tensorflow_gan as tfgan
-    return float(tfgan.eval.frechet_classifier_distance_from_activations(real, fake).numpy())
+  """FID of two activation sets with tensorflow-gan (float64, 1/(n-1) covariances)."""
+  _tensorflow()
+  import tensorflow_gan as tfgan
+  return float(tfgan.eval.frechet_classifier_distance_from_activations(real, fake).numpy())
 
 
 def inception_score_from_logits(logits):
-    """Inception score over one split of all logits, as the paper (B18), with tensorflow-gan."""
-    _tensorflow()
-    import tensorflow_gan as tfgan
-    return float(tfgan.eval.classifier_score_from_logits(logits).numpy())
+  """Inception score over one split of all logits, as the paper (B18), with tensorflow-gan."""
+  _tensorflow()
+  import tensorflow_gan as tfgan
+  return float(tfgan.eval.classifier_score_from_logits(logits).numpy())
 
 
 def classwise_average(per_class):
-    """The paper's CW metric: the plain mean of per-class values, Σ_c m_c / C."""
-    return float(np.sum(per_class) / len(per_class))
+  """The paper's CW metric: the plain mean of per-class values, Σ_c m_c / C."""
+  return float(np.sum(per_class) / len(per_class))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -137,56 +137,56 @@ def classwise_average(per_class):
 
 
 def _pairwise_distances(x, y, out_dtype):
-    """Euclidean distances as scikit-learn computes them for prdc: float64 expansion, cast, clipped at 0, sqrt."""
-    squared = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
-    return squared.to(out_dtype).clamp_(min=0).sqrt_()
+  """Euclidean distances as scikit-learn computes them for prdc: float64 expansion, cast, clipped at 0, sqrt."""
+  squared = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
+  return squared.to(out_dtype).clamp_(min=0).sqrt_()
 
 
 def _rows_per_chunk(num_columns, max_chunk_bytes):
-    return max(1, min(int(max_chunk_bytes // (8 * num_columns)), 1 << 20))
+  return max(1, min(int(max_chunk_bytes // (8 * num_columns)), 1 << 20))
 
 
 def _kth_neighbour_radii(features, nearest_k, out_dtype, max_chunk_bytes):
-    """Distance of each point to its k-th nearest other point (the (k+1)-th smallest, self included)."""
-    n = len(features)
-    rows = _rows_per_chunk(n, max_chunk_bytes)
-    radii = []
-    for start in range(0, n, rows):
-        distances = _pairwise_distances(features[start:start + rows], features, out_dtype)
-        index = torch.arange(start, min(start + rows, n), device=features.device)
-        distances[index - start, index] = 0.0  # self-distance, exactly 0 as scikit-learn sets it
-        radii.append(torch.kthvalue(distances, nearest_k + 1, dim=1).values)
-    return torch.cat(radii)
+  """Distance of each point to its k-th nearest other point (the (k+1)-th smallest, self included)."""
+  n = len(features)
+  rows = _rows_per_chunk(n, max_chunk_bytes)
+  radii = []
+  for start in range(0, n, rows):
+    distances = _pairwise_distances(features[start:start + rows], features, out_dtype)
+    index = torch.arange(start, min(start + rows, n), device=features.device)
+    distances[index - start, index] = 0.0  # self-distance, exactly 0 as scikit-learn sets it
+    radii.append(torch.kthvalue(distances, nearest_k + 1, dim=1).values)
+  return torch.cat(radii)
 
 
 def compute_prdc_chunked(real, fake, nearest_k, device='cpu', max_chunk_bytes=2**28):
-    """Precision, recall, density and coverage with prdc's definitions (strict `<` comparisons, Euclidean).
+  """Precision, recall, density and coverage with prdc's definitions (strict `<` comparisons, Euclidean).
 
-    Equal to `prdc.compute_prdc` but never holds more than one chunk of a distance matrix (about `max_chunk_bytes`),
-    so 50 000 x 50 000 fits in memory.
-    """
-    out_dtype = torch.float64 if np.asarray(real).dtype == np.float64 else torch.float32
-    real = torch.as_tensor(np.asarray(real), dtype=torch.float64, device=device)
-    fake = torch.as_tensor(np.asarray(fake), dtype=torch.float64, device=device)
-    if min(len(real), len(fake)) <= nearest_k:
-        raise ValueError(f'PRDC with nearest_k={nearest_k} needs more than {nearest_k} real and fake points, '
-                         f'got {len(real)} real and {len(fake)} fake')
-    real_radii = _kth_neighbour_radii(real, nearest_k, out_dtype, max_chunk_bytes)
-    fake_radii = _kth_neighbour_radii(fake, nearest_k, out_dtype, max_chunk_bytes)
-    fake_in_real_balls = torch.zeros(len(fake), dtype=torch.int64, device=device)
-    real_in_fake_ball = torch.zeros(len(real), dtype=torch.bool, device=device)
-    real_covered = torch.zeros(len(real), dtype=torch.bool, device=device)
-    rows = _rows_per_chunk(len(fake), max_chunk_bytes)
-    for start in range(0, len(real), rows):
-        distances = _pairwise_distances(real[start:start + rows], fake, out_dtype)
-        radii = real_radii[start:start + rows, None]
-        fake_in_real_balls += (distances < radii).sum(0)
-        real_in_fake_ball[start:start + rows] = (distances < fake_radii[None, :]).any(1)
-        real_covered[start:start + rows] = distances.min(1).values < radii[:, 0]
-    return dict(precision=(fake_in_real_balls > 0).double().mean().item(),
-                recall=real_in_fake_ball.double().mean().item(),
-                density=fake_in_real_balls.double().mean().item() / nearest_k,
-                coverage=real_covered.double().mean().item())
+  Equal to `prdc.compute_prdc` but never holds more than one chunk of a distance matrix (about `max_chunk_bytes`),
+  so 50 000 x 50 000 fits in memory.
+  """
+  out_dtype = torch.float64 if np.asarray(real).dtype == np.float64 else torch.float32
+  real = torch.as_tensor(np.asarray(real), dtype=torch.float64, device=device)
+  fake = torch.as_tensor(np.asarray(fake), dtype=torch.float64, device=device)
+  if min(len(real), len(fake)) <= nearest_k:
+    raise ValueError(f'PRDC with nearest_k={nearest_k} needs more than {nearest_k} real and fake points, '
+                     f'got {len(real)} real and {len(fake)} fake')
+  real_radii = _kth_neighbour_radii(real, nearest_k, out_dtype, max_chunk_bytes)
+  fake_radii = _kth_neighbour_radii(fake, nearest_k, out_dtype, max_chunk_bytes)
+  fake_in_real_balls = torch.zeros(len(fake), dtype=torch.int64, device=device)
+  real_in_fake_ball = torch.zeros(len(real), dtype=torch.bool, device=device)
+  real_covered = torch.zeros(len(real), dtype=torch.bool, device=device)
+  rows = _rows_per_chunk(len(fake), max_chunk_bytes)
+  for start in range(0, len(real), rows):
+    distances = _pairwise_distances(real[start:start + rows], fake, out_dtype)
+    radii = real_radii[start:start + rows, None]
+    fake_in_real_balls += (distances < radii).sum(0)
+    real_in_fake_ball[start:start + rows] = (distances < fake_radii[None, :]).any(1)
+    real_covered[start:start + rows] = distances.min(1).values < radii[:, 0]
+  return dict(precision=(fake_in_real_balls > 0).double().mean().item(),
+              recall=real_in_fake_ball.double().mean().item(),
+              density=fake_in_real_balls.double().mean().item() / nearest_k,
+              coverage=real_covered.double().mean().item())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,125 +194,125 @@ def compute_prdc_chunked(real, fake, nearest_k, device='cpu', max_chunk_bytes=2*
 
 
 def _round_files(folder, pattern):
-    """Files of `folder` whose names match `pattern` (one integer group, the round), sorted by round (B17)."""
-    if not os.path.isdir(folder):
-        return []
-    rounds = [(int(m.group(1)), name) for name in os.listdir(folder) if (m := pattern.match(name))]
-    return [os.path.join(folder, name) for _, name in sorted(rounds)]
+  """Files of `folder` whose names match `pattern` (one integer group, the round), sorted by round (B17)."""
+  if not os.path.isdir(folder):
+    return []
+  rounds = [(int(m.group(1)), name) for name in os.listdir(folder) if (m := pattern.match(name))]
+  return [os.path.join(folder, name) for _, name in sorted(rounds)]
 
 
 def sample_files(class_dir):
-    """The sampler's `samples_<r>.npz` files of one class folder in round order; temporary files are ignored."""
-    return _round_files(class_dir, re.compile(r'^samples_(\d+)\.npz$'))
+  """The sampler's `samples_<r>.npz` files of one class folder in round order; temporary files are ignored."""
+  return _round_files(class_dir, re.compile(r'^samples_(\d+)\.npz$'))
 
 
 def latent_files(class_dir):
-    """The `samples_<r>_latent.npz` files of one class folder in round order."""
-    return _round_files(class_dir, re.compile(r'^samples_(\d+)_latent\.npz$'))
+  """The `samples_<r>_latent.npz` files of one class folder in round order."""
+  return _round_files(class_dir, re.compile(r'^samples_(\d+)_latent\.npz$'))
 
 
 def latent_path(latent_dir, sample_path):
-    """Where the Inception features of a sample file go: latent/<c>/samples_<r>_latent.npz."""
-    class_id = os.path.basename(os.path.dirname(sample_path))
-    name = os.path.basename(sample_path)[:-len('.npz')] + '_latent.npz'
-    return os.path.join(latent_dir, class_id, name)
+  """Where the Inception features of a sample file go: latent/<c>/samples_<r>_latent.npz."""
+  class_id = os.path.basename(os.path.dirname(sample_path))
+  name = os.path.basename(sample_path)[:-len('.npz')] + '_latent.npz'
+  return os.path.join(latent_dir, class_id, name)
 
 
 def load_class_latents(class_dir):
-    """Concatenated `pool_3` and `logits` of one class's latent files, in round order."""
-    pools, logits = [], []
-    for path in latent_files(class_dir):
-        with np.load(path) as archive:
-            pools.append(archive[INCEPTION_POOL])
-            logits.append(archive[INCEPTION_LOGITS])
-    if not pools:
-        raise FileNotFoundError(f'no samples_<round>_latent.npz files in {class_dir}; run with --latent first')
-    return np.concatenate(pools), np.concatenate(logits)
+  """Concatenated `pool_3` and `logits` of one class's latent files, in round order."""
+  pools, logits = [], []
+  for path in latent_files(class_dir):
+    with np.load(path) as archive:
+      pools.append(archive[INCEPTION_POOL])
+      logits.append(archive[INCEPTION_LOGITS])
+  if not pools:
+    raise FileNotFoundError(f'no samples_<round>_latent.npz files in {class_dir}; run with --latent first')
+  return np.concatenate(pools), np.concatenate(logits)
 
 
 def load_sample_file(path):
-    """The uint8 NHWC `samples` array of one sampler output file."""
-    with np.load(path) as archive:
-        return archive['samples']
+  """The uint8 NHWC `samples` array of one sampler output file."""
+  with np.load(path) as archive:
+    return archive['samples']
 
 
 def load_class_samples(samples_dir, num_classes):
-    """All samples under `samples_dir/<c>/samples_<r>.npz`, classes 0..C-1 in round order, with their labels."""
-    images, labels = [], []
-    for class_id in range(num_classes):
-        class_images = [load_sample_file(path) for path in sample_files(os.path.join(samples_dir, str(class_id)))]
-        if not class_images:
-            raise FileNotFoundError(f'no samples_<round>.npz files for class {class_id} in '
-                                    f'{os.path.join(samples_dir, str(class_id))}; run run_lib_sampling.py first')
-        images.extend(class_images)
-        labels.extend(np.full(len(x), class_id, np.int64) for x in class_images)
-    return np.concatenate(images), np.concatenate(labels)
+  """All samples under `samples_dir/<c>/samples_<r>.npz`, classes 0..C-1 in round order, with their labels."""
+  images, labels = [], []
+  for class_id in range(num_classes):
+    class_images = [load_sample_file(path) for path in sample_files(os.path.join(samples_dir, str(class_id)))]
+    if not class_images:
+      raise FileNotFoundError(f'no samples_<round>.npz files for class {class_id} in '
+                              f'{os.path.join(samples_dir, str(class_id))}; run run_lib_sampling.py first')
+    images.extend(class_images)
+    labels.extend(np.full(len(x), class_id, np.int64) for x in class_images)
+  return np.concatenate(images), np.concatenate(labels)
 
 
 def group_by_class(images, labels, num_classes):
-    """Images re-ordered class by class (stable within a class) and the original stat layout {batch, size, start}."""
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f'labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]')
-    order = np.argsort(labels, kind='stable')
-    size = np.bincount(labels, minlength=num_classes)[:num_classes]
-    start = np.concatenate([[0], np.cumsum(size)[:-1]])
-    return dict(batch=images[order].astype(np.float64) / 255.0, size=size.astype(np.float64),
-                start=start.astype(np.float64))
+  """Images re-ordered class by class (stable within a class) and the original stat layout {batch, size, start}."""
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f'labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]')
+  order = np.argsort(labels, kind='stable')
+  size = np.bincount(labels, minlength=num_classes)[:num_classes]
+  start = np.concatenate([[0], np.cumsum(size)[:-1]])
+  return dict(batch=images[order].astype(np.float64) / 255.0, size=size.astype(np.float64),
+              start=start.astype(np.float64))
 
 
 def load_stat(path):
-    """The arrays of a stat.npz file (batch, size, start and, after --latent, pool_3 and logit)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'stat file {path} not found; run run_lib_evaluation.py with --stat first')
-    with np.load(path) as archive:
-        return {key: archive[key] for key in archive.files}
+  """The arrays of a stat.npz file (batch, size, start and, after --latent, pool_3 and logit)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'stat file {path} not found; run run_lib_evaluation.py with --stat first')
+  with np.load(path) as archive:
+    return {key: archive[key] for key in archive.files}
 
 
 def stat_images_uint8(batch):
-    """uint8 images of stat rows, as the original converts them: clip(x*255, 0, 255) then truncation."""
-    return np.clip(batch * 255.0, 0, 255).astype(np.uint8)
+  """uint8 images of stat rows, as the original converts them: clip(x*255, 0, 255) then truncation."""
+  return np.clip(batch * 255.0, 0, 255).astype(np.uint8)
 
 
 def update_metrics_file(workdir, section, values):
-    """Merge `values` into `workdir/metrics.json` under `section` (atomic rewrite) and refresh `metrics.txt`."""
-    path = os.path.join(workdir, 'metrics.json')
-    metrics = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            metrics = json.load(f)
-    metrics.setdefault(section, {}).update(values)
-    write_json_atomic(path, metrics)
-    write_text_atomic(os.path.join(workdir, 'metrics.txt'), format_metrics(metrics))
-    return metrics
+  """Merge `values` into `workdir/metrics.json` under `section` (atomic rewrite) and refresh `metrics.txt`."""
+  path = os.path.join(workdir, 'metrics.json')
+  metrics = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      metrics = json.load(f)
+  metrics.setdefault(section, {}).update(values)
+  write_json_atomic(path, metrics)
+  write_text_atomic(os.path.join(workdir, 'metrics.txt'), format_metrics(metrics))
+  return metrics
 
 
 def format_metrics(metrics):
-    """A human-readable report of a metrics.json dictionary."""
-    lines = []
-    for section in sorted(metrics):
-        lines.append(f'[{section}]')
-        for key, value in sorted(metrics[section].items()):
-            if isinstance(value, list):
-                value = ', '.join(_format_number(v) for v in value)
-            else:
-                value = _format_number(value)
-            lines.append(f'{key}: {value}')
-        lines.append('')
-    return '\n'.join(lines)
+  """A human-readable report of a metrics.json dictionary."""
+  lines = []
+  for section in sorted(metrics):
+    lines.append(f'[{section}]')
+    for key, value in sorted(metrics[section].items()):
+      if isinstance(value, list):
+        value = ', '.join(_format_number(v) for v in value)
+      else:
+        value = _format_number(value)
+      lines.append(f'{key}: {value}')
+    lines.append('')
+  return '\n'.join(lines)
 
 
 def _format_number(value):
-    return f'{value:.6g}' if isinstance(value, float) else str(value)
+  return f'{value:.6g}' if isinstance(value, float) else str(value)
 
 
 def write_text_atomic(path, text):
-    """Write a text file through a temporary file and a rename, so readers never see half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
+  """Write a text file through a temporary file and a rename, so readers never see half a file."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
 
 
 def write_json_atomic(path, obj):
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
+  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')

@@ -42,118 +42,118 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 @functools.lru_cache(maxsize=2)
 def _epoch_permutation(seed, epoch, num_samples):
-    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+  return np.random.default_rng([seed, epoch]).permutation(num_samples)
 
 
 def batch_indices(update, batch_size, num_samples, seed):
-    """Sample indices of one training batch: consecutive slices of a fresh permutation per epoch (resumable)."""
-    positions = np.arange(update * batch_size, (update + 1) * batch_size)
-    epochs = positions // num_samples
-    return np.concatenate([_epoch_permutation(seed, int(e), num_samples)[positions[epochs == e] % num_samples]
-                           for e in np.unique(epochs)])
+  """Sample indices of one training batch: consecutive slices of a fresh permutation per epoch (resumable)."""
+  positions = np.arange(update * batch_size, (update + 1) * batch_size)
+  epochs = positions // num_samples
+  return np.concatenate([_epoch_permutation(seed, int(e), num_samples)[positions[epochs == e] % num_samples]
+                         for e in np.unique(epochs)])
 
 
 def to_model_input(images_uint8):
-    """uint8 NHWC -> float NCHW in [0, 1] (no normalisation, as the original)."""
-    return images_uint8.permute(0, 3, 1, 2).float() / 255.0
+  """uint8 NHWC -> float NCHW in [0, 1] (no normalisation, as the original)."""
+  return images_uint8.permute(0, 3, 1, 2).float() / 255.0
 
 
 @torch.no_grad()
 def test_accuracy(model, images, labels, batch_size):
-    """Top-1 accuracy over a whole labelled set, in eval mode."""
-    model.eval()
-    correct = sum((model(to_model_input(images[i:i + batch_size])).argmax(1) == labels[i:i + batch_size]).sum().item()
-                  for i in range(0, len(images), batch_size))
-    model.train()
-    return correct / len(images)
+  """Top-1 accuracy over a whole labelled set, in eval mode."""
+  model.eval()
+  correct = sum((model(to_model_input(images[i:i + batch_size])).argmax(1) == labels[i:i + batch_size]).sum().item()
+                for i in range(0, len(images), batch_size))
+  model.train()
+  return correct / len(images)
 
 
 def save_progress(config, ckpt_dir, model, optimizer, step, history):
-    """Checkpoint at `step`, the best weights when this accuracy is the best so far, and the accuracy history."""
-    ckpt.save_checkpoint(ckpt.checkpoint_path(ckpt_dir, step), model, optimizer, step)
-    ckpt.prune_checkpoints(ckpt_dir, config.eval.cas_keep_checkpoints)
-    if history[-1][1] >= max(accuracy for _, accuracy in history):
-        ckpt.save_weights(os.path.join(ckpt_dir, 'best.pth'), model)
-    evaluation.write_json_atomic(os.path.join(ckpt_dir, 'history.json'), history)
+  """Checkpoint at `step`, the best weights when this accuracy is the best so far, and the accuracy history."""
+  ckpt.save_checkpoint(ckpt.checkpoint_path(ckpt_dir, step), model, optimizer, step)
+  ckpt.prune_checkpoints(ckpt_dir, config.eval.cas_keep_checkpoints)
+  if history[-1][1] >= max(accuracy for _, accuracy in history):
+    ckpt.save_weights(os.path.join(ckpt_dir, 'best.pth'), model)
+  evaluation.write_json_atomic(os.path.join(ckpt_dir, 'history.json'), history)
 
 
 def load_history(ckpt_dir, step):
-    """Accuracies measured up to `step` by an earlier, interrupted run."""
-    path = os.path.join(ckpt_dir, 'history.json')
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [tuple(entry) for entry in json.load(f) if entry[0] <= step]
+  """Accuracies measured up to `step` by an earlier, interrupted run."""
+  path = os.path.join(ckpt_dir, 'history.json')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [tuple(entry) for entry in json.load(f) if entry[0] <= step]
 
 
 def summarize(history, samples_dir, num_samples):
-    final_step, final = history[-1]
-    best = max(accuracy for _, accuracy in history)
-    best_step = max(step for step, accuracy in history if accuracy == best)  # the step best.pth holds
-    return dict(final_accuracy=final, final_step=final_step, best_accuracy=best, best_step=best_step,
-                num_train_samples=num_samples, samples_dir=samples_dir)
+  final_step, final = history[-1]
+  best = max(accuracy for _, accuracy in history)
+  best_step = max(step for step, accuracy in history if accuracy == best)  # the step best.pth holds
+  return dict(final_accuracy=final, final_step=final_step, best_accuracy=best, best_step=best_step,
+              num_train_samples=num_samples, samples_dir=samples_dir)
 
 
 def train_cas(config, workdir, samples_dir):
-    """Train the CAS classifier on the samples; returns the final and best test accuracy (fractions)."""
-    device = mutils.get_device(config)
-    num_classes = config.classifier.classes
-    images, labels = evaluation.load_class_samples(samples_dir, num_classes)
-    test_images, test_labels = datasets.load_cifar(config.data.root, config.data.dataset, train=False)
-    images, labels = torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
-    test_images, test_labels = torch.from_numpy(test_images).to(device), torch.from_numpy(test_labels).to(device)
+  """Train the CAS classifier on the samples; returns the final and best test accuracy (fractions)."""
+  device = mutils.get_device(config)
+  num_classes = config.classifier.classes
+  images, labels = evaluation.load_class_samples(samples_dir, num_classes)
+  test_images, test_labels = datasets.load_cifar(config.data.root, config.data.dataset, train=False)
+  images, labels = torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
+  test_images, test_labels = torch.from_numpy(test_images).to(device), torch.from_numpy(test_labels).to(device)
 
-    torch.manual_seed(config.seed)
-    model = cas.create_cas_classifier(num_classes, config.data.num_channels, config.eval.cas_arch).to(device)
-    optimizer = losses.get_optimizer(config, model.parameters())
-    ckpt_dir = os.path.join(workdir, 'checkpoints_cas')
-    latest = ckpt.latest_checkpoint(ckpt_dir)
-    start = ckpt.restore_training_state(latest, model, optimizer, device=device) if latest else 0
-    history = load_history(ckpt_dir, start)
-    logging.info('CAS: %d samples of %d classes from %s, %d test images, %s from step %d',
-                 len(images), num_classes, samples_dir, len(test_images), config.eval.cas_arch, start)
+  torch.manual_seed(config.seed)
+  model = cas.create_cas_classifier(num_classes, config.data.num_channels, config.eval.cas_arch).to(device)
+  optimizer = losses.get_optimizer(config, model.parameters())
+  ckpt_dir = os.path.join(workdir, 'checkpoints_cas')
+  latest = ckpt.latest_checkpoint(ckpt_dir)
+  start = ckpt.restore_training_state(latest, model, optimizer, device=device) if latest else 0
+  history = load_history(ckpt_dir, start)
+  logging.info('CAS: %d samples of %d classes from %s, %d test images, %s from step %d',
+               len(images), num_classes, samples_dir, len(test_images), config.eval.cas_arch, start)
 
-    writer = run_lib.tensorboard_writer(os.path.join(workdir, 'tensorboard'))  # the original's tags, without TF
-    model.train()
-    n_iters, eval_freq = config.training.n_iters, config.training.eval_freq
-    progress = tqdm(range(start, n_iters), initial=start, total=n_iters, desc='CAS', mininterval=2)
-    for step in progress:  # `step` updates done before this one; the original evaluates after updates 1, 201, ...
-        index = torch.from_numpy(batch_indices(step, config.training.batch_size, len(images), config.seed)).to(device)
-        loss = F.cross_entropy(model(to_model_input(images[index])), labels[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % config.training.log_freq == 0:
-            progress.set_postfix(loss_ce=f'{loss.item():.4f}')
-            writer.add_scalar('loss_ce', loss.item(), step)
-        if step % eval_freq == 0 or step == n_iters - 1:
-            history.append((step + 1, test_accuracy(model, test_images, test_labels, config.eval.batch_size)))
-            writer.add_scalar('eval_acc', 100 * history[-1][1], step)
-            progress.write(f'Step {step + 1}: loss_ce {loss.item():.4f} || Accuracy: {100 * history[-1][1]:.2f}%')
-            save_progress(config, ckpt_dir, model, optimizer, step + 1, history)
-    writer.close()
-    if not history:
-        raise ValueError(f'nothing to do: training.n_iters={n_iters} updates are already done in {ckpt_dir}')
-    return summarize(history, samples_dir, len(images))
+  writer = run_lib.tensorboard_writer(os.path.join(workdir, 'tensorboard'))  # the original's tags, without TF
+  model.train()
+  n_iters, eval_freq = config.training.n_iters, config.training.eval_freq
+  progress = tqdm(range(start, n_iters), initial=start, total=n_iters, desc='CAS', mininterval=2)
+  for step in progress:  # `step` updates done before this one; the original evaluates after updates 1, 201, ...
+    index = torch.from_numpy(batch_indices(step, config.training.batch_size, len(images), config.seed)).to(device)
+    loss = F.cross_entropy(model(to_model_input(images[index])), labels[index])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if step % config.training.log_freq == 0:
+      progress.set_postfix(loss_ce=f'{loss.item():.4f}')
+      writer.add_scalar('loss_ce', loss.item(), step)
+    if step % eval_freq == 0 or step == n_iters - 1:
+      history.append((step + 1, test_accuracy(model, test_images, test_labels, config.eval.batch_size)))
+      writer.add_scalar('eval_acc', 100 * history[-1][1], step)
+      progress.write(f'Step {step + 1}: loss_ce {loss.item():.4f} || Accuracy: {100 * history[-1][1]:.2f}%')
+      save_progress(config, ckpt_dir, model, optimizer, step + 1, history)
+  writer.close()
+  if not history:
+    raise ValueError(f'nothing to do: training.n_iters={n_iters} updates are already done in {ckpt_dir}')
+  return summarize(history, samples_dir, len(images))
 
 
 def main(argv):
-    del argv
-    config = FLAGS.config
-    if FLAGS.samples_dir is not None:
-        config.eval.samples_dir = FLAGS.samples_dir
-    if FLAGS.data_dir is not None:
-        config.data.root = FLAGS.data_dir
-    workdir = os.path.join('results', FLAGS.workdir)
-    samples_dir = config.eval.samples_dir or os.path.join(workdir, 'eval_samples')
-    try:
-        result = train_cas(config, workdir, samples_dir)
-    except FileNotFoundError as error:
-        sys.exit(f'run_lib_cas.py: error: {error}')
-    print(f"CAS final accuracy: {100 * result['final_accuracy']:.2f}% (step {result['final_step']}) || "
-          f"best: {100 * result['best_accuracy']:.2f}% (step {result['best_step']})")
-    evaluation.update_metrics_file(workdir, 'cas', result)
+  del argv
+  config = FLAGS.config
+  if FLAGS.samples_dir is not None:
+    config.eval.samples_dir = FLAGS.samples_dir
+  if FLAGS.data_dir is not None:
+    config.data.root = FLAGS.data_dir
+  workdir = os.path.join('results', FLAGS.workdir)
+  samples_dir = config.eval.samples_dir or os.path.join(workdir, 'eval_samples')
+  try:
+    result = train_cas(config, workdir, samples_dir)
+  except FileNotFoundError as error:
+    sys.exit(f'run_lib_cas.py: error: {error}')
+  print(f"CAS final accuracy: {100 * result['final_accuracy']:.2f}% (step {result['final_step']}) || "
+        f"best: {100 * result['best_accuracy']:.2f}% (step {result['best_step']})")
+  evaluation.update_metrics_file(workdir, 'cas', result)
 
 
 if __name__ == '__main__':
-    app.run(main)
+  app.run(main)

@@ -34,173 +34,173 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def stat_file(workdir):
-    return os.path.join(workdir, 'stat', 'stat.npz')
+  return os.path.join(workdir, 'stat', 'stat.npz')
 
 
 def run_stat(config, workdir):
-    """stat.npz from the exact training split, class-contiguous, in the original layout (B15)."""
-    images, labels = datasets.load_cifar(config.data.root, config.data.dataset, train=True)
-    stat = evaluation.group_by_class(images, labels, config.classifier.classes)
-    os.makedirs(os.path.dirname(stat_file(workdir)), exist_ok=True)
-    np.savez(stat_file(workdir), **stat)
-    print(f'Stat: {len(images)} training images, {int(stat["size"].min())}-{int(stat["size"].max())} per class '
-          f'-> {stat_file(workdir)}')
+  """stat.npz from the exact training split, class-contiguous, in the original layout (B15)."""
+  images, labels = datasets.load_cifar(config.data.root, config.data.dataset, train=True)
+  stat = evaluation.group_by_class(images, labels, config.classifier.classes)
+  os.makedirs(os.path.dirname(stat_file(workdir)), exist_ok=True)
+  np.savez(stat_file(workdir), **stat)
+  print(f'Stat: {len(images)} training images, {int(stat["size"].min())}-{int(stat["size"].max())} per class '
+        f'-> {stat_file(workdir)}')
 
 
 def check_samples(samples_dir, num_classes):
-    """Fail early, naming the folders, when any class has no sample files."""
-    empty = [c for c in range(num_classes) if not evaluation.sample_files(os.path.join(samples_dir, str(c)))]
-    if empty:
-        raise FileNotFoundError(f'no samples_<round>.npz files for classes {empty} under {samples_dir} '
-                                '(expected <class>/samples_<round>.npz); run run_lib_sampling.py first')
+  """Fail early, naming the folders, when any class has no sample files."""
+  empty = [c for c in range(num_classes) if not evaluation.sample_files(os.path.join(samples_dir, str(c)))]
+  if empty:
+    raise FileNotFoundError(f'no samples_<round>.npz files for classes {empty} under {samples_dir} '
+                            '(expected <class>/samples_<round>.npz); run run_lib_sampling.py first')
 
 
 def run_latent(config, workdir, inception):
-    """Inception features of the stat images (into stat.npz) and of every sample file (into latent/)."""
-    num_classes, batch_size = config.classifier.classes, config.eval.batch_size
-    stat = evaluation.load_stat(stat_file(workdir))
-    pools, logits = [], []
-    for c in tqdm(range(num_classes), desc='latent: dataset classes'):
-        start, size = int(stat['start'][c]), int(stat['size'][c])
-        images = evaluation.stat_images_uint8(stat['batch'][start:start + size])
-        pool, logit = evaluation.get_inception_features(images, inception, batch_size)
-        pools.append(pool)
-        logits.append(logit)
-    np.savez(stat_file(workdir), **stat, pool_3=np.concatenate(pools), logit=np.concatenate(logits))
+  """Inception features of the stat images (into stat.npz) and of every sample file (into latent/)."""
+  num_classes, batch_size = config.classifier.classes, config.eval.batch_size
+  stat = evaluation.load_stat(stat_file(workdir))
+  pools, logits = [], []
+  for c in tqdm(range(num_classes), desc='latent: dataset classes'):
+    start, size = int(stat['start'][c]), int(stat['size'][c])
+    images = evaluation.stat_images_uint8(stat['batch'][start:start + size])
+    pool, logit = evaluation.get_inception_features(images, inception, batch_size)
+    pools.append(pool)
+    logits.append(logit)
+  np.savez(stat_file(workdir), **stat, pool_3=np.concatenate(pools), logit=np.concatenate(logits))
 
-    samples_dir, latent_dir = os.path.join(workdir, 'eval_samples'), os.path.join(workdir, 'latent')
-    for c in range(num_classes):  # latents of sample files that no longer exist must not be evaluated
-        for stale in evaluation.latent_files(os.path.join(latent_dir, str(c))):
-            os.remove(stale)
-    files = [path for c in range(num_classes) for path in evaluation.sample_files(os.path.join(samples_dir, str(c)))]
-    for path in tqdm(files, desc='latent: sample files'):
-        pool, logit = evaluation.get_inception_features(evaluation.load_sample_file(path), inception, batch_size)
-        out = evaluation.latent_path(latent_dir, path)
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        np.savez_compressed(out, pool_3=pool, logits=logit)
-    print(f'Latent: {len(stat["batch"])} dataset images and {len(files)} sample files encoded')
+  samples_dir, latent_dir = os.path.join(workdir, 'eval_samples'), os.path.join(workdir, 'latent')
+  for c in range(num_classes):  # latents of sample files that no longer exist must not be evaluated
+    for stale in evaluation.latent_files(os.path.join(latent_dir, str(c))):
+      os.remove(stale)
+  files = [path for c in range(num_classes) for path in evaluation.sample_files(os.path.join(samples_dir, str(c)))]
+  for path in tqdm(files, desc='latent: sample files'):
+    pool, logit = evaluation.get_inception_features(evaluation.load_sample_file(path), inception, batch_size)
+    out = evaluation.latent_path(latent_dir, path)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    np.savez_compressed(out, pool_3=pool, logits=logit)
+  print(f'Latent: {len(stat["batch"])} dataset images and {len(files)} sample files encoded')
 
 
 def load_features(config, workdir):
-    """Dataset pools (per class) and sample pools/logits (per class, round order) for the metrics."""
-    stat = evaluation.load_stat(stat_file(workdir))
-    if 'pool_3' not in stat:
-        raise FileNotFoundError(f'{stat_file(workdir)} holds no Inception features; run with --latent first')
-    starts, sizes = stat['start'].astype(int), stat['size'].astype(int)
-    real = [stat['pool_3'][s:s + n] for s, n in zip(starts, sizes)]
-    fake = [evaluation.load_class_latents(os.path.join(workdir, 'latent', str(c)))
-            for c in range(config.classifier.classes)]
-    return real, fake
+  """Dataset pools (per class) and sample pools/logits (per class, round order) for the metrics."""
+  stat = evaluation.load_stat(stat_file(workdir))
+  if 'pool_3' not in stat:
+    raise FileNotFoundError(f'{stat_file(workdir)} holds no Inception features; run with --latent first')
+  starts, sizes = stat['start'].astype(int), stat['size'].astype(int)
+  real = [stat['pool_3'][s:s + n] for s, n in zip(starts, sizes)]
+  fake = [evaluation.load_class_latents(os.path.join(workdir, 'latent', str(c)))
+          for c in range(config.classifier.classes)]
+  return real, fake
 
 
 def full_mode_sets(real, fake):
-    """All real rows against an equal number of samples from every class (B16): min(class size, samples/class)."""
-    per_class = min(min(len(r) for r in real), min(len(pool) for pool, _ in fake))
-    fake_pool = np.concatenate([pool[:per_class] for pool, _ in fake])
-    fake_logits = np.concatenate([logit[:per_class] for _, logit in fake])
-    print(f'Full mode: {per_class} samples from each of {len(fake)} classes ({len(fake_pool)} in all) '
-          f'against {sum(len(r) for r in real)} training images')
-    return np.concatenate(real), fake_pool, fake_logits, per_class
+  """All real rows against an equal number of samples from every class (B16): min(class size, samples/class)."""
+  per_class = min(min(len(r) for r in real), min(len(pool) for pool, _ in fake))
+  fake_pool = np.concatenate([pool[:per_class] for pool, _ in fake])
+  fake_logits = np.concatenate([logit[:per_class] for _, logit in fake])
+  print(f'Full mode: {per_class} samples from each of {len(fake)} classes ({len(fake_pool)} in all) '
+        f'against {sum(len(r) for r in real)} training images')
+  return np.concatenate(real), fake_pool, fake_logits, per_class
 
 
 def class_mode_sets(real, fake):
-    """Per class: its real rows against its first size_c samples (fewer if fewer exist)."""
-    return [(r, pool[:len(r)], logit[:len(r)]) for r, (pool, logit) in zip(real, fake)]
+  """Per class: its real rows against its first size_c samples (fewer if fewer exist)."""
+  return [(r, pool[:len(r)], logit[:len(r)]) for r, (pool, logit) in zip(real, fake)]
 
 
 def run_fidis(workdir, mode, sets):
-    if mode == 'full':
-        real_pool, fake_pool, fake_logits, per_class = sets
-        fid = evaluation.fid_from_activations(real_pool, fake_pool)
-        inception_score = evaluation.inception_score_from_logits(fake_logits)
-        print(f'FID: {fid:.2f} || IS: {inception_score:.2f}')
-        evaluation.update_metrics_file(workdir, 'full', dict(fid=fid, inception_score=inception_score,
-                                                             num_real=len(real_pool), num_fake=len(fake_pool),
-                                                             samples_per_class=per_class))
-        return
-    fids, scores = [], []
-    for c, (real_pool, fake_pool, fake_logits) in enumerate(sets):
-        fids.append(evaluation.fid_from_activations(real_pool, fake_pool))
-        scores.append(evaluation.inception_score_from_logits(fake_logits))
-        print(f'Class {c} ({len(fake_pool)} samples vs {len(real_pool)} real) || FID: {fids[-1]:.2f} || '
-              f'IS: {scores[-1]:.2f}')
-    cw_fid, cw_is = evaluation.classwise_average(fids), evaluation.classwise_average(scores)
-    print(f'Avg CW FID: {cw_fid:.2f}\nAvg CW IS: {cw_is:.2f}')
-    write_lists(os.path.join(workdir, 'fid_is.txt'), [scores, fids])  # the original's layout: IS line, FID line (B7)
-    evaluation.update_metrics_file(workdir, 'class', dict(cw_fid=cw_fid, cw_inception_score=cw_is, fid=fids,
-                                                          inception_score=scores,
-                                                          num_fake=[len(pool) for _, pool, _ in sets]))
+  if mode == 'full':
+    real_pool, fake_pool, fake_logits, per_class = sets
+    fid = evaluation.fid_from_activations(real_pool, fake_pool)
+    inception_score = evaluation.inception_score_from_logits(fake_logits)
+    print(f'FID: {fid:.2f} || IS: {inception_score:.2f}')
+    evaluation.update_metrics_file(workdir, 'full', dict(fid=fid, inception_score=inception_score,
+                                                         num_real=len(real_pool), num_fake=len(fake_pool),
+                                                         samples_per_class=per_class))
+    return
+  fids, scores = [], []
+  for c, (real_pool, fake_pool, fake_logits) in enumerate(sets):
+    fids.append(evaluation.fid_from_activations(real_pool, fake_pool))
+    scores.append(evaluation.inception_score_from_logits(fake_logits))
+    print(f'Class {c} ({len(fake_pool)} samples vs {len(real_pool)} real) || FID: {fids[-1]:.2f} || '
+          f'IS: {scores[-1]:.2f}')
+  cw_fid, cw_is = evaluation.classwise_average(fids), evaluation.classwise_average(scores)
+  print(f'Avg CW FID: {cw_fid:.2f}\nAvg CW IS: {cw_is:.2f}')
+  write_lists(os.path.join(workdir, 'fid_is.txt'), [scores, fids])  # the original's layout: IS line, FID line (B7)
+  evaluation.update_metrics_file(workdir, 'class', dict(cw_fid=cw_fid, cw_inception_score=cw_is, fid=fids,
+                                                        inception_score=scores,
+                                                        num_fake=[len(pool) for _, pool, _ in sets]))
 
 
 def _percentages(result):
-    return ' || '.join(f'{name.capitalize()}: {100 * value:.2f}%' for name, value in result.items())
+  return ' || '.join(f'{name.capitalize()}: {100 * value:.2f}%' for name, value in result.items())
 
 
 def run_prdc(workdir, mode, sets, nearest_k, device):
-    if mode == 'full':
-        real_pool, fake_pool, _, per_class = sets
-        result = evaluation.compute_prdc_chunked(real_pool, fake_pool, nearest_k, device=device)
-        print(_percentages(result))
-        evaluation.update_metrics_file(workdir, 'full', dict(result, nearest_k=nearest_k, num_real=len(real_pool),
-                                                             num_fake=len(fake_pool), samples_per_class=per_class))
-        return
-    per_class = {name: [] for name in ('precision', 'recall', 'density', 'coverage')}
-    for c, (real_pool, fake_pool, _) in enumerate(sets):
-        result = evaluation.compute_prdc_chunked(real_pool, fake_pool, nearest_k, device=device)
-        for name, value in result.items():
-            per_class[name].append(value)
-        print(f'Class {c} || {_percentages(result)}')
-    averages = {name: evaluation.classwise_average(values) for name, values in per_class.items()}
-    for name, value in averages.items():
-        print(f'Avg CW {name.capitalize()}: {100 * value:.2f}%')
-    write_lists(os.path.join(workdir, 'prdc.txt'), list(per_class.values()))
-    evaluation.update_metrics_file(workdir, 'class', dict(per_class, nearest_k=nearest_k,
-                                                          **{f'cw_{n}': v for n, v in averages.items()}))
+  if mode == 'full':
+    real_pool, fake_pool, _, per_class = sets
+    result = evaluation.compute_prdc_chunked(real_pool, fake_pool, nearest_k, device=device)
+    print(_percentages(result))
+    evaluation.update_metrics_file(workdir, 'full', dict(result, nearest_k=nearest_k, num_real=len(real_pool),
+                                                         num_fake=len(fake_pool), samples_per_class=per_class))
+    return
+  per_class = {name: [] for name in ('precision', 'recall', 'density', 'coverage')}
+  for c, (real_pool, fake_pool, _) in enumerate(sets):
+    result = evaluation.compute_prdc_chunked(real_pool, fake_pool, nearest_k, device=device)
+    for name, value in result.items():
+      per_class[name].append(value)
+    print(f'Class {c} || {_percentages(result)}')
+  averages = {name: evaluation.classwise_average(values) for name, values in per_class.items()}
+  for name, value in averages.items():
+    print(f'Avg CW {name.capitalize()}: {100 * value:.2f}%')
+  write_lists(os.path.join(workdir, 'prdc.txt'), list(per_class.values()))
+  evaluation.update_metrics_file(workdir, 'class', dict(per_class, nearest_k=nearest_k,
+                                                        **{f'cw_{n}': v for n, v in averages.items()}))
 
 
 def write_lists(path, lists):
-    """One comma-separated line per list of numbers (the original meant to write these and crashed, B7)."""
-    with open(path, 'w') as f:
-        f.writelines(', '.join(f'{value:.6f}' for value in values) + '\n' for values in lists)
+  """One comma-separated line per list of numbers (the original meant to write these and crashed, B7)."""
+  with open(path, 'w') as f:
+    f.writelines(', '.join(f'{value:.6f}' for value in values) + '\n' for values in lists)
 
 
 def evaluate(config, workdir, mode, stat, latent, fidis, prdc):
-    """Run the requested steps in the original order, checking every input before the slow parts start."""
-    if latent:
-        inception_dir = evaluation.find_inception_dir(config.eval.inception_dir)
-        check_samples(os.path.join(workdir, 'eval_samples'), config.classifier.classes)
-    if not stat and not os.path.isfile(stat_file(workdir)):
-        raise FileNotFoundError(f'stat file {stat_file(workdir)} not found; run with --stat first')
-    if stat:
-        run_stat(config, workdir)
-    if latent:
-        run_latent(config, workdir, evaluation.load_inception(inception_dir))
-    if not (prdc or fidis):
-        return
-    real, fake = load_features(config, workdir)
-    sets = full_mode_sets(real, fake) if mode == 'full' else class_mode_sets(real, fake)
-    if prdc:
-        run_prdc(workdir, mode, sets, config.eval.nearest_k, mutils.get_device(config))
-    if fidis:
-        run_fidis(workdir, mode, sets)
-    print(f'Results written to {os.path.join(workdir, "metrics.json")} and metrics.txt')
+  """Run the requested steps in the original order, checking every input before the slow parts start."""
+  if latent:
+    inception_dir = evaluation.find_inception_dir(config.eval.inception_dir)
+    check_samples(os.path.join(workdir, 'eval_samples'), config.classifier.classes)
+  if not stat and not os.path.isfile(stat_file(workdir)):
+    raise FileNotFoundError(f'stat file {stat_file(workdir)} not found; run with --stat first')
+  if stat:
+    run_stat(config, workdir)
+  if latent:
+    run_latent(config, workdir, evaluation.load_inception(inception_dir))
+  if not (prdc or fidis):
+    return
+  real, fake = load_features(config, workdir)
+  sets = full_mode_sets(real, fake) if mode == 'full' else class_mode_sets(real, fake)
+  if prdc:
+    run_prdc(workdir, mode, sets, config.eval.nearest_k, mutils.get_device(config))
+  if fidis:
+    run_fidis(workdir, mode, sets)
+  print(f'Results written to {os.path.join(workdir, "metrics.json")} and metrics.txt')
 
 
 def main(argv):
-    del argv
-    config = FLAGS.config
-    if FLAGS.inception_dir is not None:
-        config.eval.inception_dir = FLAGS.inception_dir
-    if FLAGS.data_dir is not None:
-        config.data.root = FLAGS.data_dir
-    if not (FLAGS.stat or FLAGS.latent or FLAGS.fidis or FLAGS.prdc):
-        raise app.UsageError('nothing to do: pass at least one of --stat, --latent, --fidis, --prdc')
-    try:
-        evaluate(config, os.path.join('results', FLAGS.workdir), FLAGS.mode,
-                 FLAGS.stat, FLAGS.latent, FLAGS.fidis, FLAGS.prdc)
-    except FileNotFoundError as error:
-        sys.exit(f'run_lib_evaluation.py: error: {error}')
+  del argv
+  config = FLAGS.config
+  if FLAGS.inception_dir is not None:
+    config.eval.inception_dir = FLAGS.inception_dir
+  if FLAGS.data_dir is not None:
+    config.data.root = FLAGS.data_dir
+  if not (FLAGS.stat or FLAGS.latent or FLAGS.fidis or FLAGS.prdc):
+    raise app.UsageError('nothing to do: pass at least one of --stat, --latent, --fidis, --prdc')
+  try:
+    evaluate(config, os.path.join('results', FLAGS.workdir), FLAGS.mode,
+             FLAGS.stat, FLAGS.latent, FLAGS.fidis, FLAGS.prdc)
+  except FileNotFoundError as error:
+    sys.exit(f'run_lib_evaluation.py: error: {error}')
 
 
 if __name__ == '__main__':
-    app.run(main)
+  app.run(main)
