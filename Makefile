@@ -1,24 +1,38 @@
-# Newcomer entry points: `make demo` (toy DLSM pipeline on CPU) and `make test`.
-PYTHON := .venv/bin/python
-# The stamp lives inside .venv, so deleting .venv also forgets the install.
-STAMP := .venv/.requirements.stamp
+# Newcomer entry points: `make demo` (toy DLSM pipeline on CPU) and `make test`, on whichever python3 is installed.
+PYTHON3 ?= python3
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+PYTHON_VERSION := $(shell $(PYTHON3) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+# Stamps live inside .venv, so deleting .venv also forgets the installs; their names carry the Python version.
+CORE_STAMP := $(VENV)/.core-$(PYTHON_VERSION).stamp
+EVAL_STAMP := $(VENV)/.eval-$(PYTHON_VERSION).stamp
 
-.PHONY: venv test demo bench
+.PHONY: venv venv-eval test demo bench
 
-venv: $(STAMP)
+venv: $(CORE_STAMP)
 
-$(STAMP): requirements.txt
-	test -x $(PYTHON) || python3 -m venv .venv
-	.venv/bin/pip install -r requirements.txt
-	cp requirements.txt $(STAMP)
+venv-eval: $(EVAL_STAMP)
 
-test: $(STAMP)
-	$(PYTHON) -m pytest tests -q
+# The core: training, sampling, the toy, digits (no TensorFlow).
+$(CORE_STAMP): requirements.txt
+	test -x $(PYTHON) || $(PYTHON3) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(v != "$(PYTHON_VERSION)" and \
+		f"make: $(VENV) holds Python {v} but $(PYTHON3) is Python $(PYTHON_VERSION): remove $(VENV) to rebuild it")'
+	$(PYTHON) -m pip install -r requirements.txt
+	touch $@
 
-demo: $(STAMP)
+# The evaluation extra: TensorFlow for the Inception features (and tensorflow-gan on Python 3.11).
+$(EVAL_STAMP): requirements-eval.txt $(CORE_STAMP)
+	$(PYTHON) -m pip install -r requirements-eval.txt
+	touch $@
+
+test: $(EVAL_STAMP)
+	$(PYTHON) -m pytest tests -q -rs
+
+demo: $(CORE_STAMP)
 	$(PYTHON) run_lib_toy.py --config configs/toy/demo.py --workdir toy_demo
 
-bench: $(STAMP)
+bench: $(CORE_STAMP)
 	@set -e; for script in benchmarks/*.py; do \
 		echo "== $$script"; $(PYTHON) $$script; \
 	done

@@ -1,38 +1,40 @@
-"""Evaluation metrics as the paper computed them (spec §4).
+"""Evaluation metrics as the paper computed them: FID and Inception score on TF-GAN's Inception features, PRDC, CW.
 
-Inception features come from TF-GAN's Inception module run by TensorFlow; FID and IS from tensorflow-gan's own
-functions; precision / recall / density / coverage with the `prdc` definitions, computed in memory-bounded chunks.
-TensorFlow is imported on first use only, so importing this module (and training or sampling) never loads it.
+Inception features come from TF-GAN's Inception module run by TensorFlow in a process of its own (`evaluation_tf.py`),
+so this module, training and sampling never import TensorFlow. FID and IS come from tensorflow-gan's own functions
+where it is installed (TensorFlow 2.15, Python 3.11: the paper's combination), else from this module's transcription of
+the same formulas, equal to them within 1e-6 relative. Precision / recall / density / coverage use the `prdc`
+definitions, computed in memory-bounded chunks.
 """
 
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
+import scipy.special
 import torch
+
+import evaluation_tf
 
 INCEPTION_HANDLE = 'https://tfhub.dev/tensorflow/tfgan/eval/inception/1'
 INCEPTION_POOL = 'pool_3'
 INCEPTION_LOGITS = 'logits'
 METRIC_NAMES = ('fid', 'is', 'precision', 'recall', 'density', 'coverage')
+EVALUATION_EXTRA = 'pip install -r requirements-eval.txt'
 
 
 class InceptionModuleNotFound(FileNotFoundError):
   """The TF-GAN Inception module is not where the run was told to look."""
 
 
-def _tensorflow():
-  """TensorFlow, imported on first use; GPU memory grows on demand so PyTorch can share the device."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf
-  for gpu in tf.config.list_physical_devices('GPU'):
-    try:
-      tf.config.experimental.set_memory_growth(gpu, True)
-    except RuntimeError:  # devices already initialised by an earlier call
-      pass
-  return tf
+class EvaluationExtraMissing(ModuleNotFoundError):
+  """TensorFlow, needed to run the Inception module, is not installed."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -66,28 +68,50 @@ def find_inception_dir(inception_dir=''):
       f"{os.path.basename(hub_cache_dir(''))}.")
 
 
+def require_tensorflow():
+  """Fail with the install command when TensorFlow (the evaluation extra) is missing."""
+  if importlib.util.find_spec('tensorflow') is None:
+    raise EvaluationExtraMissing(
+        'TensorFlow is not installed: the Inception features need the evaluation extra '
+        f'({EVALUATION_EXTRA}; `make test` installs it)')
+
+
+class InceptionProcess:
+  """`run(images_uint8) -> {'pool_3', 'logits'}` (NumPy) served by TensorFlow in a child process (evaluation_tf.py).
+
+  `tensorflow_version` names the TensorFlow that runs the module. The child ends with `close()` or with this process.
+  """
+
+  def __init__(self, inception_dir):
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'evaluation_tf.py')
+    self._child = subprocess.Popen([sys.executable, script, inception_dir], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE)
+    self.tensorflow_version = bytes(self._answer()).decode('ascii')
+
+  def __call__(self, images):
+    evaluation_tf.write_array(self._child.stdin, images)
+    return {INCEPTION_POOL: self._answer(), INCEPTION_LOGITS: self._answer()}
+
+  def _answer(self):
+    answer = evaluation_tf.read_array(self._child.stdout)
+    if answer is None:
+      raise RuntimeError(f'the Inception process (evaluation_tf.py) ended with exit code {self._child.wait()}; '
+                         'its error is printed above')
+    return answer
+
+  def close(self):
+    if self._child.poll() is None:
+      self._child.stdin.close()
+      self._child.wait()
+
+  __del__ = close
+
+
 def load_inception(inception_dir=''):
-  """Load the Inception module from a local folder; returns `run(images_uint8) -> {'pool_3', 'logits'}` (NumPy)."""
+  """The Inception module of a local folder, run by TensorFlow in its own process (see `InceptionProcess`)."""
   path = find_inception_dir(inception_dir)
-  tf = _tensorflow()
-  import tensorflow_gan as tfgan
-  import tensorflow_hub as tfhub
-  module = tfhub.load(path)
-
-  def classifier_fn(images):  # as score_sde: the two outputs, flattened to 2-D
-    outputs = module(images)
-    return {key: tf.reshape(outputs[key], [tf.shape(outputs[key])[0], -1])
-            for key in (INCEPTION_POOL, INCEPTION_LOGITS)}
-
-  @tf.function
-  def run_inception(images):
-    images = (tf.cast(images, tf.float32) - 127.5) / 127.5  # [-1, 1] at 32x32; the module resizes internally
-    return tfgan.eval.run_classifier_fn(images, num_batches=1, classifier_fn=classifier_fn,
-                                        dtypes={INCEPTION_POOL: tf.float32, INCEPTION_LOGITS: tf.float32})
-
-  def run(images):
-    return {key: value.numpy() for key, value in run_inception(tf.constant(images)).items()}
-  return run
+  require_tensorflow()
+  return InceptionProcess(path)
 
 
 def get_inception_features(images, inception, batch_size=200):
@@ -110,21 +134,55 @@ def get_inception_features(images, inception, batch_size=200):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# FID, IS (tensorflow-gan) and class-wise averages
+# FID, IS and class-wise averages
+
+
+def tensorflow_gan_installed():
+  return importlib.util.find_spec('tensorflow_gan') is not None
+
+
+def fid_is_implementation():
+  """Which code computes FID and IS here; metrics.json records it."""
+  if tensorflow_gan_installed():
+    return f"tensorflow-gan {importlib.metadata.version('tensorflow-gan')}"
+  return "dlsm evaluation.py (tensorflow-gan's formulas in NumPy)"
 
 
 def fid_from_activations(real, fake):
-  """FID of two activation sets with tensorflow-gan (float64, 1/(n-1) covariances)."""
-  _tensorflow()
-  import tensorflow_gan as tfgan
-  return float(tfgan.eval.frechet_classifier_distance_from_activations(real, fake).numpy())
+  """FID of two activation sets: tensorflow-gan's function where installed, else `frechet_distance`."""
+  if tensorflow_gan_installed():
+    return evaluation_tf.tfgan_fid(real, fake)
+  return frechet_distance(real, fake)
 
 
 def inception_score_from_logits(logits):
-  """Inception score over one split of all logits, as the paper (B18), with tensorflow-gan."""
-  _tensorflow()
-  import tensorflow_gan as tfgan
-  return float(tfgan.eval.classifier_score_from_logits(logits).numpy())
+  """Inception score over one split of all logits, as the paper (B18): tensorflow-gan's where installed."""
+  if tensorflow_gan_installed():
+    return evaluation_tf.tfgan_inception_score(logits)
+  return inception_score(logits)
+
+
+def frechet_distance(real, fake):
+  """FID as tensorflow-gan computes it: float64, 1/(n-1) covariances, Tr sqrt(Σr Σf) = Tr sqrt(A Σf A), A = sqrt(Σr)."""
+  real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+  cov_real, cov_fake = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+  root = _symmetric_square_root(cov_real)
+  trace_sqrt_product = np.trace(_symmetric_square_root(root @ cov_fake @ root))
+  mean_term = np.sum((real.mean(0) - fake.mean(0)) ** 2)
+  return float(np.trace(cov_real) + np.trace(cov_fake) - 2.0 * trace_sqrt_product + mean_term)
+
+
+def _symmetric_square_root(matrix, eps=1e-10):
+  """U diag(√s) Vᵀ from the SVD, keeping singular values below `eps` unrooted, as tensorflow-gan does."""
+  u, s, vt = np.linalg.svd(matrix)
+  return (u * np.where(s < eps, s, np.sqrt(s))) @ vt
+
+
+def inception_score(logits):
+  """exp(mean over samples of KL(p(y|x) || p(y))) in float64, with p(y) the mean of p(y|x), as tensorflow-gan."""
+  log_p = scipy.special.log_softmax(np.asarray(logits, np.float64), axis=1)
+  p = np.exp(log_p)
+  return float(np.exp(np.mean(np.sum(p * (log_p - np.log(p.mean(0))), axis=1))))
 
 
 def classwise_average(per_class):

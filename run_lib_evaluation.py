@@ -1,4 +1,4 @@
-"""Evaluate the samples of a work directory as the paper (spec §4): stat file, Inception latents, FID/IS, PRDC.
+"""Evaluate the samples of a work directory as the paper did: stat file, Inception latents, FID/IS, PRDC.
 
     python run_lib_evaluation.py --config configs/eval/cifar10/eval_cifar10_configs.py --workdir <run> \
         --stat --latent --fidis --prdc --mode full --inception_dir <TF-GAN Inception folder> --data_dir data
@@ -79,6 +79,7 @@ def run_latent(config, workdir, inception):
     os.makedirs(os.path.dirname(out), exist_ok=True)
     np.savez_compressed(out, pool_3=pool, logits=logit)
   print(f'Latent: {len(stat["batch"])} dataset images and {len(files)} sample files encoded')
+  evaluation.update_metrics_file(workdir, 'latent', dict(inception_tensorflow=inception.tensorflow_version))
 
 
 def load_features(config, workdir):
@@ -116,7 +117,8 @@ def run_fidis(workdir, mode, sets):
     print(f'FID: {fid:.2f} || IS: {inception_score:.2f}')
     evaluation.update_metrics_file(workdir, 'full', dict(fid=fid, inception_score=inception_score,
                                                          num_real=len(real_pool), num_fake=len(fake_pool),
-                                                         samples_per_class=per_class))
+                                                         samples_per_class=per_class,
+                                                         fid_is_implementation=evaluation.fid_is_implementation()))
     return
   fids, scores = [], []
   for c, (real_pool, fake_pool, fake_logits) in enumerate(sets):
@@ -129,7 +131,8 @@ def run_fidis(workdir, mode, sets):
   write_lists(os.path.join(workdir, 'fid_is.txt'), [scores, fids])  # the original's layout: IS line, FID line (B7)
   evaluation.update_metrics_file(workdir, 'class', dict(cw_fid=cw_fid, cw_inception_score=cw_is, fid=fids,
                                                         inception_score=scores,
-                                                        num_fake=[len(pool) for _, pool, _ in sets]))
+                                                        num_fake=[len(pool) for _, pool, _ in sets],
+                                                        fid_is_implementation=evaluation.fid_is_implementation()))
 
 
 def _percentages(result):
@@ -168,6 +171,7 @@ def evaluate(config, workdir, mode, stat, latent, fidis, prdc):
   """Run the requested steps in the original order, checking every input before the slow parts start."""
   if latent:
     inception_dir = evaluation.find_inception_dir(config.eval.inception_dir)
+    evaluation.require_tensorflow()
     check_samples(os.path.join(workdir, 'eval_samples'), config.classifier.classes)
   if not stat and not os.path.isfile(stat_file(workdir)):
     raise FileNotFoundError(f'stat file {stat_file(workdir)} not found; run with --stat first')
@@ -198,7 +202,7 @@ def main(argv):
   try:
     evaluate(config, os.path.join('results', FLAGS.workdir), FLAGS.mode,
              FLAGS.stat, FLAGS.latent, FLAGS.fidis, FLAGS.prdc)
-  except FileNotFoundError as error:
+  except (FileNotFoundError, evaluation.EvaluationExtraMissing) as error:
     sys.exit(f'run_lib_evaluation.py: error: {error}')
 
 

@@ -1,5 +1,6 @@
 """evaluation.py and models/cas.py: metrics against references, file layouts, the lazy TensorFlow import."""
 
+import io
 import os
 import subprocess
 import sys
@@ -63,6 +64,31 @@ def test_inception_score_matches_numpy_reference_over_one_split():
   assert abs(score - split_mean) > 1e-3  # one split over all samples, not a 10-split mean (B18)
 
 
+def test_own_fid_and_inception_score_match_numpy_reference():
+  rng = np.random.default_rng(2)
+  real = rng.normal(size=(300, 40))
+  fake = rng.normal(size=(250, 40)) @ rng.normal(scale=0.4, size=(40, 40)) + 0.2
+  assert evaluation.frechet_distance(real, fake) == pytest.approx(reference_fid(real, fake), rel=1e-8)
+  assert evaluation.frechet_distance(real, real) == pytest.approx(0.0, abs=1e-9)
+  logits = 3 * rng.normal(size=(200, 30))
+  assert evaluation.inception_score(logits) == pytest.approx(reference_inception_score(logits), rel=1e-12)
+
+
+@pytest.mark.skipif(not evaluation.tensorflow_gan_installed(),
+                    reason='tensorflow-gan is not installed (it imports only with TensorFlow <= 2.15, so Python 3.11 '
+                           'with requirements-eval.txt): the equality of the own FID/IS with it is tested there')
+@pytest.mark.parametrize('num_real, num_fake, dim', [(600, 500, 96), (150, 120, 200)])  # the second: n < d, singular
+def test_own_fid_and_inception_score_equal_tensorflow_gan(num_real, num_fake, dim):
+  import evaluation_tf
+  rng = np.random.default_rng(dim)
+  real = rng.normal(size=(num_real, dim)).astype(np.float32)
+  fake = (rng.normal(size=(num_fake, dim)) @ rng.normal(scale=0.3, size=(dim, dim)) + 0.5).astype(np.float32)
+  logits = (4 * rng.normal(size=(num_fake, 1008))).astype(np.float32)
+  assert evaluation.frechet_distance(real, fake) == pytest.approx(evaluation_tf.tfgan_fid(real, fake), rel=1e-6)
+  assert evaluation.inception_score(logits) == pytest.approx(evaluation_tf.tfgan_inception_score(logits), rel=1e-6)
+  assert evaluation.fid_is_implementation() == 'tensorflow-gan 2.1.0'
+
+
 def test_classwise_average_is_plain_mean_over_classes():
   assert evaluation.classwise_average([1.0, 2.0, 3.0, 6.0]) == 3.0
   assert evaluation.classwise_average(np.array([0.5])) == 0.5
@@ -123,6 +149,25 @@ def test_inception_features_use_fixed_padded_batches():
   assert seen[-1] == (4, 4, 4, 3)  # a small input is one batch of its own size
   with pytest.raises(ValueError, match='uint8'):
     evaluation.get_inception_features(images.astype(np.float32), fake_inception)
+
+
+def test_array_frames_round_trip_through_a_byte_stream():
+  import evaluation_tf
+  arrays = [np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3), np.linspace(-1, 1, 6, dtype=np.float32),
+            np.zeros((0, 5), np.float64)]
+  stream = io.BytesIO()
+  for array in arrays:
+    evaluation_tf.write_array(stream, array)
+  stream.seek(0)
+  for array in arrays:
+    received = evaluation_tf.read_array(stream)
+    assert received.dtype == array.dtype and received.shape == array.shape
+    np.testing.assert_array_equal(received, array)
+  assert evaluation_tf.read_array(stream) is None
+  truncated = io.BytesIO()
+  evaluation_tf.write_array(truncated, arrays[1])  # 6 float32 values: 24 bytes after the header
+  with pytest.raises(EOFError, match='24 bytes'):
+    evaluation_tf.read_array(io.BytesIO(truncated.getvalue()[:-10]))
 
 
 def test_missing_inception_module_error_says_what_and_where(tmp_path, monkeypatch):

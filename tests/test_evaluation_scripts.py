@@ -1,10 +1,10 @@
 """The evaluation command lines end to end on tiny data: stat -> latent -> prdc/fidis in both modes, CAS, errors.
 
-The real Inception weights are not available offline, so a stand-in module is saved in the same TF2 SavedModel /
-TF-Hub format: called on float32 NHWC images in [-1, 1] of any size, it returns a dict with `pool_3` ([B, 1, 1, D])
-and `logits` ([B, L]) like TF-GAN's `tfgan/eval/inception/1`, plus an extra output that must be ignored.
+The real Inception weights are not available offline: a stand-in module in the same format (tests/standin_inception.py)
+takes their place. Tests that need it are skipped, saying so, where TensorFlow (the evaluation extra) is not installed.
 """
 
+import importlib.util
 import json
 import os
 import pickle
@@ -16,38 +16,41 @@ import pytest
 import torch
 
 import evaluation
+from tests.standin_inception import NUM_LOGITS, POOL_DIM
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_CONFIG = os.path.join(REPO_ROOT, 'configs/eval/cifar10/eval_cifar10_configs.py')
 CAS_CONFIG = os.path.join(REPO_ROOT, 'configs/eval/cifar10/eval_cifar10_configs_cas.py')
 NUM_CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 6, 3
 SAMPLE_ROUNDS, SAMPLES_PER_ROUND = (0, 1, 10), 3  # as text samples_10.npz sorts before samples_1.npz (B17)
-POOL_DIM, NUM_LOGITS = 32, 12
 
 
 def build_standin_inception(path):
-  import tensorflow as tf
-
-  class StandInInception(tf.Module):
-    def __init__(self):
-      super().__init__()
-      rng = np.random.default_rng(0)
-      self.to_pool = tf.Variable(rng.normal(size=(8 * 8 * 3, POOL_DIM)).astype(np.float32) / 8.0)
-      self.to_logits = tf.Variable(rng.normal(size=(POOL_DIM, NUM_LOGITS)).astype(np.float32))
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
-    def __call__(self, images):
-      small = tf.image.resize(images, [8, 8])  # the real module resizes internally too (to 299)
-      pool = tf.tanh(tf.reshape(small, [-1, 8 * 8 * 3]) @ self.to_pool)
-      return {'pool_3': tf.reshape(pool, [-1, 1, 1, POOL_DIM]), 'logits': pool @ self.to_logits,
-              'mixed_7': tf.reduce_mean(small, axis=[1, 2])}
-  tf.saved_model.save(StandInInception(), path)
+  """The stand-in module (tests/standin_inception.py), built by TensorFlow in a process of its own."""
+  script = os.path.join(REPO_ROOT, 'tests', 'standin_inception.py')
+  result = subprocess.run([sys.executable, script, path], capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
   return path
+
+
+def skip_without_tensorflow():
+  if importlib.util.find_spec('tensorflow') is None:
+    pytest.skip('TensorFlow is not installed: the Inception tests need the evaluation extra '
+                '(pip install -r requirements-eval.txt; `make test` installs it)')
 
 
 @pytest.fixture(scope='session')
 def standin_inception(tmp_path_factory):
+  skip_without_tensorflow()
   return build_standin_inception(str(tmp_path_factory.mktemp('inception')))
+
+
+@pytest.fixture(scope='module')
+def inception(standin_inception):
+  """The stand-in served by its Inception process, shared by the tests that compute expected features."""
+  process = evaluation.load_inception(standin_inception)
+  yield process
+  process.close()
 
 
 def class_images(rng, class_id, count):
@@ -142,7 +145,7 @@ def evaluated(tiny_run, standin_inception):
   return dict(full=full, cls=cls, workdir=workdir, metrics=metrics)
 
 
-def test_stat_file_has_the_original_layout_from_the_exact_training_split(tiny_run, evaluated, standin_inception):
+def test_stat_file_has_the_original_layout_from_the_exact_training_split(tiny_run, evaluated, inception):
   with np.load(os.path.join(evaluated['workdir'], 'stat', 'stat.npz')) as archive:
     stat = dict(archive)
   assert set(stat) == {'batch', 'size', 'start', 'pool_3', 'logit'}
@@ -152,7 +155,6 @@ def test_stat_file_has_the_original_layout_from_the_exact_training_split(tiny_ru
   train_images, train_labels = tiny_run['splits']['train']
   grouped = np.concatenate([train_images[train_labels == c] for c in range(NUM_CLASSES)])
   np.testing.assert_array_equal(evaluation.stat_images_uint8(stat['batch']), grouped)
-  inception = evaluation.load_inception(standin_inception)
   pool, logits = evaluation.get_inception_features(grouped, inception, 60)  # one unpadded batch here
   np.testing.assert_allclose(stat['pool_3'], pool, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(stat['logit'], logits, rtol=1e-5, atol=1e-5)
@@ -170,8 +172,7 @@ def test_standin_module_loads_from_a_prefilled_tfhub_cache(standin_inception, tm
   np.testing.assert_allclose(pool, direct, rtol=1e-6)
 
 
-def test_latent_files_hold_each_sample_file_and_nothing_stale(tiny_run, evaluated, standin_inception):
-  inception = evaluation.load_inception(standin_inception)
+def test_latent_files_hold_each_sample_file_and_nothing_stale(tiny_run, evaluated, inception):
   for c in (0, 9):
     names = os.listdir(os.path.join(evaluated['workdir'], 'latent', str(c)))
     assert sorted(names) == sorted(f'samples_{r}_latent.npz' for r in SAMPLE_ROUNDS)
@@ -182,8 +183,8 @@ def test_latent_files_hold_each_sample_file_and_nothing_stale(tiny_run, evaluate
   assert 'latent: sample files' in evaluated['full'].stderr  # progress bar
 
 
-def test_full_mode_metrics_equal_independent_computation(tiny_run, evaluated, standin_inception):
-  real, fake = expected_sets(tiny_run, evaluation.load_inception(standin_inception))
+def test_full_mode_metrics_equal_independent_computation(tiny_run, evaluated, inception):
+  real, fake = expected_sets(tiny_run, inception)
   real_pool = np.concatenate([pool for pool, _ in real])
   fake_pool = np.concatenate([pool for pool, _ in fake])  # TRAIN_PER_CLASS samples of every class (B16)
   full = evaluated['metrics']['full']
@@ -199,8 +200,8 @@ def test_full_mode_metrics_equal_independent_computation(tiny_run, evaluated, st
   assert f'Full mode: {TRAIN_PER_CLASS} samples from each of {NUM_CLASSES} classes (60 in all)' in out
 
 
-def test_class_mode_metrics_and_cw_averages(tiny_run, evaluated, standin_inception):
-  real, fake = expected_sets(tiny_run, evaluation.load_inception(standin_inception))
+def test_class_mode_metrics_and_cw_averages(tiny_run, evaluated, inception):
+  real, fake = expected_sets(tiny_run, inception)
   cls = evaluated['metrics']['class']
   for c in (0, 7):
     assert cls['fid'][c] == pytest.approx(evaluation.fid_from_activations(real[c][0], fake[c][0]), rel=1e-4)
