@@ -4,6 +4,7 @@ The real Inception weights are not available offline: a stand-in module in the s
 takes their place. Tests that need it are skipped, saying so, where TensorFlow (the evaluation extra) is not installed.
 """
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -220,6 +221,42 @@ def test_class_mode_metrics_and_cw_averages(tiny_run, evaluated, inception):
   assert len(open(os.path.join(evaluated['workdir'], 'prdc.txt')).read().splitlines()) == 4
   text = open(os.path.join(evaluated['workdir'], 'metrics.txt')).read()
   assert '[class]' in text and '[full]' in text and 'cw_fid' in text
+
+
+def test_inception_runs_in_its_own_process_and_metrics_record_the_paths(evaluated, standin_inception):
+  code = ('import sys, numpy as np, evaluation\n'
+          f'inception = evaluation.load_inception({standin_inception!r})\n'
+          'features = inception(np.zeros((2, 32, 32, 3), np.uint8))\n'
+          'assert "tensorflow" not in sys.modules, "TensorFlow was imported into the PyTorch process"\n'
+          'print(inception.tensorflow_version, features["pool_3"].shape)')
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  tensorflow_version = importlib.metadata.version('tensorflow')
+  assert result.stdout.split('\n')[-2] == f'{tensorflow_version} (2, {POOL_DIM})'
+  metrics = evaluated['metrics']
+  assert metrics['latent'] == {'inception_tensorflow': tensorflow_version}
+  for section in ('full', 'class'):
+    assert metrics[section]['fid_is_implementation'] == evaluation.fid_is_implementation()
+
+
+def test_failing_inception_process_is_reported(tmp_path):
+  skip_without_tensorflow()
+  os.makedirs(tmp_path / 'variables')
+  (tmp_path / 'saved_model.pb').write_bytes(b'not a SavedModel')
+  with pytest.raises(RuntimeError, match='Inception process .* ended with exit code 1'):
+    evaluation.load_inception(str(tmp_path))
+
+
+def test_latent_without_tensorflow_names_the_evaluation_extra(tiny_run, tmp_path):
+  os.makedirs(tmp_path / 'variables')
+  (tmp_path / 'saved_model.pb').write_bytes(b'')
+  argv = ['run_lib_evaluation.py'] + evaluation_args('run', 'latent', extra=['--inception_dir', str(tmp_path)])
+  code = (f'import runpy, sys; sys.path.insert(0, {REPO_ROOT!r}); sys.modules["tensorflow"] = None; '
+          f'sys.argv = {argv!r}; runpy.run_path({os.path.join(REPO_ROOT, "run_lib_evaluation.py")!r}, '
+          'run_name="__main__")')  # an install without TensorFlow, as the core alone gives
+  result = subprocess.run([sys.executable, '-c', code], cwd=tiny_run['root'], capture_output=True, text=True)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert 'TensorFlow is not installed' in result.stderr and 'pip install -r requirements-eval.txt' in result.stderr
 
 
 def _error_run(tiny_run, workdir, steps, extra=(), env=None):
