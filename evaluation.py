@@ -163,7 +163,7 @@ def inception_score_from_logits(logits):
 
 
 def frechet_distance(real, fake):
-  """FID as tensorflow-gan computes it: float64, 1/(n-1) covariances, Tr sqrt(Σr Σf) = Tr sqrt(A Σf A), A = sqrt(Σr)."""
+  """FID as tensorflow-gan computes it: float64, 1/(n-1) covariances, Tr √(Σr Σf) = Tr √(A Σf A) with A = √Σr."""
   real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
   cov_real, cov_fake = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
   root = _symmetric_square_root(cov_real)
