@@ -50,26 +50,26 @@ def default_init(scale=1.0):
   return init
 
 
+def _initialised(layer, init_scale):
+  """The layer with `default_init(init_scale)` weights and a zero bias (drawn after PyTorch's own init, as the
+  original, so a seed gives the same weights)."""
+  layer.weight.data = default_init(init_scale)(layer.weight.shape)
+  if layer.bias is not None:
+    nn.init.zeros_(layer.bias)
+  return layer
+
+
 def conv3x3(in_planes, out_planes, stride=1, bias=True, init_scale=1.0, padding=1):
-  conv = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=padding, bias=bias)
-  conv.weight.data = default_init(init_scale)(conv.weight.shape)
-  nn.init.zeros_(conv.bias)
-  return conv
+  return _initialised(nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=padding, bias=bias), init_scale)
 
 
 def conv1x1(in_planes, out_planes, stride=1, bias=True, init_scale=1.0, padding=0):
-  conv = nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=padding, bias=bias)
-  conv.weight.data = default_init(init_scale)(conv.weight.shape)
-  nn.init.zeros_(conv.bias)
-  return conv
+  return _initialised(nn.Conv2d(in_planes, out_planes, 1, stride=stride, padding=padding, bias=bias), init_scale)
 
 
 def dense(in_features, out_features, init_scale=1.0):
   """nn.Linear with `default_init` weights and zero bias."""
-  linear = nn.Linear(in_features, out_features)
-  linear.weight.data = default_init(init_scale)(linear.weight.shape)
-  nn.init.zeros_(linear.bias)
-  return linear
+  return _initialised(nn.Linear(in_features, out_features), init_scale)
 
 
 def group_norm(channels):
