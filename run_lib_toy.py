@@ -34,16 +34,18 @@ CLASSIFIER_METHODS = (  # table row, classifier stage, guidance scale (None: the
 )
 
 
-def train_stages(config, workdir, timings):
-  """Train every stage with run_lib (classifiers on the trained score model); returns {stage: checkpoint}."""
+def train_stages(config, workdir, timings, stages=tuple(STAGES)):
+  """Train the stages (all by default) with run_lib (classifiers on the trained score model, so 'score' must be
+  among them); returns {stage: checkpoint}."""
   paths = {}
-  for index, (stage, spec) in enumerate(STAGES.items()):
+  for index, stage in enumerate(stages):
+    spec = STAGES[stage]
     start = time.time()
     cfg = stage_config(config, stage)
     if spec['model'] == 'classifier':
       cfg.model.score_restore_path = paths['score']
     stage_dir = os.path.join(workdir, stage)
-    tqdm.write(f'[{index + 1}/{len(STAGES)}] {stage}: {cfg.training.n_iters + 1} updates of batch '
+    tqdm.write(f'[{index + 1}/{len(stages)}] {stage}: {cfg.training.n_iters + 1} updates of batch '
                f'{cfg.training.batch_size}, lr {cfg.optim.lr:g}')
     run_lib.train(cfg, stage_dir, spec['model'])
     paths[stage] = ckpt.latest_checkpoint(os.path.join(stage_dir, 'checkpoints'))
@@ -52,10 +54,10 @@ def train_stages(config, workdir, timings):
 
 
 def load_networks(config, paths):
-  """The trained networks by stage, eval mode, no parameter gradients."""
+  """The trained networks of the stages in `paths`, eval mode, no parameter gradients."""
   networks = {}
-  for stage, spec in STAGES.items():
-    if spec['model'] == 'score':
+  for stage in paths:
+    if STAGES[stage]['model'] == 'score':
       net = ckpt.restore_score_model(paths[stage], mutils.create_model(config), device=mutils.get_device(config))
     else:
       net = ckpt.restore_classifier(paths[stage], mutils.create_classifier(config), mutils.get_device(config))

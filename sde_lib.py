@@ -48,6 +48,18 @@ class SDE(abc.ABC):
   def prior_logp(self, z):
     """Log-density of the prior at z, one value per sample."""
 
+  def mean_coeff(self, t):
+    """s(t), the mean of p_t(x(t) | x(0)) being s(t)·x(0): 1 unless a subclass says so."""
+    return torch.ones_like(t)
+
+  def sigma(self, t):
+    """The noise-to-signal ratio σ(t) = std / s(t): VE's σ(t), sqrt(e^{−2m} − 1) for VP, (1 − e^{2m}) / e^{m} for sub-VP."""
+    return self.marginal_std(t) / self.mean_coeff(t)
+
+  def time_of_sigma(self, sigma):
+    """The time t with σ(t) = sigma (the inverse of `sigma`)."""
+    raise NotImplementedError(f'{type(self).__name__} does not invert σ(t)')
+
   def discretize(self, x, t):
     """Euler–Maruyama step x_{i+1} = x_i + f_i + G_i z in forward time (generic form)."""
     dt = 1 / self.N
@@ -135,6 +147,13 @@ class VPSDE(SDE):
     dim = np.prod(z.shape[1:])
     return -dim / 2. * np.log(2 * np.pi) - _sum_over_sample(z ** 2) / 2.
 
+  def mean_coeff(self, t):
+    return torch.exp(self.log_mean_coeff(t))
+
+  def time_of_sigma(self, sigma):
+    """σ² = e^{−2m(t)} − 1, so m = −½·log(1 + σ²)."""
+    return _time_of_log_mean_coeff(self, -0.5 * torch.log1p(sigma ** 2))
+
   def discretize(self, x, t):
     """DDPM discretisation: f = sqrt(α_k)·x − x, G = sqrt(β_k)."""
     k = self.timestep_index(t)
@@ -166,6 +185,13 @@ class subVPSDE(SDE):
 
   def marginal_std(self, t):
     return 1 - torch.exp(2. * self.log_mean_coeff(t))
+
+  def mean_coeff(self, t):
+    return torch.exp(self.log_mean_coeff(t))
+
+  def time_of_sigma(self, sigma):
+    """σ = e^{−m(t)} − e^{m(t)} = 2·sinh(−m), so m = −asinh(σ / 2)."""
+    return _time_of_log_mean_coeff(self, -torch.asinh(sigma / 2))
 
   def marginal_prob(self, x, t):
     mean = batch_broadcast(torch.exp(self.log_mean_coeff(t)), x) * x
@@ -209,6 +235,10 @@ class VESDE(SDE):
     return (-dim / 2. * np.log(2 * np.pi * self.sigma_max ** 2)
             - _sum_over_sample(z ** 2) / (2 * self.sigma_max ** 2))
 
+  def time_of_sigma(self, sigma):
+    """t = ln(σ / σ_min) / ln(σ_max / σ_min)."""
+    return torch.log(sigma / self.sigma_min) / np.log(self.sigma_max / self.sigma_min)
+
   def discretize(self, x, t):
     """SMLD discretisation: f = 0, G = sqrt(σ_k² − σ_{k−1}²) with σ_{−1} = 0."""
     k = self.timestep_index(t)
@@ -217,6 +247,12 @@ class VESDE(SDE):
     adjacent_sigma = torch.where(k == 0, torch.zeros_like(t), sigmas[k - 1])
     G = torch.sqrt(sigma ** 2 - adjacent_sigma ** 2)
     return torch.zeros_like(x), G
+
+
+def _time_of_log_mean_coeff(sde, m):
+  """The t ≥ 0 with m(t) = −¼t²(β₁ − β₀) − ½tβ₀ = m: t = (−β₀ + sqrt(β₀² − 4(β₁ − β₀)m)) / (β₁ − β₀)."""
+  spread = sde.beta_1 - sde.beta_0
+  return (torch.sqrt(sde.beta_0 ** 2 - 4 * spread * m) - sde.beta_0) / spread
 
 
 SAMPLING_EPS = {'vesde': 1e-5, 'vpsde': 1e-3, 'subvpsde': 1e-3}

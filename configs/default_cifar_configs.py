@@ -28,6 +28,13 @@ def get_default_configs():
   sampling.dtype = 'float32'  # 'bfloat16' opts into reduced-precision sampling
   sampling.compile = False  # torch.compile the networks for sampling
   sampling.seed = 0  # base seed of the per-(class, round) sampling seeds
+  sampling.grid = 'linear'  # time grid of method 'pc' (time_grids.py): 'linear' in t (the original) or 'rho'
+  sampling.num_steps = 0  # grid points; 0: model.num_scales (the original)
+  sampling.rho = 7.  # spacing of the 'rho' grid in σ
+  sampling.S_churn = 0.  # predictor heun_churn: total churn over the grid, noise raised by γ = min(S_churn/N, √2−1)
+  sampling.S_tmin = 0.  # heun_churn: churn only where S_tmin ≤ σ ≤ S_tmax
+  sampling.S_tmax = 1e9
+  sampling.S_noise = 1.  # heun_churn: scale of the added noise
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 9
