@@ -15,6 +15,7 @@ Writes <out>/sampler_nfe_<part>.json — rows {sampler, grid, nfe, seed, class, 
 plot of the metric against NFE beside it, and prints the table.
 """
 import argparse
+import itertools
 import json
 import math
 import os
@@ -27,7 +28,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sampling  # noqa: E402
+import sde_lib  # noqa: E402
 import toy_lib  # noqa: E402
+from models import utils as mutils  # noqa: E402
 
 # name: (predictor, corrector, grid, grid steps for an NFE budget). PC evaluates twice per step; Heun twice but once
 # on its last step (2N − 1); DPM-Solver++(2M) once.
@@ -42,14 +45,14 @@ PC_NFES = (10, 20, 50, 100, 200, 500, 1000, 2000)
 GRID_NFES = (10, 20, 50, 100, 200, 500)
 
 
-def build_sampler(name, sde_of_steps, nfe, batch, eps, snr=0.16):
+def build_sampler(name, sde_of_steps, nfe, shape, eps, device='cpu', scale=1., snr=0.16):
   """(sampler, its SDE) of `name` for an NFE budget, on the SDE discretised with the grid's steps."""
   predictor, corrector, grid, steps_of = SAMPLERS[name]
   steps = steps_of(nfe)
   sde = sde_of_steps(steps)
   options = dict(CHURN, num_steps=steps) if predictor == 'heun_churn' else None
-  sampler = sampling.get_pc_sampler(sde, (batch, 2), predictor, corrector, lambda x: x, snr, n_steps=1,
-                                    continuous=True, denoise=True, eps=eps, device='cpu', grid=grid,
+  sampler = sampling.get_pc_sampler(sde, shape, predictor, corrector, lambda x: x, snr, n_steps=1,
+                                    continuous=True, denoise=True, eps=eps, device=device, scale=scale, grid=grid,
                                     num_steps=steps, predictor_options=options)
   return sampler, sde
 
@@ -140,7 +143,7 @@ def toy_run(name, nfe, seed, setting, sigma_end, target, networks, config):
   generator = torch.Generator().manual_seed(seed)
   start = torch.cat(target.draws(sigma_max, generator))
   sampler, sde = build_sampler(name, lambda steps: toy_lib.annealed_sampler_sde(
-      sigma_end, sigma_max, cfg.sigma_extra_min, steps), nfe, len(start), cfg.eps)
+      sigma_end, sigma_max, cfg.sigma_extra_min, steps), nfe, start.shape, cfg.eps)
   score_fn, classifier_fn = score_functions(setting, sde, sigma_end, target, networks)
   torch.manual_seed(seed)
   begin = time.perf_counter()
@@ -174,7 +177,6 @@ def floor_rows(seeds, setting, sigma_end, target, references):
 def toy_part(args):
   from configs.toy.demo import get_config
   config = get_config()
-  torch.set_num_threads(args.num_threads)
   networks = trained_networks(args.toy_networks)
   targets = {'oracle': ToyTarget(class_centres(every=50), args.toy_samples),
              'trained': ToyTarget(class_centres(), args.toy_samples)}
@@ -196,8 +198,12 @@ def toy_part(args):
 
 # ---------------------------------------------------------------------------------------------- report
 
-def summarise(rows, metric, group_keys=('score', 'sigma_end', 'sampler', 'nfe')):
-  """{group: (mean over seeds of the class-mean metric, std over seeds)}."""
+TOY_GROUPS = ('score', 'sigma_end', 'sampler', 'nfe')
+IMAGE_GROUPS = ('scale', 'sampler', 'nfe')
+
+
+def summarise(rows, metric, group_keys):
+  """{group: (mean over seeds of the class-mean metric, std over seeds)}; groups end with (sampler, nfe)."""
   per_seed = {}
   for row in rows:
     key = tuple(row[k] for k in group_keys)
@@ -207,51 +213,51 @@ def summarise(rows, metric, group_keys=('score', 'sigma_end', 'sampler', 'nfe'))
           for key, seeds in per_seed.items()}
 
 
-def print_table(rows, metrics=('sw', 'precision', 'recall')):
-  stats = {metric: summarise(rows, metric) for metric in metrics}
-  print(f'\n{"score":8}{"σ_end":>6} {"sampler":14}{"NFE":>6}' + ''.join(f'{m:>17}' for m in metrics))
-  for key in sorted(stats[metrics[0]], key=lambda k: (k[0], -k[1], k[2] != 'exact', k[2], k[3])):
-    cells = ''.join(f'{stats[m][key][0]:>10.3f} ± {stats[m][key][1]:<4.3f}' for m in metrics)
-    print(f'{key[0]:8}{key[1]:>6g} {key[2]:14}{key[3]:>6}{cells}')
+def print_table(rows, metrics, group_keys):
+  stats = {metric: summarise(rows, metric, group_keys) for metric in metrics}
+  print('\n' + ''.join(f'{k:>14}' for k in group_keys) + ''.join(f'{m:>19}' for m in metrics))
+  for key in sorted(stats[metrics[0]], key=lambda k: (k[:-2], k[-2] != 'exact', k[-2], k[-1])):
+    cells = ''.join(f'{stats[m][key][0]:>11.3f} ± {stats[m][key][1]:<5.3f}' for m in metrics)
+    print(''.join(f'{v:>14}' for v in key) + cells)
 
 
-def verdicts(rows, budget=200, reference_nfe=2000):
-  """Per (score, σ_end): the best non-PC sampler at ≤ budget NFE against PC at reference_nfe (SW, mean ± std)."""
-  stats = summarise(rows, 'sw')
+def verdicts(rows, metric, group_keys, higher_is_better=False, budget=200, reference_nfe=2000):
+  """Per panel: the best non-PC sampler at ≤ budget NFE against PC at reference_nfe (mean ± std over seeds)."""
+  stats, sign = summarise(rows, metric, group_keys), (-1 if higher_is_better else 1)
   lines = []
-  for score, sigma_end in sorted({(k[0], k[1]) for k in stats}):
-    pc = stats.get((score, sigma_end, 'pc', reference_nfe))
-    candidates = [(v[0], v[1], k[2], k[3]) for k, v in stats.items()
-                  if k[:2] == (score, sigma_end) and k[2] not in ('pc', 'exact') and k[3] <= budget]
+  for panel in sorted({k[:-2] for k in stats}):
+    pc = stats.get(panel + ('pc', reference_nfe))
+    candidates = [(sign * v[0], v[1], k[-2], k[-1]) for k, v in stats.items()
+                  if k[:-2] == panel and k[-2] not in ('pc', 'exact', 'ode_rk45') and k[-1] <= budget]
     if pc is None or not candidates:
       continue
     best = min(candidates)
-    verdict = 'yes' if best[0] <= pc[0] + max(pc[1], best[1]) else 'NO'
-    lines.append(f'{score:8} σ_end {sigma_end:<4g}: best ≤ {budget} NFE {best[2]} at {best[3]}: SW {best[0]:.3f} ± '
-                 f'{best[1]:.3f}; PC at {reference_nfe}: {pc[0]:.3f} ± {pc[1]:.3f}; as close within the spread: '
-                 f'{verdict}')
+    verdict = 'yes' if best[0] <= sign * pc[0] + max(pc[1], best[1]) else 'NO'
+    lines.append(f'{panel}: best at ≤ {budget} NFE {best[2]} ({best[3]} NFE) {metric} {sign * best[0]:.3f} ± '
+                 f'{best[1]:.3f}; PC at {reference_nfe}: {pc[0]:.3f} ± {pc[1]:.3f}; as good within the spread: {verdict}')
   return lines
 
 
-def plot(rows, path, metric='sw'):
+def plot(rows, path, metric, group_keys, ylabel, log_y=True):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  stats = summarise(rows, metric)
-  panels = sorted({(k[0], k[1]) for k in stats}, key=lambda p: (p[0], -p[1]))
+  stats = summarise(rows, metric, group_keys)
+  panels = sorted({k[:-2] for k in stats})
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-  for ax, (score, sigma_end) in zip(axes[0], panels):
-    for name in SAMPLERS:
-      points = sorted((k[3], *v) for k, v in stats.items() if k[:3] == (score, sigma_end, name))
-      if points:
-        nfe, mean, std = np.array(points).T
-        ax.errorbar(nfe, mean, yerr=std, marker='o', ms=3, capsize=2, label=name)
-    floor = stats.get((score, sigma_end, 'exact', 0))
+  for ax, panel in zip(axes[0], panels):
+    for name in sorted({k[-2] for k in stats if k[:-2] == panel} - {'exact'}):
+      points = sorted((k[-1], *v) for k, v in stats.items() if k[:-2] + (k[-2],) == panel + (name,))
+      nfe, mean, std = np.array(points).T
+      ax.errorbar(nfe, mean, yerr=std, marker='o', ms=3, capsize=2, label=name)
+    floor = stats.get(panel + ('exact', 0))
     if floor:
       ax.axhline(floor[0], color='grey', ls='--', lw=1, label='exact draws')
-    ax.set_xscale('log'), ax.set_yscale('log')
-    ax.set_xlabel('network evaluations (NFE)'), ax.set_ylabel('sliced Wasserstein to exact draws')
-    ax.set_title(f'{score} score, σ_end = {sigma_end:g}', fontsize=9)
+    ax.set_xscale('log')
+    if log_y:
+      ax.set_yscale('log')
+    ax.set_xlabel('network evaluations (NFE)'), ax.set_ylabel(ylabel)
+    ax.set_title(', '.join(f'{k} {v}' for k, v in zip(group_keys, panel)), fontsize=9)
   axes[0][0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
@@ -259,12 +265,93 @@ def plot(rows, path, metric='sw'):
   return path
 
 
-def write_outputs(rows, out_dir, part, extra):
+def write_json(rows, out_dir, part, extra):
   os.makedirs(out_dir, exist_ok=True)
-  json_path = os.path.join(out_dir, f'sampler_nfe_{part}.json')
-  with open(json_path, 'w') as f:
+  path = os.path.join(out_dir, f'sampler_nfe_{part}.json')
+  with open(path, 'w') as f:
     json.dump(dict(extra, rows=rows), f, indent=1)
-  return json_path, plot(rows, os.path.join(out_dir, f'sampler_nfe_{part}.png'))
+  return path
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+IMAGE_NFES = (20, 50, 100, 200)
+
+
+def image_networks(args, config, sde, data, device):
+  """The small NCSN++ and classifier of bench_sampling's quality experiment, trained once and kept in args.out."""
+  import bench_sampling
+  path = os.path.join(args.out, f'image_networks_{args.train_steps}.pt')
+  if os.path.exists(path):
+    score_model, classifier = mutils.create_model(config), mutils.create_classifier(config)
+    states = torch.load(path, map_location=device, weights_only=True)
+    score_model.load_state_dict(states['score']), classifier.load_state_dict(states['classifier'])
+  else:
+    score_model, classifier = bench_sampling.train_small_models(config, sde, data, args.train_steps, 32, device)
+    os.makedirs(args.out, exist_ok=True)
+    torch.save({'score': score_model.state_dict(), 'classifier': classifier.state_dict()}, path)
+  return sampling.to_channels_last(score_model.eval(), classifier.eval())
+
+
+def image_run(name, nfe, seed, scale, sde, eps, networks, labels, device):
+  """(samples, true NFE): `name` is a key of SAMPLERS, or 'ode_rk45' (nfe: its tolerance exponent, e.g. 5)."""
+  shape = (len(labels), 3, 32, 32)
+  if name == 'ode_rk45':
+    sampler = sampling.get_ode_sampler(sde, shape, lambda x: x, denoise=True, rtol=10. ** -nfe, atol=10. ** -nfe,
+                                       eps=eps, device=device, scale=scale)
+  else:
+    sampler = build_sampler(name, lambda steps: sde_lib.VESDE(sde.sigma_min, sde.sigma_max, N=steps), nfe, shape,
+                            eps, device=device, scale=scale)[0]
+  torch.manual_seed(seed)
+  return sampler(*networks, labels)
+
+
+def image_part(args):
+  """Guided samples of the synthetic 3-class images: colour-oracle accuracy and class Fréchet distance per
+  sampler and NFE (bench_sampling.quality_metrics), PC at 2 000 NFE as the reference."""
+  import bench_sampling
+  device = torch.device(args.device)
+  data = bench_sampling.synthetic_images(3000, torch.Generator().manual_seed(0))
+  config = bench_sampling.small_training_config(device)
+  sde, eps = sde_lib.get_sde(config)
+  networks = image_networks(args, config, sde, data, device)
+  labels = torch.arange(args.image_batch, device=device) % 3
+  runs = [('pc', nfe) for nfe in args.image_pc_nfes] + [(name, nfe) for name in args.samplers if name != 'pc'
+                                                 for nfe in args.image_nfes] + [('ode_rk45', 5)]
+  rows, begin = [], time.perf_counter()
+  for scale in args.image_scales:
+    for (name, nfe), seed in itertools.product(runs, args.seeds):
+      samples, true_nfe = image_run(name, nfe, seed, scale, sde, eps, networks, labels, device)
+      accuracy, fd, mean = bench_sampling.quality_metrics(samples, labels, data)
+      rows.append(dict(sampler=name, grid=SAMPLERS.get(name, ('', '', 'adaptive'))[2], nfe=true_nfe, seed=seed,
+                       scale=scale, accuracy=accuracy, fd=fd, mean_pixel=mean, **{'class': 'all'}))
+      print(f'  scale {scale:g} {name:14} NFE {true_nfe:5} seed {seed}: accuracy {accuracy:.3f}, class FD {fd:.3f} '
+            f'({time.perf_counter() - begin:.0f} s)', flush=True)
+  return rows
+
+
+def report_images(args):
+  begin = time.perf_counter()
+  rows = image_part(args)
+  seconds = time.perf_counter() - begin
+  print_table(rows, ('accuracy', 'fd'), IMAGE_GROUPS)
+  print('\n' + '\n'.join(verdicts(rows, 'accuracy', IMAGE_GROUPS, higher_is_better=True)
+                          + verdicts(rows, 'fd', IMAGE_GROUPS)))
+  paths = [write_json(rows, args.out, 'images', dict(seconds=seconds, load=os.getloadavg(), churn=CHURN,
+                                                     train_steps=args.train_steps)),
+           plot(rows, os.path.join(args.out, 'sampler_nfe_images.png'), 'fd', IMAGE_GROUPS, 'class Fréchet distance')]
+  print(f'\nimage part: {seconds:.0f} s (load average {os.getloadavg()[0]:.1f}); ' + ', '.join(paths))
+
+
+def report_toy(args):
+  begin, cpu = time.perf_counter(), time.process_time()
+  rows = toy_part(args)
+  seconds, cpu = time.perf_counter() - begin, time.process_time() - cpu
+  print_table(rows, ('sw', 'precision', 'recall'), TOY_GROUPS)
+  print('\n' + '\n'.join(verdicts(rows, 'sw', TOY_GROUPS)))
+  paths = [write_json(rows, args.out, 'toy', dict(seconds=seconds, cpu_seconds=cpu, load=os.getloadavg(), churn=CHURN)),
+           plot(rows, os.path.join(args.out, 'sampler_nfe_toy.png'), 'sw', TOY_GROUPS, 'sliced Wasserstein to exact draws')]
+  print(f'\ntoy part: {seconds:.0f} s wall, {cpu:.0f} s CPU (load average {os.getloadavg()[0]:.1f}); ' + ', '.join(paths))
 
 
 def parse_args():
@@ -282,6 +369,12 @@ def parse_args():
   parser.add_argument('--sigma_ends', type=float, nargs='+', default=[7.5, 1.0])
   parser.add_argument('--toy_samples', type=int, default=1000, help='samples per class and run')
   parser.add_argument('--num_threads', type=int, default=1, help='torch CPU threads (the toy nets gain little)')
+  parser.add_argument('--device', default='cpu', help='images: torch device')
+  parser.add_argument('--train_steps', type=int, default=800, help='images: training steps per network')
+  parser.add_argument('--image_batch', type=int, default=96, help='images: samples per run')
+  parser.add_argument('--image_pc_nfes', type=int, nargs='+', default=[200, 2000], help='images: PC NFEs')
+  parser.add_argument('--image_nfes', type=int, nargs='+', default=list(IMAGE_NFES), help='images: non-PC NFEs')
+  parser.add_argument('--image_scales', type=float, nargs='+', default=[4.], help='images: guidance scales')
   return parser.parse_args()
 
 
@@ -289,17 +382,11 @@ def main():
   args = parse_args()
   if not (args.toy or args.images):
     sys.exit('choose --toy and/or --images')
+  torch.set_num_threads(args.num_threads)
   if args.toy:
-    begin = time.perf_counter()
-    rows = toy_part(args)
-    seconds = time.perf_counter() - begin
-    print_table(rows)
-    print('\n' + '\n'.join(verdicts(rows)))
-    paths = write_outputs(rows, args.out, 'toy', dict(seconds=seconds, churn=CHURN, load=os.getloadavg()))
-    print(f'\ntoy part: {seconds:.0f} s (load average {os.getloadavg()[0]:.1f}); ' + ', '.join(paths))
+    report_toy(args)
   if args.images:
-    import bench_sampler_nfe_images
-    bench_sampler_nfe_images.main(args)
+    report_images(args)
 
 
 if __name__ == '__main__':

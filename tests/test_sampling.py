@@ -103,7 +103,7 @@ def test_unsupported_combinations_fail_at_construction():
   with pytest.raises(ValueError, match='probability-flow'):
     sampling.get_predictor('ancestral_sampling')(sde_lib.VESDE(), None, probability_flow=True)
   with pytest.raises(ValueError, match='unknown predictor'):
-    sampling.get_predictor('heun')
+    sampling.get_predictor('leapfrog')
   with pytest.raises(ValueError, match='unknown corrector'):
     sampling.get_corrector('hmc')
 
@@ -154,6 +154,24 @@ def test_get_sampling_fn_follows_the_config():
   config.sampling.dtype = 'float16'
   with pytest.raises(ValueError, match='sampling.dtype'):
     sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)
+
+
+def test_guidance_follows_sampling_conditional():
+  """As in the original, an unconditional config samples without guidance even when a classifier is passed."""
+  from tests.helpers import load_config
+  config = load_config('configs/eval/cifar10/eval_cifar10_configs.py')
+  config.device, config.model.num_scales, config.sampling.conditional = 'cpu', 50, False
+  sde, eps = sde_lib.get_sde(config)
+  score_fn, logits_fn = mixture_fns(sde)
+  sampling_fn = sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)
+  torch.manual_seed(0)
+  ignored, _ = sampling_fn(score_fn, logits_fn, LABELS)
+  torch.manual_seed(0)
+  assert torch.equal(ignored, sampling_fn(score_fn)[0])
+  config.sampling.conditional = True
+  torch.manual_seed(0)
+  guided, _ = sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)(score_fn, logits_fn, LABELS)
+  assert not torch.allclose(guided, ignored)
 
 
 def test_log_prob_grad_matches_the_closed_form():
@@ -312,11 +330,16 @@ def _sde_from_record(record):
   return getattr(sde_lib, record['type'])(**kwargs)
 
 
+def _as_captured(update):
+  """A step as the golden files captured it, (x, t) -> (x, x_mean): these steps do not use the next time."""
+  return lambda x, t: update(x, t, None)[:2]
+
+
 def _golden_step_components(record, guided_score_fn):
   sde = _sde_from_record(record['sde'])
   corrector = sampling.get_corrector('langevin')(sde, guided_score_fn, record['snr'], record['n_steps_each'])
   predictor = sampling.get_predictor('reverse_diffusion')(sde, guided_score_fn, record['probability_flow'])
-  return corrector, predictor
+  return _as_captured(corrector), _as_captured(predictor)
 
 
 def _check_golden_step(name, case, corrector, predictor, rtol):
