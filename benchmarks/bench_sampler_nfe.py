@@ -29,7 +29,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
-import toy_lib  # noqa: E402
+import toy  # noqa: E402
+from toy import data as toy_data  # noqa: E402
+from toy import metrics as toy_metrics  # noqa: E402
+from toy import samplers as toy_samplers  # noqa: E402
 from models import utils as mutils  # noqa: E402
 
 # name: (predictor, corrector, grid, grid steps for an NFE budget). PC evaluates twice per step; Heun twice but once
@@ -91,9 +94,9 @@ class ToyTarget:
 
 def class_centres(every=1):
   """Per class the float64 moons points, every `every`-th of them."""
-  positions, labels = toy_lib.moons_dataset('all')
+  positions, labels = toy_data.moons_dataset('all')
   positions = torch.as_tensor(positions)
-  return [positions[torch.as_tensor(labels) == c][::every] for c in range(len(toy_lib.CLASS_NAMES))]
+  return [positions[torch.as_tensor(labels) == c][::every] for c in range(len(toy.CLASS_NAMES))]
 
 
 # ---------------------------------------------------------------------------------------------- toy metrics
@@ -110,7 +113,7 @@ def sliced_wasserstein(a, b, num_directions=128):
 def class_metrics(samples, reference, prdc_reference):
   """{'sw', 'precision', 'recall', 'density', 'coverage'} of one class's samples."""
   metrics = {'sw': sliced_wasserstein(samples, reference)}
-  metrics.update(toy_lib.classwise_prdc([prdc_reference.numpy()], [samples.numpy()])[0])
+  metrics.update(toy_metrics.classwise_prdc([prdc_reference.numpy()], [samples.numpy()])[0])
   return {key: float(value) for key, value in metrics.items()}
 
 
@@ -142,7 +145,7 @@ def toy_run(name, nfe, seed, setting, sigma_end, target, networks, config):
   sigma_max, cfg = config.model.sigma_max, config.sampling
   generator = torch.Generator().manual_seed(seed)
   start = torch.cat(target.draws(sigma_max, generator))
-  sampler, sde = build_sampler(name, lambda steps: toy_lib.annealed_sampler_sde(
+  sampler, sde = build_sampler(name, lambda steps: toy_samplers.annealed_sampler_sde(
       sigma_end, sigma_max, cfg.sigma_extra_min, steps), nfe, start.shape, cfg.eps)
   score_fn, classifier_fn = score_functions(setting, sde, sigma_end, target, networks)
   torch.manual_seed(seed)
