@@ -350,17 +350,35 @@ def report_toy(args):
   begin, cpu = time.perf_counter(), time.process_time()
   rows = toy_part(args)
   seconds, cpu = time.perf_counter() - begin, time.process_time() - cpu
+  print_toy(rows, args.out, dict(seconds=seconds, cpu_seconds=cpu, load=os.getloadavg(), churn=CHURN))
+  print(f'\ntoy part: {seconds:.0f} s wall, {cpu:.0f} s CPU (load average {os.getloadavg()[0]:.1f})')
+
+
+def print_toy(rows, out, extra):
+  """Table, verdicts, JSON and plot of toy rows."""
   print_table(rows, ('sw', 'precision', 'recall'), TOY_GROUPS)
   print('\n' + '\n'.join(verdicts(rows, 'sw', TOY_GROUPS)))
-  paths = [write_json(rows, args.out, 'toy', dict(seconds=seconds, cpu_seconds=cpu, load=os.getloadavg(), churn=CHURN)),
-           plot(rows, os.path.join(args.out, 'sampler_nfe_toy.png'), 'sw', TOY_GROUPS, 'sliced Wasserstein to exact draws')]
-  print(f'\ntoy part: {seconds:.0f} s wall, {cpu:.0f} s CPU (load average {os.getloadavg()[0]:.1f}); ' + ', '.join(paths))
+  paths = [write_json(rows, out, 'toy', extra),
+           plot(rows, os.path.join(out, 'sampler_nfe_toy.png'), 'sw', TOY_GROUPS, 'sliced Wasserstein to exact draws')]
+  print('written: ' + ', '.join(paths))
+
+
+def report_toy_files(paths, out):
+  """The toy report of rows from earlier runs' JSON files (e.g. the settings run as separate processes)."""
+  rows, parts = [], []
+  for path in paths:
+    with open(path) as f:
+      part = json.load(f)
+    rows += part.pop('rows')
+    parts.append(dict(part, file=path))
+  print_toy(rows, out, dict(parts=parts))
 
 
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--toy', action='store_true', help='the moons part')
   parser.add_argument('--images', action='store_true', help='the guided-image part')
+  parser.add_argument('--toy_from', nargs='+', help='toy: report the rows of these JSON files (no sampling)')
   parser.add_argument('--out', default='results/bench_sampler_nfe', help='folder of the JSON files and plots')
   parser.add_argument('--toy_networks', default='results/bench_sampler_nfe/toy_networks',
                       help='run_lib_toy workdir with the demo score and total-loss stages (trained if missing; '
@@ -383,6 +401,8 @@ def parse_args():
 
 def main():
   args = parse_args()
+  if args.toy_from:
+    return report_toy_files(args.toy_from, args.out)
   if not (args.toy or args.images):
     sys.exit('choose --toy and/or --images')
   torch.set_num_threads(args.num_threads)
