@@ -224,6 +224,19 @@ def print_table(rows, metrics, group_keys):
     print(''.join(f'{v:>14}' for v in key) + cells)
 
 
+def markdown_table(rows, metric, group_keys):
+  """A Markdown table of the metric (mean ± std over seeds): one row per (sampler, NFE), one column per panel."""
+  stats = summarise(rows, metric, group_keys)
+  panels = sorted({k[:-2] for k in stats})
+  lines = ['| sampler | NFE | ' + ' | '.join(', '.join(map(str, p)) for p in panels) + ' |',
+           '|---|---|' + '---|' * len(panels)]
+  for name, nfe in sorted({k[-2:] for k in stats}, key=lambda k: (k[0] != 'exact', k[0] != 'pc', k[0], k[1])):
+    cells = [stats.get(p + (name, nfe)) for p in panels]
+    lines.append(f'| {name} | {nfe} | ' + ' | '.join('' if c is None else f'{c[0]:.2f} ± {c[1]:.2f}' for c in cells)
+                 + ' |')
+  return '\n'.join(lines)
+
+
 def verdicts(rows, metric, group_keys, higher_is_better=False, budget=200, reference_nfe=2000):
   """Per panel: the best non-PC sampler at ≤ budget NFE against PC at reference_nfe (mean ± std over seeds)."""
   stats, sign = summarise(rows, metric, group_keys), (-1 if higher_is_better else 1)
@@ -252,7 +265,8 @@ def plot(rows, path, metric, group_keys, ylabel, log_y=True):
     for name in sorted({k[-2] for k in stats if k[:-2] == panel} - {'exact'}):
       points = sorted((k[-1], *v) for k, v in stats.items() if k[:-2] + (k[-2],) == panel + (name,))
       nfe, mean, std = np.array(points).T
-      ax.errorbar(nfe, mean, yerr=std, marker='o', ms=3, capsize=2, label=name)
+      colour = f'C{(list(SAMPLERS) + ["ode_rk45"]).index(name)}'  # one colour per sampler in every panel
+      ax.errorbar(nfe, mean, yerr=std, marker='o', ms=3, capsize=2, label=name, color=colour)
     floor = stats.get(panel + ('exact', 0))
     if floor:
       ax.axhline(floor[0], color='grey', ls='--', lw=1, label='exact draws')
@@ -358,6 +372,7 @@ def print_toy(rows, out, extra):
   """Table, verdicts, JSON and plot of toy rows."""
   print_table(rows, ('sw', 'precision', 'recall'), TOY_GROUPS)
   print('\n' + '\n'.join(verdicts(rows, 'sw', TOY_GROUPS)))
+  print('\n' + markdown_table(rows, 'sw', TOY_GROUPS))
   paths = [write_json(rows, out, 'toy', extra),
            plot(rows, os.path.join(out, 'sampler_nfe_toy.png'), 'sw', TOY_GROUPS, 'sliced Wasserstein to exact draws')]
   print('written: ' + ', '.join(paths))
