@@ -1,10 +1,11 @@
-"""NCSN++ (spec §2.1–2.4, §2.9): the score network of the DLSM CIFAR experiments, with every option of the
+"""NCSN++ of score_sde_pytorch: the score network of the DLSM CIFAR experiments, with every option of the
 original (fourier/positional embedding, biggan/ddpm blocks, progressive variants, FIR, ...).
 
 All sub-modules live in one `all_modules` list, appended in the order the forward pass consumes them,
 which fixes the checkpoint keys `all_modules.<i>.*` of the original.
 """
 import functools
+import re
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ class NCSNpp(nn.Module):
     self.all_modules = nn.ModuleList(self._build_modules(config))
 
   # ----------------------------------------------------------------------------------------------
-  # Construction: one list, in forward order (spec §2.9.6 table)
+  # Construction: one list, in forward order (the order fixes the checkpoint indices all_modules.<i>)
 
   def _block_factories(self, config):
     m, act, nf = config.model, self.act, self.nf
@@ -152,7 +153,7 @@ class NCSNpp(nn.Module):
       modules += [layers.group_norm(in_ch), layers.conv3x3(in_ch, channels, init_scale=m.init_scale)]
 
   # ----------------------------------------------------------------------------------------------
-  # Forward (spec §2.4, §2.9.6)
+  # Forward: modules consumed in construction order
 
   def forward(self, x, time_cond):
     modules = iter(list(self.all_modules))  # consumed in construction order
@@ -235,3 +236,46 @@ class NCSNpp(nn.Module):
       return h, pyramid + next(modules)(pyramid_h)
     pyramid = self._rescale_sum(next(modules)(pyramid), h)
     return pyramid, pyramid
+
+  # ----------------------------------------------------------------------------------------------
+  # What a checkpoint's shapes say about the config (for the errors of models/checkpoint.py)
+
+  SHAPE_FIELDS = ('model.nf, model.ch_mult, model.num_res_blocks, model.attn_resolutions, model.embedding_type, '
+                  'model.num_scales (the sigmas buffer), model.conditional, model.resblock_type, model.progressive, '
+                  'model.progressive_input, model.progressive_combine')
+
+  @staticmethod
+  def describe_state_dict(state_dict):
+    """Config fields readable from an NCSN++ state_dict of BigGAN blocks ('module.' prefix stripped)."""
+    fields = {}
+    if 'sigmas' in state_dict:
+      fields['model.num_scales'] = state_dict['sigmas'].shape[0]
+    if 'all_modules.0.W' in state_dict:
+      fields['model.embedding_type'] = 'fourier'
+      fields['model.nf'] = state_dict['all_modules.0.W'].shape[0]
+    blocks = _module_indices(state_dict, 'Conv_1.weight')
+    if blocks:
+      fields.update(_block_layout(state_dict, blocks, fields.get('model.nf')))
+      fields['attention blocks'] = len(_module_indices(state_dict, 'NIN_0.W'))
+      fields['state_dict entries'] = len(state_dict)
+    return fields
+
+
+def _module_indices(state_dict, suffix):
+  pattern = re.compile(r'^all_modules\.(\d+)\.' + re.escape(suffix) + '$')
+  return sorted(int(m.group(1)) for m in map(pattern.match, state_dict) if m)
+
+
+def _block_layout(state_dict, blocks, nf):
+  """nf, num_res_blocks and ch_mult from the residual blocks: levels L hold 3L + 2L·repeats blocks."""
+  widths = [state_dict[f'all_modules.{i}.Conv_0.weight'].shape[:2] for i in blocks]
+  skip_shapes = [state_dict[f'all_modules.{i}.Conv_2.weight'].shape for i in blocks
+                 if f'all_modules.{i}.Conv_2.weight' in state_dict]
+  levels = sum(1 for shape in skip_shapes if shape[0] == shape[1]) // 2 + 1  # down + up resampling blocks
+  repeats, remainder = divmod(len(blocks) - 3 * levels, 2 * levels)
+  fields = {'model.nf': nf or widths[0][1]}
+  if remainder == 0 and repeats > 0:
+    fields['model.num_res_blocks'] = repeats
+    fields['model.ch_mult'] = tuple(int(widths[level * (repeats + 1)][0]) // fields['model.nf']
+                                    for level in range(levels))
+  return fields
