@@ -1,4 +1,4 @@
-"""Defaults shared by every CIFAR config (spec §5.2, column "def"), plus this project's extra fields."""
+"""Defaults shared by every CIFAR config (the original's default_cifar_configs.py), plus this project's extra fields."""
 import ml_collections
 
 
@@ -28,6 +28,9 @@ def get_default_configs():
   sampling.dtype = 'float32'  # 'bfloat16' opts into reduced-precision sampling
   sampling.compile = False  # torch.compile the networks for sampling
   sampling.seed = 0  # base seed of the per-(class, round) sampling seeds
+  sampling.ode_rtol = 1e-5  # tolerances of the probability-flow ODE solver (sampling.method = 'ode')
+  sampling.ode_atol = 1e-5
+  sampling.allow_negative_scale = False  # a negative scaling_factor is refused unless this is set
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 9
@@ -96,7 +99,7 @@ def get_default_configs():
 
 
 def set_ncsnpp_model(model):
-  """The NCSN++ (VE, continuous, "deep") fields every CIFAR config sets (spec §2.1)."""
+  """The NCSN++ (VE, continuous, "deep") fields every CIFAR config sets, as the original."""
   model.name = 'ncsnpp'
   model.fourier_scale = 16
   model.scale_by_sigma = True
@@ -119,6 +122,23 @@ def set_ncsnpp_model(model):
   model.attention_type = 'ddpm'
   model.init_scale = 0.
   model.conv_size = 3
+
+
+def set_sde(config, sde):
+  """training.sde and the model settings it needs: 'vesde' keeps the DLSM settings; 'vpsde' / 'subvpsde' take those
+  of score_sde's CIFAR-10 "ncsnpp_deep_continuous" VP / sub-VP configs (centred data, positional embedding, no σ
+  scaling, no FIR, EMA 0.9999, Euler-Maruyama sampling without corrector, N = 1000, β from 0.1 to 20)."""
+  config.training.sde = sde
+  if sde == 'vesde':
+    return config
+  if sde not in ('vpsde', 'subvpsde'):
+    raise ValueError(f'unknown SDE {sde!r} after the config file name: use vesde, vpsde or subvpsde')
+  config.data.centered = True
+  model = config.model
+  model.scale_by_sigma, model.embedding_type, model.fir, model.ema_rate = False, 'positional', False, 0.9999
+  model.num_scales, model.beta_min, model.beta_max = 1000, 0.1, 20.
+  config.sampling.predictor, config.sampling.corrector = 'euler_maruyama', 'none'
+  return config
 
 
 def set_pc_sampler(sampling):

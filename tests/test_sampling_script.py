@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import plumbing
 import run_lib_sampling as rls
 from tests.helpers import REPO_ROOT, load_config
 
@@ -74,7 +75,8 @@ def one_run(tmp_path_factory, checkpoints):
 
 def test_class_range_is_end_exclusive_and_files_are_the_originals_format(one_run):
   files = sample_files(one_run)
-  assert sorted(files) == [f'{c}/samples_{r}.{ext}' for c in (3, 4) for r in (0, 1) for ext in ('npz', 'png')]
+  assert sorted(files) == [f'{c}/samples_{r}.{ext}' for c in (3, 4) for r in (0, 1) for ext in ('npz', 'png')] + [
+      rls.SETTINGS_FILE]
   for name in files:
     path = one_run / 'results' / 'tiny' / 'eval_samples' / name
     if name.endswith('.npz'):
@@ -83,7 +85,7 @@ def test_class_range_is_end_exclusive_and_files_are_the_originals_format(one_run
         samples = archive['samples']
       assert samples.dtype == np.uint8 and samples.shape == SAMPLE_SHAPE
       assert len(np.unique(samples)) > 10  # real images, not a constant
-    else:
+    elif name.endswith('.png'):
       assert Image.open(path).size == (32 + 2 * 2, 2 * 32 + 3 * 2)  # nrow = int(sqrt(2)) = 1, padding 2
   # Different (class, round) batches have different seeds.
   assert files['3/samples_0.npz'] != files['3/samples_1.npz'] != files['4/samples_0.npz']
@@ -182,7 +184,7 @@ def test_seeds_are_distinct_per_batch_and_stable():
 
 def test_quantisation_truncates_like_the_original():
   x = torch.tensor([0., 0.999, 0.5, 1.2, -0.1, 1. / 255 - 1e-6]).reshape(1, 1, 2, 3)
-  assert rls.to_uint8(x).reshape(-1).tolist() == [0, 254, 127, 255, 0, 0]
+  assert plumbing.to_uint8(x).reshape(-1).tolist() == [0, 254, 127, 255, 0, 0]
 
 
 def test_is_complete_rejects_broken_files(tmp_path):

@@ -1,12 +1,12 @@
-"""Time-conditioned resnet18_cond classifier on CIFAR-10, trained with the DLSM total loss (spec §5.2, column C10)."""
-from configs.default_cifar_configs import get_default_configs, set_ncsnpp_model, set_pc_sampler
+"""Time-conditioned resnet18_cond classifier on CIFAR-10, trained with the DLSM total loss, as the original;
+`--config=<this file>:vpsde` or `:subvpsde` pairs it with the VP / sub-VP score model (default_cifar_configs.set_sde)."""
+from configs.default_cifar_configs import get_default_configs, set_ncsnpp_model, set_pc_sampler, set_sde
 
 
-def get_config():
+def get_config(sde='vesde'):
   config = get_default_configs()
 
   training = config.training
-  training.sde = 'vesde'
   training.continuous = True
   training.batch_size = 150
   training.n_iters = 60000
@@ -39,4 +39,4 @@ def get_config():
   classifier.model = 'resnet18_cond'
   classifier.nf = 32
   classifier.classes = 10
-  return config
+  return set_sde(config, sde)

@@ -1,12 +1,12 @@
-"""Sampling and evaluation on CIFAR-10: NCSN++ score model guided by resnet18_cond (spec §5.2, column E10)."""
-from configs.default_cifar_configs import get_default_configs, set_ncsnpp_model, set_pc_sampler
+"""Sampling and evaluation on CIFAR-10: NCSN++ score model guided by resnet18_cond, as the original;
+`--config=<this file>:vpsde` or `:subvpsde` samples VP / sub-VP models (default_cifar_configs.set_sde)."""
+from configs.default_cifar_configs import get_default_configs, set_ncsnpp_model, set_pc_sampler, set_sde
 
 
-def get_config():
+def get_config(sde='vesde'):
   config = get_default_configs()
 
   training = config.training
-  training.sde = 'vesde'
   training.continuous = True
   training.batch_size = 100  # samples per round
   training.n_iters = 1000001
@@ -39,4 +39,4 @@ def get_config():
   classifier.model = 'resnet18_cond'
   classifier.nf = 32
   classifier.classes = 10
-  return config
+  return set_sde(config, sde)
