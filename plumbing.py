@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 import socket
 import sys
 
@@ -24,7 +25,7 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
-TEMP_FILE = re.compile(r'^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$')  # .<name>.<pid>.<random>.tmp, see atomic_write
+TEMP_FILE = re.compile(r'^\..+\.(\d+)(\.[0-9a-f]{8})?\.tmp$')  # .<name>.<pid>[.<random>].tmp, see atomic_write
 LOCK_NAME = 'run.lock'
 
 
@@ -174,19 +175,22 @@ def atomic_write(path, write, mode='wb'):
     os.replace(tmp_path, path)
   except OSError as error:
     raise OSError(error.errno, f'cannot write: {error.strerror or error}', path) from error
-  except RuntimeError as error:  # torch.save reports write failures as RuntimeError with errno text inside
-    raise OSError(errno.EIO, f'cannot write: {_disk_cause(error)}', path) from error
+  except RuntimeError as error:  # torch.save reports some write failures as RuntimeError
+    raise OSError(errno.EIO, f'cannot write: {_disk_cause(error, path)}', path) from error
   finally:
     if os.path.exists(tmp_path):
       os.remove(tmp_path)
 
 
-def _disk_cause(error):
+def _disk_cause(error, path):
+  """The errno text inside torch's message, or 'No space left on device' when the disk is (nearly) full."""
   text = str(error)
   for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
     if os.strerror(code) in text:
       return os.strerror(code)
-  return text.splitlines()[0]
+  if shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < 2**20:
+    return os.strerror(errno.ENOSPC)
+  return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def write_text_atomic(path, text):

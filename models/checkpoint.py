@@ -199,7 +199,7 @@ def load_checkpoint_file(path, device='cpu'):
   except pickle.UnpicklingError as error:
     raise UnsafeCheckpointError(f'{path} holds objects other than tensors and plain data; refused (torch.load '
                                 'weights_only)') from error
-  except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
+  except Exception as error:  # torch.load of a damaged or foreign file raises anything from KeyError to RuntimeError
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise CorruptCheckpointError(f'{path} cannot be read as a checkpoint ({first_line})') from error
 

@@ -154,3 +154,17 @@ def test_cas_with_another_arch_than_its_folder_is_one_line(tmp_path):
   result = run_cas(tmp_path, 'resnet18', 4)
   assert_one_line_error(result, 'checkpoint_2.pth', "eval.cas_arch='resnet18'")
   assert files_under(workdir) == before
+
+
+def test_a_full_disk_inside_torch_save_is_named(tmp_path):
+  """torch.save reports a failed write as a RuntimeError from its zip writer: the message still says what happened."""
+  path = tmp_path / 'checkpoint_1.pth'
+  path.write_bytes(b'the previous file')
+
+  def fail_like_torch_save(file):
+    file.write(b'PK half')
+    raise RuntimeError('[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0: No space left on device')
+  with pytest.raises(OSError) as error:
+    plumbing.atomic_write(str(path), fail_like_torch_save)
+  assert str(path) in str(error.value) and 'cannot write: No space left on device' in str(error.value)
+  assert os.listdir(tmp_path) == ['checkpoint_1.pth'] and path.read_bytes() == b'the previous file'

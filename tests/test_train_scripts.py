@@ -268,23 +268,20 @@ def one_error_line(result, *fragments):
   assert len(lines) == 1 and all(fragment in lines[0] for fragment in fragments), result.stderr[-3000:]
 
 
-def test_a_second_run_on_a_busy_workdir_fails_at_once_and_the_first_finishes(cifar_root):
-  args = ['--data_dir=data', *TINY_SCORE, *schedule(n_iters=7, snapshot_freq=4, log_freq=100, eval_freq=100)]
-  lock = cifar_root / 'results' / 'twice' / 'run.lock'
-  first = subprocess.Popen(main_command(SCORE_CONFIG, 'score', 'twice', *args), cwd=cifar_root, env=environment(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  try:
-    deadline = time.time() + 240
-    while time.time() < deadline and first.poll() is None and not (lock.exists() and lock.read_text()):
-      time.sleep(0.05)
-    second = run_main(cifar_root, SCORE_CONFIG, 'score', 'twice', *args)
-  finally:
-    _, first_stderr = first.communicate(timeout=600)
-  one_error_line(second, 'results/twice is in use by pid', f'pid {first.pid} on host')
-  assert first.returncode == 0, first_stderr[-3000:]
-  final = load(cifar_root / 'results' / 'twice' / 'checkpoints' / 'checkpoint_8.pth')
-  assert final['step'] == 8 and adam_steps(final) == {8} and final['ema']['num_updates'] == 8
-  assert not lock.exists()
+def test_two_runs_started_together_on_one_workdir_one_fails_at_once_the_other_finishes(cifar_root):
+  args = ['--data_dir=data', *TINY_SCORE, *schedule(n_iters=30, snapshot_freq=100, log_freq=100, eval_freq=100)]
+  runs = [subprocess.Popen(main_command(SCORE_CONFIG, 'score', 'twice', *args), cwd=cifar_root, env=environment(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  results = [(run, run.communicate(timeout=600)[1]) for run in runs]
+  (winner, winner_stderr), = [(run, stderr) for run, stderr in results if run.returncode == 0]
+  (loser, loser_stderr), = [(run, stderr) for run, stderr in results if run is not winner]
+  one_error_line(subprocess.CompletedProcess(loser.args, loser.returncode, '', loser_stderr),
+                 'results/twice is in use by pid', f'pid {winner.pid} on host')
+  assert 'Resumed' not in winner_stderr and 'Nothing to do' not in winner_stderr
+  assert checkpoint_steps(cifar_root / 'results' / 'twice') == [31]
+  final = load(cifar_root / 'results' / 'twice' / 'checkpoints' / 'checkpoint_31.pth')
+  assert final['step'] == 31 and adam_steps(final) == {31} and final['ema']['num_updates'] == 31
+  assert not (cifar_root / 'results' / 'twice' / 'run.lock').exists()
 
 
 def flip_tensor_byte(path):
@@ -362,3 +359,29 @@ def test_a_snapshot_lost_to_a_kill_is_made_on_restart(cifar_root):
   remade = np.load(samples / 'iter_2' / 'sample.npy')
   assert remade.shape == (4, 32, 32, 3) and remade.dtype == np.uint8
   assert 'Nothing to do' in (cifar_root / 'results' / 'snapshots' / 'log.txt').read_text()
+
+
+def test_vp_sde_trains_and_samples_from_the_command_line(tmp_path):
+  """The :vpsde configs for score, classifier and sampling (a Fourier embedding and N = 4 keep it tiny)."""
+  write_cifar_folder(tmp_path / 'data', 'CIFAR10', num_train=48, num_test=32)
+  small = ['--config.model.embedding_type=fourier', '--config.model.num_scales=4']
+  assert_ok(run_main(tmp_path, f'{SCORE_CONFIG}:vpsde', 'score', 'vp_score', '--data_dir=data', *TINY_SCORE, *small,
+                     *schedule(n_iters=1, snapshot_freq=2)))
+  score = tmp_path / 'results' / 'vp_score' / 'checkpoints' / 'checkpoint_2.pth'
+  assert_ok(run_main(tmp_path, f'{CLASSIFIER_CONFIG}:vpsde', 'classifier', 'vp_classifier', '--data_dir=data',
+                     f'--restore={score}', *TINY_CLASSIFIER, *small, *schedule(n_iters=1, snapshot_freq=2)))
+  classifier = tmp_path / 'results' / 'vp_classifier' / 'checkpoints' / 'checkpoint_2.pth'
+  tiny = ['--config.model.nf=8', '--config.model.num_res_blocks=1', '--config.model.ch_mult=(1,2)',
+          '--config.classifier.resnet_base_width=4', '--config.classifier.nf=8', '--config.training.batch_size=2',
+          '--config.eval.num_samples=20', '--config.device=cpu', *small]
+  result = subprocess.run([sys.executable, str(REPO_ROOT / 'run_lib_sampling.py'),
+                           f'--config={REPO_ROOT / "configs/eval/cifar10/eval_cifar10_configs.py"}:vpsde', *tiny,
+                           '--workdir=vp_samples', '--mode=class', '--classid=1', f'--restore={score}',
+                           f'--restore_classifier={classifier}'], cwd=tmp_path, env=environment(), capture_output=True,
+                          text=True, timeout=300)
+  assert_ok(result)
+  folder = tmp_path / 'results' / 'vp_samples' / 'eval_samples'
+  with np.load(folder / '1' / 'samples_0.npz') as archive:
+    assert archive['samples'].shape == (2, 32, 32, 3) and archive['samples'].dtype == np.uint8
+  settings = json.loads((folder / 'settings.json').read_text())
+  assert settings['training.sde'] == 'vpsde' and settings['sampling.predictor'] == 'euler_maruyama'
