@@ -41,7 +41,8 @@ def check_sde_and_model(config):
     return
   if config.model.get('scale_by_sigma', False):
     raise ConfigError(f'model.scale_by_sigma=True is a VE setting (it divides by σ) but training.sde='
-                      f'{config.training.sde}: use the VP / sub-VP config (--config=<config file>:{config.training.sde})')
+                      f'{config.training.sde}: use the VP / sub-VP settings (--config=<config file>:'
+                      f'{config.training.sde})')
   if (config.model.get('embedding_type') == 'positional' and config.training.continuous
       and config.model.num_scales < 1000):
     raise ConfigError(f'model.num_scales={config.model.num_scales}: must be >= 1000 with the positional embedding on '
@@ -98,8 +99,8 @@ def check_pc_sampler(config):
   last_beta = config.model.beta_max / config.model.num_scales
   if table_steps and last_beta >= 1:
     raise ConfigError(f'model.num_scales={config.model.num_scales}: the VP step table reaches β = model.beta_max / '
-                      f'num_scales = {last_beta:g} >= 1, where the {" and ".join(table_steps)} steps divide by '
-                      f'√(1−β) or take √(1−β); use num_scales > {config.model.beta_max:g}')
+                      f'num_scales = {last_beta:g} >= 1, where the {" and ".join(table_steps)} steps divide by or take '
+                      f'the root of 1 − β; use num_scales > {config.model.beta_max:g}')
 
 
 def check_cas(config):

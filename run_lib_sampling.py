@@ -1,4 +1,4 @@
-"""Class-conditional sampling: a score model guided by a noise-conditioned classifier (∇x log p(x) + λ ∇x log p(y|x)).
+"""Class-conditional sampling: a score model guided by a noise-conditioned classifier (score + λ ∇x log p(y|x)).
 
   python run_lib_sampling.py --config configs/eval/cifar10/eval_cifar10_configs.py --mode full \
       --workdir classifier_cifar10_ours_resnet18_cond [--scale 10] \
