@@ -34,9 +34,8 @@ def require_divisible(config, field, world_size):
 
 def check_sde_and_model(config):
   """SDE name, N, and the NCSN++ settings each SDE needs (VP / sub-VP: no σ scaling, enough positional indices)."""
-  require(config, 'training.sde', f'one of {sorted(sde_lib.SAMPLING_EPS)}',
-          lambda name: str(name).lower() in sde_lib.SAMPLING_EPS)
   require(config, 'model.num_scales', 'an integer >= 1', lambda n: isinstance(n, int) and n >= 1)
+  sde_lib.get_sde(config)  # a one-line ValueError naming training.sde and the known SDEs
   if config.training.sde.lower() not in VP_FAMILY or config.model.get('name') != 'ncsnpp':
     return
   if config.model.get('scale_by_sigma', False):
@@ -90,9 +89,9 @@ def check_pc_sampler(config):
   if predictor == 'ancestral_sampling' and sampling.probability_flow:
     raise ConfigError('sampling.predictor=ancestral_sampling has no probability-flow form: set '
                       'sampling.probability_flow=False or use sampling.predictor=reverse_diffusion')
-  if predictor == 'ancestral_sampling' and sde_name == 'subvpsde':
-    raise ConfigError('sampling.predictor=ancestral_sampling exists for vesde and vpsde only (training.sde=subvpsde): '
-                      'use reverse_diffusion or euler_maruyama')
+  if predictor == 'ancestral_sampling' and not sde_lib.get_sde(config)[0].has_ancestral_step:
+    raise ConfigError(f'sampling.predictor=ancestral_sampling: training.sde={sde_name} has no ancestral step (it '
+                      'exists for vesde and vpsde only); use reverse_diffusion or euler_maruyama')
   table_steps = [step for step, reads_table in (
       (predictor, sde_name == 'vpsde' and predictor in ('ancestral_sampling', 'reverse_diffusion')),
       (corrector, sde_name in VP_FAMILY and corrector in ('langevin', 'ald'))) if reads_table]

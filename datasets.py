@@ -111,9 +111,9 @@ def load_cifar(root, dataset, train):
 
 
 def load_moons(config):
-  """The toy's inter-twinning moons (positions float64 [N, 2], labels int64 [N]) from toy_lib."""
-  import toy_lib  # only the toy needs it
-  positions, labels = toy_lib.moons_dataset(subset=config.data.get('subset', 'all'))
+  """The toy's inter-twinning moons (positions float64 [N, 2], labels int64 [N]) from toy.data."""
+  from toy import data as toy_data  # only the toy needs it
+  positions, labels = toy_data.moons_dataset(subset=config.data.get('subset', 'all'))
   return np.asarray(positions), np.asarray(labels, dtype=np.int64)
 
 

@@ -53,7 +53,7 @@ CONFIG_CASES = {
     'zero eval_freq': (['--config.training.eval_freq=0'], ['training.eval_freq=0']),
     'negative n_iters': (['--config.training.n_iters=-5'], ['training.n_iters=-5', '>= 0']),
     'no scales': (['--config.model.num_scales=0'], ['model.num_scales=0', '>= 1']),
-    'unknown sde': (['--config.training.sde=vesde2'], ['training.sde=', 'vpsde']),
+    'unknown sde': (['--config.training.sde=vesde2'], ['training.sde', "'vesde2'", 'vpsde']),
     'vp sde with ve model': (['--config.training.sde=vpsde'], ['model.scale_by_sigma=True', ':vpsde']),
 }
 

@@ -1,5 +1,5 @@
-"""Score model (NCSN++, VE SDE) on CIFAR-10, as the original; `--config=<this file>:vpsde` or `:subvpsde` selects the
-VP / sub-VP settings of configs/default_cifar_configs.set_sde."""
+"""Score model (NCSN++, VE SDE) on CIFAR-10; `--config=<this file>:vpsde` or `:subvpsde` selects the VP / sub-VP
+settings of configs/default_cifar_configs.set_sde."""
 from configs.default_cifar_configs import get_default_configs, set_ncsnpp_model, set_pc_sampler, set_sde
 
 
@@ -9,7 +9,7 @@ def get_config(sde='vesde'):
   training = config.training
   training.continuous = True
   training.n_iters = 950001
-  training.score_restore_path = None  # not read (the restore path is model.score_restore_path)
+  training.score_restore_path = None  # parity: the restore path is model.score_restore_path
 
   set_pc_sampler(config.sampling)
 
