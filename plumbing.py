@@ -59,14 +59,25 @@ def apply_flag_overrides(config, overrides):
     node[name] = value
 
 
+def _split_overrides(argv):
+  """argv as [(flag name or None, [tokens])]: '--config.f=v' and '--config.f v' each make one item."""
+  items, index = [], 0
+  while index < len(argv):
+    arg = argv[index]
+    separate_value = (arg.startswith('--config.') and '=' not in arg and index + 1 < len(argv)
+                      and not argv[index + 1].startswith('--'))
+    tokens = argv[index:index + 2] if separate_value else [arg]
+    items.append((arg.split('=', 1)[0] if arg.startswith('--config.') else None, tokens))
+    index += len(tokens)
+  return items
+
+
 def last_override_wins(argv):
   """Drop all but the last --config.<field> of each field: ml_collections appends repeated tuple overrides."""
-  last = {}
-  for index, arg in enumerate(argv):
-    if arg.startswith('--config.'):
-      last[arg.split('=', 1)[0]] = index
-  return [arg for index, arg in enumerate(argv)
-          if not arg.startswith('--config.') or last[arg.split('=', 1)[0]] == index]
+  items = _split_overrides(argv)
+  last = {name: position for position, (name, _) in enumerate(items) if name}
+  return [token for position, (name, tokens) in enumerate(items) if name is None or last[name] == position
+          for token in tokens]
 
 
 def _unknown_field_message(argv, error):
@@ -83,18 +94,28 @@ def parse_flags(argv):
   """absl's parser with one-line errors (unknown flag, misspelt config field, wrong type)."""
   try:
     return FLAGS(argv)
-  except flags.Error as error:
-    fail(str(error))
   except (AttributeError, KeyError) as error:  # ml_collections: a --config.<field> that does not exist
     fail(_unknown_field_message(argv, error))
+  except (flags.Error, ValueError, TypeError) as error:  # bad values, a missing or failing config file
+    fail(str(error))
 
 
 # ---------------------------------------------------------------------------------------------- running
 
 
+def one_line(text):
+  """`text` on one line; an embedded traceback (ml_collections quotes one for a failing config file) shrinks to its
+  last line, the exception itself."""
+  lines = str(text).strip().splitlines()
+  starts = [index for index, line in enumerate(lines) if line.startswith('Traceback (most recent call last)')]
+  if starts:
+    lines = lines[:starts[0]] + lines[-1:]
+  return ' '.join(' '.join(lines).split())
+
+
 def fail(message):
   """The one-line error of every script: 'error: …' on stderr, exit status 1."""
-  print(f'error: {message}', file=sys.stderr)
+  print(f'error: {one_line(message)}', file=sys.stderr)
   sys.exit(1)
 
 

@@ -75,6 +75,20 @@ def test_positional_embedding_needs_a_thousand_scales_under_continuous_vp(root):
   assert files_under(root / 'results') == before
 
 
+@pytest.mark.parametrize('config, fragments', [
+    ('nonexistent_config.py', ['nonexistent_config.py', 'No such file']),
+    (f'{SCORE_CONFIG}:vpsd', ["unknown SDE 'vpsd'", 'vpsde or subvpsde'])])
+def test_a_missing_or_failing_config_file_is_one_line(root, config, fragments):
+  assert_one_line_error(run_main(root, config, 'score', 'prev', '--data_dir=data'), *fragments)
+
+
+def test_the_last_of_repeated_overrides_wins_in_either_form():
+  argv = ['main.py', '--config', 'c.py', '--config.model.ch_mult=(1,2)', '--config.model.nf', '8', '--workdir=w',
+          '--config.model.ch_mult', '(1,)', '--config.model.nf=16', 'rest']
+  assert plumbing.last_override_wins(argv) == ['main.py', '--config', 'c.py', '--workdir=w', '--config.model.ch_mult',
+                                               '(1,)', '--config.model.nf=16', 'rest']
+
+
 def test_classifier_batch_larger_than_the_test_split_names_eval_batch_size(root, tmp_path):
   from models import checkpoint, utils as mutils
   from models.ema import ExponentialMovingAverage
