@@ -167,7 +167,7 @@ def process_device(config):
   device = mutils.get_device(config)
   if world_size > 1 and device.type == 'cuda' and device.index is None:
     device = torch.device('cuda', local_rank)
-  if device.type == 'cuda':
+  if device.type == 'cuda' and device.index is not None:
     torch.cuda.set_device(device)
   config.device = str(device)  # so create_model / samplers place everything here
   return device
