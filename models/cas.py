@@ -1,13 +1,14 @@
-"""The CAS classifier (spec §4.5): a randomly initialised torchvision ResNet trained only on generated samples."""
+"""The CAS classifier (classification accuracy score): a randomly initialised torchvision ResNet trained only on
+generated samples and tested on the real test split."""
 
 import torch.nn as nn
 import torchvision
 
 ARCHITECTURES = {
-    'resnet50': torchvision.models.resnet50,  # the paper's CAS network
-    'resnet18': torchvision.models.resnet18,
-    'resnet10': lambda num_classes: torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1],
-                                                              num_classes=num_classes),  # small, for quick tests
+  'resnet50': torchvision.models.resnet50,  # the paper's CAS network
+  'resnet18': torchvision.models.resnet18,
+  'resnet10': lambda num_classes: torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1],
+                                                            num_classes=num_classes),  # small, for quick tests
 }
 
 
