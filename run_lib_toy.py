@@ -13,11 +13,12 @@ import os
 import time
 
 import torch
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from ml_collections.config_flags import config_flags
 from tqdm.auto import tqdm
 
+import plumbing
 import run_lib
 from configs.toy.default_toy_configs import STAGES, stage_config
 from models import checkpoint as ckpt
@@ -227,4 +228,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  plumbing.run_script(main)

@@ -7,7 +7,7 @@ import torch
 import sampling
 import sde_lib
 import time_grids
-from tests.helpers import assert_close_to_golden
+from tests.helpers import assert_close_to_golden, sde_from_golden
 
 # ---------------------------------------------------------------------------------------------
 # A two-class Gaussian mixture in 2-D: exact scores and Bayes-optimal classifier logits at every t,
@@ -325,18 +325,13 @@ def golden_networks(golden, record):
   return golden_network(golden, record['score_model_file']), golden_network(golden, record['classifier_model_file'])
 
 
-def _sde_from_record(record):
-  kwargs = {key: value for key, value in record.items() if key != 'type'}
-  return getattr(sde_lib, record['type'])(**kwargs)
-
-
 def _as_captured(update):
   """A step as the golden files captured it, (x, t) -> (x, x_mean): these steps do not use the next time."""
   return lambda x, t: update(x, t, None)[:2]
 
 
 def _golden_step_components(record, guided_score_fn):
-  sde = _sde_from_record(record['sde'])
+  sde = sde_from_golden(record['sde'])
   corrector = sampling.get_corrector('langevin')(sde, guided_score_fn, record['snr'], record['n_steps_each'])
   predictor = sampling.get_predictor('reverse_diffusion')(sde, guided_score_fn, record['probability_flow'])
   return _as_captured(corrector), _as_captured(predictor)
@@ -368,7 +363,7 @@ def test_golden_step_updates_from_the_stored_scores(golden, sde_name):
 @pytest.mark.parametrize('sde_name', ['ve', 'vp'])
 def test_golden_step_with_the_networks(golden, sde_name):
   record = golden(f'pc_step_small_{sde_name}')
-  sde = _sde_from_record(record['sde'])
+  sde = sde_from_golden(record['sde'])
   score_model, classifier = golden_networks(golden, record)
   score_fn = sampling.as_score_fn(sde, score_model, continuous=record['continuous'])
   classifier_fn = sampling.as_classifier_fn(sde, classifier, continuous=record['continuous'])
@@ -403,7 +398,7 @@ class _DrawRecorder:
 def test_golden_mini_sampler_reproduces_the_original(golden, monkeypatch, sde_name):
   record = golden(f'pc_step_small_{sde_name}')
   mini = record['mini_sampler']
-  sde = _sde_from_record(mini['sde'])
+  sde = sde_from_golden(mini['sde'])
   score_model, classifier = golden_networks(golden, record)
   centered = record['config']['data.centered']
   flags = [p.requires_grad for p in classifier.parameters()]
@@ -450,7 +445,7 @@ def test_golden_step_on_the_gpu(golden, monkeypatch, sde_name):
   device = torch.device('cuda')
   monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)  # what models.utils.use_exact_float32 sets
   monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
-  sde = _sde_from_record(record['sde'])
+  sde = sde_from_golden(record['sde'])
   score_model, classifier = (copy.deepcopy(network).to(device) for network in golden_networks(golden, record))
   guided = sampling.get_guided_score_fn(sampling.as_score_fn(sde, score_model),
                                         sampling.as_classifier_fn(sde, classifier), case['cond'].to(device),
