@@ -1,4 +1,4 @@
-"""Training data: CIFAR-10/100 from a local folder (never downloaded) and the toy moons (spec §1.2, §6.1).
+"""Training data: CIFAR-10/100 from a local folder (never downloaded) and the toy moons (toy.data).
 
 Batches are float32 in [0, 1] (CIFAR: NCHW; moons: [B, 2]) with int64 labels; the model-side scaler is applied by the
 trainer. Shuffling, flips and dequantisation noise come from seeded torch generators, so a run is reproducible (B30).
@@ -118,7 +118,7 @@ def load_moons(config):
 
 
 def get_data_scaler(config):
-  """[0, 1] -> model input: 2x - 1 when data.centered, else the identity (spec §1.2)."""
+  """[0, 1] -> model input: 2x - 1 when data.centered, else the identity, as the original."""
   if config.data.centered:
     return lambda x: x * 2. - 1.
   return lambda x: x
