@@ -15,7 +15,7 @@ from tests.cifar_fixture import LAYOUT, write_cifar_folder
 def data_config(root, dataset='CIFAR10', batch_size=8, random_flip=False, dequantize=False, centered=False):
   return ml_collections.ConfigDict({
       'training': {'batch_size': batch_size},
-      'data': {'dataset': dataset, 'root': str(root), 'image_size': 32, 'random_flip': random_flip,
+      'data': {'dataset': dataset, 'root': str(root), 'image_size': 32, 'num_channels': 3, 'random_flip': random_flip,
                'centered': centered, 'uniform_dequantization': dequantize}})
 
 
