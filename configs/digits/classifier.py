@@ -8,9 +8,9 @@ from configs.digits.default_digits_configs import get_digits_configs
 def get_classifier_config(loss_type):
   config = get_digits_configs()
   training = config.training
-  training.batch_size = 128
-  training.n_iters = 600
-  training.snapshot_freq = 300
+  training.batch_size = 96
+  training.n_iters = 400
+  training.snapshot_freq = 200
   training.eval_freq = 200
   config.eval.batch_size = 256  # test-accuracy batches (full batches only; the test split has 359 images)
   config.model.loss_type = loss_type  # 'ce', 'dlsm' or 'total' (DLSM + coef * CE, the paper's "ours")

@@ -18,6 +18,6 @@ def get_config():
   evaluate.scaling_baseline = 10.  # λ of the scaled-CE baseline, as on CIFAR
   evaluate.features = 'reference_classifier'
   evaluate.reference_classifier = 'results/digits_reference/reference_classifier.pth'
-  evaluate.reference_steps = 1500
+  evaluate.reference_steps = 1000
   evaluate.reference_seed = 0
   return config
