@@ -1,9 +1,10 @@
-# Newcomer entry points: `make demo` (toy DLSM pipeline on CPU) and `make test`.
+# Newcomer entry points: `make demo` (toy DLSM pipeline on CPU), `make test`, and `make digits` (the CIFAR
+# comparison redone on 8x8 handwritten digits, CPU, about half an hour).
 PYTHON := .venv/bin/python
 # The stamp lives inside .venv, so deleting .venv also forgets the install.
 STAMP := .venv/.requirements.stamp
 
-.PHONY: venv test demo bench
+.PHONY: venv test demo digits bench
 
 venv: $(STAMP)
 
@@ -17,6 +18,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PYTHON) run_lib_toy.py --config configs/toy/demo.py --workdir toy_demo
+
+digits: $(STAMP)
+	$(PYTHON) run_lib_digits.py --workdir digits_run
 
 bench: $(STAMP)
 	@set -e; for script in benchmarks/*.py; do \

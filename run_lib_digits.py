@@ -84,14 +84,11 @@ def train(kind, config, workdir, seed, timings, restore=None):
   return final_checkpoint(workdir)
 
 
-def sample(method, scale, checkpoints, seed, timings):
+def sample(workdir, scale, classifier, score, seed, timings):
   """run_lib_sampling.py for one method; files already complete are skipped by the script itself."""
-  workdir = f'{RUN_ROOT}/seed{seed}/{method}'
   args = ['--config', os.path.join(CONFIGS, 'eval.py'), '--mode', 'full', '--workdir', workdir,
-          '--restore', checkpoints['score'], '--restore_classifier', checkpoints[method],
-          f'--scale={scale}', f'--config.sampling.seed={seed}']
+          '--restore', score, '--restore_classifier', classifier, f'--scale={scale}', f'--config.sampling.seed={seed}']
   run_stage('run_lib_sampling.py', args, 'sampling', timings, f'{workdir} sampling')
-  return workdir
 
 
 REFERENCE = results('reference_classifier.pth')
@@ -133,9 +130,17 @@ def run_seed(seed, score_checkpoint, timings):
     checkpoints[method] = checkpoints[loss]
   per_method = {}
   for method, _, scale in METHODS:
-    workdir = sample(method, SCALING_BASELINE if scale is None else scale, checkpoints, seed, timings)
+    workdir = f'{RUN_ROOT}/seed{seed}/{method}'
+    if not evaluated(read_metrics(workdir)):
+      sample(workdir, SCALING_BASELINE if scale is None else scale, checkpoints[method], checkpoints['score'], seed,
+             timings)
     per_method[method] = evaluate(workdir, seed, timings)
   return per_method
+
+
+def evaluated(metrics):
+  """True when a method's evaluation is complete (its samples are then not looked at again)."""
+  return 'fd' in metrics.get('full', {}) and 'cw_fd' in metrics.get('class', {}) and 'cas' in metrics
 
 
 # ---------------------------------------------------------------------------------------------- table and grids

@@ -580,8 +580,8 @@ def test_classifier_at_32x32x3_keeps_the_golden_keys_shapes_and_logits(golden):
   golden_state = strip_module(record['state_dict'])
   assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {k: tuple(v.shape)
                                                                         for k, v in golden_state.items()}
-  model.load_state_dict(golden_state)
-  for case in record['by_sde'].values():
+  for case in record['by_sde'].values():  # fresh weights per case: train-mode passes move the BatchNorm statistics
+    model.load_state_dict(golden_state)
     check_classifier_case(model, case)
 
 
