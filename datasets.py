@@ -116,8 +116,8 @@ def load_cifar(root, dataset, train):
 def load_moons(config, train=True):
   """The toy's inter-twinning moons (positions float64 [N, 2], labels int64 [N]); one split, used for both."""
   del train
-  import toy_lib  # imported here: only the toy needs it
-  positions, labels = toy_lib.moons_dataset(subset=config.data.get('subset', 'all'))
+  from toy import data as toy_data  # imported here: only the toy needs it
+  positions, labels = toy_data.moons_dataset(subset=config.data.get('subset', 'all'))
   return np.asarray(positions), np.asarray(labels, dtype=np.int64)
 
 

@@ -1,4 +1,4 @@
-"""Training losses and one-step functions (spec §1.6-1.10, §6.4).
+"""Training losses and one-step functions: score matching, the classifier objective (CE / DLSM / total), the optimiser.
 
 One implementation serves the CIFAR models and the toy: the score loss (denoising score matching with a σ-power
 weighting), the classifier objective (CE / DLSM / total) and the optimiser step with warm-up and clipping.
@@ -8,11 +8,11 @@ Random draws follow the original's calls and order (`torch.rand(B)` for t, then 
 import torch
 import torch.nn.functional as F
 
-import sde_lib
 from models import utils as mutils
+from models.utils import LOG_PROB_EPS, log_prob_input_grad  # noqa: F401 (the likelihood gradient, shared with guidance)
+from sde_lib import batch_broadcast
 
 LOSS_TYPES = ('ce', 'dlsm', 'total')
-LOG_PROB_EPS = 1e-8  # added to the softmax before the log, as the original (training and guidance)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -20,7 +20,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def get_optimizer(config, params):
-  """Adam (or SGD) from `config.optim` (spec §1.10)."""
+  """Adam (betas (beta1, 0.999), eps, weight decay) or SGD with momentum, from `config.optim`."""
   name = config.optim.optimizer
   if name == 'Adam':
     return torch.optim.Adam(params, lr=config.optim.lr, betas=(config.optim.beta1, 0.999), eps=config.optim.eps,
@@ -48,11 +48,6 @@ def optimization_manager(config):
   return optimize_fn
 
 
-def per_sample(values, like):
-  """Reshape a per-sample vector (B,) to broadcast over the trailing dims of `like`."""
-  return values.reshape(-1, *([1] * (like.ndim - 1)))
-
-
 def draw_time_and_noise(sde, batch, eps, t=None, z=None):
   """t ~ U(eps, T) then z ~ N(0, I), drawn in the original's order unless given."""
   if t is None:
@@ -65,13 +60,14 @@ def draw_time_and_noise(sde, batch, eps, t=None, z=None):
 def perturb(sde, batch, t, z):
   """x̃ = mean(x, t) + σ(t) z; returns (x̃, σ(t) of shape (B,))."""
   mean, std = sde.marginal_prob(batch, t)
-  return mean + per_sample(std, batch) * z, std
+  return mean + batch_broadcast(std, batch) * z, std
 
 
 def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_weighting=True, eps=1e-5, weighting=1):
-  """Continuous denoising score matching (spec §1.6); `weighting` w gives the element term (s σ^w + z σ^(w-1))².
+  """Continuous denoising score matching with x̃ = mean(x, t) + σ(t) z; `weighting` w gives the element term
+  (s σ^w + z σ^(w-1))², or (s + z/σ)²·g(t)² with likelihood_weighting.
 
-  w = 1 is the CIFAR loss (s σ + z)²; the toy uses w = 2 with reduce_mean=True and eps=0 (spec §6.4).
+  w = 1 is the CIFAR loss (s σ + z)²; the toy uses w = 2 with reduce_mean=True and eps=0, as the original toy does.
   Per sample: mean over elements if reduce_mean else ½·sum; batch loss: mean over samples.
   """
   def reduce_op(x):
@@ -82,7 +78,7 @@ def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_we
     score_fn = mutils.get_score_fn(sde, model, train=train, continuous=continuous)
     t, z = draw_time_and_noise(sde, batch, eps, t, z)
     perturbed, std = perturb(sde, batch, t, z)
-    std = per_sample(std, batch)
+    std = batch_broadcast(std, batch)
     score = score_fn(perturbed, t)
     if likelihood_weighting:
       g2 = sde.sde(torch.zeros_like(batch), t)[1] ** 2
@@ -104,7 +100,7 @@ def get_smld_loss_fn(vesde, train, reduce_mean=False):
   def loss_fn(model, batch):
     model_fn = mutils.get_model_fn(model, train=train)
     labels = torch.randint(0, vesde.N, (batch.shape[0],), device=batch.device)
-    sigmas = per_sample(sigmas_descending.to(batch.device)[labels], batch)
+    sigmas = batch_broadcast(sigmas_descending.to(batch.device)[labels], batch)
     noise = torch.randn_like(batch) * sigmas
     perturbed = noise + batch
     target = -noise / sigmas ** 2
@@ -121,39 +117,33 @@ def get_ddpm_loss_fn(vpsde, train, reduce_mean=True):
   def loss_fn(model, batch):
     model_fn = mutils.get_model_fn(model, train=train)
     labels = torch.randint(0, vpsde.N, (batch.shape[0],), device=batch.device)
-    sqrt_alphas_cumprod = torch.as_tensor(vpsde.sqrt_alphas_cumprod).to(batch.device)
-    sqrt_1m_alphas_cumprod = torch.as_tensor(vpsde.sqrt_1m_alphas_cumprod).to(batch.device)
+    sqrt_alphas_cumprod = vpsde.table('sqrt_alphas_cumprod', batch.device)
+    sqrt_1m_alphas_cumprod = vpsde.table('sqrt_1m_alphas_cumprod', batch.device)
     noise = torch.randn_like(batch)
-    perturbed = (per_sample(sqrt_alphas_cumprod[labels], batch) * batch
-                 + per_sample(sqrt_1m_alphas_cumprod[labels], batch) * noise)
+    perturbed = (batch_broadcast(sqrt_alphas_cumprod[labels], batch) * batch
+                 + batch_broadcast(sqrt_1m_alphas_cumprod[labels], batch) * noise)
     losses = torch.square(model_fn(perturbed, labels) - noise)
     return torch.mean(reduce_op(losses.reshape(losses.shape[0], -1), dim=-1))
 
   return loss_fn
 
 
+_DISCRETE_LOSSES = {'smld': get_smld_loss_fn, 'ddpm': get_ddpm_loss_fn}  # by SDE.discrete_loss
+
+
 def dlsm_loss(log_prob_grad, prior_score, z, std, weighting_dlsm=0):
-  """mean of ½ (σ^w G + σ^w s + σ^(w-1) z)² over all elements (spec §1.7.4)."""
-  std = per_sample(std, z)
+  """mean of ½ (σ^w G + σ^w s + σ^(w-1) z)² over all elements, i.e. ½σ^{2w}(G + s + z/σ)² (G: the likelihood
+  gradient, s: the prior score, z: the noise that produced x̃)."""
+  std = batch_broadcast(std, z)
   weight = std ** weighting_dlsm
   residual = log_prob_grad * weight + prior_score * weight + z * std ** (weighting_dlsm - 1)
   return torch.mean(0.5 * torch.square(residual))
 
 
-def log_prob_input_grad(logits, x, labels, create_graph=True):
-  """∇x Σ_i log(softmax(logits_i) + 1e-8)[y_i]: ONE vector-Jacobian product over the whole batch.
-
-  With BatchNorm in train mode this keeps the cross-sample terms of the original (B35).
-  """
-  log_probs = torch.log(torch.softmax(logits, dim=1) + LOG_PROB_EPS)
-  cotangent = F.one_hot(labels, num_classes=logits.shape[1]).to(log_probs.dtype)
-  grad, = torch.autograd.grad(log_probs, x, grad_outputs=cotangent, create_graph=create_graph)
-  return grad
-
-
 def classifier_objective(logits_fn, perturbed, labels, prior_score, z, std, loss_type='total', weighting_dlsm=0,
                          weighting_ce=0, coef=1.0, create_graph=True):
-  """The ONE classifier objective (spec §1.7, §6.4): 'ce', 'dlsm' or 'total' = dlsm + coef·ce.
+  """The ONE classifier objective, for CIFAR and the toy: 'ce', 'dlsm' or 'total' = dlsm + coef·ce (CE weighted by
+  σ^(−2·weighting_ce), on the raw logits).
 
   logits_fn(x) gives the classifier logits at the (fixed) time of `perturbed`; `prior_score` is the frozen score
   model's output, `z` the noise and `std` (B,) the marginal std that produced `perturbed`. `create_graph=False` gives
@@ -176,7 +166,7 @@ def classifier_objective(logits_fn, perturbed, labels, prior_score, z, std, loss
 
 def get_sde_classifier_loss_fn(sde, train, num_classes, continuous=True, loss_type='total', weighting_dlsm=0,
                                weighting_ce=0, coef=1.0, eps=1e-5):
-  """loss_fn(classifier, score_model, batch, labels, t=None, z=None) -> scalar (spec §1.7).
+  """loss_fn(classifier, score_model, batch, labels, t=None, z=None) -> scalar, with t ~ U(eps, T).
 
   The frozen score model runs in eval mode without autograd; the classifier runs in train mode when `train`.
   """
@@ -212,12 +202,10 @@ def get_step_fn(sde, train, optimize_fn=None, reduce_mean=False, continuous=True
                               likelihood_weighting=likelihood_weighting, eps=eps, weighting=weighting)
   elif likelihood_weighting:
     raise ValueError('likelihood_weighting requires training.continuous=True.')
-  elif isinstance(sde, sde_lib.VESDE):
-    loss_fn = get_smld_loss_fn(sde, train, reduce_mean=reduce_mean)
-  elif isinstance(sde, sde_lib.VPSDE):
-    loss_fn = get_ddpm_loss_fn(sde, train, reduce_mean=reduce_mean)
-  else:
+  elif sde.discrete_loss is None:
     raise ValueError(f'Discrete training is not available for {type(sde).__name__}.')
+  else:
+    loss_fn = _DISCRETE_LOSSES[sde.discrete_loss](sde, train, reduce_mean=reduce_mean)
 
   def step_fn(state, batch):
     model = state['model']
@@ -266,7 +254,7 @@ def get_classifier_step_fn(sde, train, optimize_fn=None, num_classes=10, continu
 
 
 def get_classifier_accuracy_fn(sde, eps, continuous=True):
-  """Accuracy protocol of spec §1.8: t = eps for every sample, x̃ = mean + σ z, eval mode, no gradients.
+  """Accuracy as the original measures it: t = eps for every sample, x̃ = mean + σ z, eval mode, no gradients.
 
   Returns fn(classifier, batch, labels) -> number of correct predictions (a 0-d tensor).
   """

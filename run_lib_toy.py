@@ -1,4 +1,4 @@
-"""The moons experiment end to end (spec §6), the quick-start `make demo`:
+"""The moons experiment end to end, the quick-start `make demo`:
 
   python run_lib_toy.py --config configs/toy/demo.py --workdir toy_demo     (CPU, minutes)
   python run_lib_toy.py --config configs/toy/paper.py --workdir toy_paper   (the paper's settings, hours on CPU)
@@ -19,10 +19,15 @@ from ml_collections.config_flags import config_flags
 from tqdm.auto import tqdm
 
 import run_lib
-import toy_lib
 from configs.toy.default_toy_configs import STAGES, stage_config
 from models import checkpoint as ckpt
 from models import utils as mutils
+from toy import CLASS_NAMES
+from toy import data as toy_data
+from toy import metrics as toy_metrics
+from toy import plots as toy_plots
+from toy import samplers as toy_samplers
+from toy import table as toy_table
 
 FLAGS = flags.FLAGS
 
@@ -37,15 +42,15 @@ CLASSIFIER_METHODS = (  # table row, classifier stage, guidance scale (None: the
 def train_stages(config, workdir, timings):
   """Train every stage with run_lib (classifiers on the trained score model); returns {stage: checkpoint}."""
   paths = {}
-  for index, (stage, spec) in enumerate(STAGES.items()):
+  for index, (stage, stage_spec) in enumerate(STAGES.items()):
     start = time.time()
-    cfg = stage_config(config, stage)
-    if spec['model'] == 'classifier':
-      cfg.model.score_restore_path = paths['score']
+    training_config = stage_config(config, stage)
+    if stage_spec['model'] == 'classifier':
+      training_config.model.score_restore_path = paths['score']
     stage_dir = os.path.join(workdir, stage)
-    tqdm.write(f'[{index + 1}/{len(STAGES)}] {stage}: {cfg.training.n_iters + 1} updates of batch '
-               f'{cfg.training.batch_size}, lr {cfg.optim.lr:g}')
-    run_lib.train(cfg, stage_dir, spec['model'])
+    tqdm.write(f'[{index + 1}/{len(STAGES)}] {stage}: {training_config.training.n_iters + 1} updates of batch '
+               f'{training_config.training.batch_size}, lr {training_config.optim.lr:g}')
+    run_lib.train(training_config, stage_dir, stage_spec['model'])
     paths[stage] = ckpt.latest_checkpoint(os.path.join(stage_dir, 'checkpoints'))
     timings[stage] = time.time() - start
   return paths
@@ -54,8 +59,8 @@ def train_stages(config, workdir, timings):
 def load_networks(config, paths):
   """The trained networks by stage, eval mode, no parameter gradients."""
   networks = {}
-  for stage, spec in STAGES.items():
-    if spec['model'] == 'score':
+  for stage, stage_spec in STAGES.items():
+    if stage_spec['model'] == 'score':
       net = ckpt.restore_score_model(paths[stage], mutils.create_model(config), device=mutils.get_device(config))
     else:
       net = ckpt.restore_classifier(paths[stage], mutils.create_classifier(config), mutils.get_device(config))
@@ -72,29 +77,29 @@ def grid_fields(config, networks, grid):
   the posterior fields {method: [upper, lower]} of every method (posterior SM: its class score models)."""
   sigma, device = config.model.std, mutils.get_device(config)
   grid = grid.to(device)
-  prior = toy_lib.prior_score(networks['score'], grid, sigma).cpu()
+  prior = toy_metrics.prior_score(networks['score'], grid, sigma).cpu()
   likelihoods, fields = {}, {}
   for method, stage, scale in CLASSIFIER_METHODS:
-    likelihoods[method] = [toy_lib.likelihood_score(networks[stage], grid, sigma, c).cpu()
-                           for c in range(len(toy_lib.CLASS_NAMES))]
-    fields[method] = [prior + scale_of(config, scale) * g for g in likelihoods[method]]
-  fields['posterior_sm'] = [toy_lib.prior_score(networks[f'score_{name}'], grid, sigma).cpu()
-                            for name in toy_lib.CLASS_NAMES]
+    likelihoods[method] = [toy_metrics.likelihood_score(networks[stage], grid, sigma, c).cpu()
+                           for c in range(len(CLASS_NAMES))]
+    fields[method] = [prior + scale_of(config, scale) * likelihood for likelihood in likelihoods[method]]
+  fields['posterior_sm'] = [toy_metrics.prior_score(networks[f'score_{name}'], grid, sigma).cpu()
+                            for name in CLASS_NAMES]
   return prior, likelihoods, fields
 
 
 def distance_rows(config, oracle, prior, likelihoods, fields):
-  """E[D_P] and E[D_L] per method and class (spec §6.8), and D_full of the prior score model."""
+  """E[D_P] and E[D_L] per method and class on the grid, and D_full of the prior score model."""
   rows = {}
   for method, _, scale in CLASSIFIER_METHODS:
-    d = toy_lib.classifier_distances(oracle, prior, likelihoods[method], scale_of(config, scale))
+    distances = toy_metrics.classifier_distances(oracle, prior, likelihoods[method], scale_of(config, scale))
     rows[method] = {'scale': scale_of(config, scale),
-                    'D_P': [d[f'D_P_{name}'] for name in toy_lib.CLASS_NAMES],
-                    'D_L': [d[f'D_L_{name}'] for name in toy_lib.CLASS_NAMES]}
-  d = toy_lib.posterior_sm_distances(oracle, fields['posterior_sm'])
-  rows['posterior_sm'] = {'D_P': [d[f'D_P_{name}'] for name in toy_lib.CLASS_NAMES], 'D_L': None}
+                    'D_P': [distances[f'D_P_{name}'] for name in CLASS_NAMES],
+                    'D_L': [distances[f'D_L_{name}'] for name in CLASS_NAMES]}
+  distances = toy_metrics.posterior_sm_distances(oracle, fields['posterior_sm'])
+  rows['posterior_sm'] = {'D_P': [distances[f'D_P_{name}'] for name in CLASS_NAMES], 'D_L': None}
   rows['oracle'] = {'D_P': [0., 0.], 'D_L': [0., 0.]}
-  return rows, toy_lib.mean_distance(oracle['score_full'], prior)
+  return rows, toy_metrics.mean_distance(oracle['score_full'], prior)
 
 
 def sampling_jobs(config, networks):
@@ -114,47 +119,37 @@ def sample_methods(config, networks, device):
   """{row: [samples of class 0, class 1]}; each (method, class) draws from its own seed."""
   jobs = sampling_jobs(config, networks)
   samples = {}
-  with tqdm(total=len(jobs) * len(toy_lib.CLASS_NAMES), desc='sampling', mininterval=1.0) as progress:
-    for job_index, (method, score_net, classifier, scale, cfg) in enumerate(jobs):
+  with tqdm(total=len(jobs) * len(CLASS_NAMES), desc='sampling', mininterval=1.0) as progress:
+    for job_index, (method, score_net, classifier, scale, job_config) in enumerate(jobs):
       samples[method] = []
-      for c, name in enumerate(toy_lib.CLASS_NAMES):
+      for c, name in enumerate(CLASS_NAMES):
         progress.set_postfix_str(f'{method} / {name}')
         score_fn = networks[f'score_{name}'] if method == 'posterior_sm' else score_net
         torch.manual_seed(config.seed + 1000 * job_index + c)
-        points = toy_lib.sample_class(score_fn, classifier, c, scale, config.eval.num_samples, cfg, device)
+        points = toy_samplers.sample_class(score_fn, classifier, c, scale, config.eval.num_samples, job_config,
+                                           device)
         samples[method].append(points.cpu().double().numpy())
         progress.update(1)
   return samples
 
 
-def exact_draws(positions, labels, sigma, num_samples, generator):
-  """Samples of the true p_sigma(x | y) per class: class points drawn uniformly plus sigma·z (the oracle row)."""
-  draws = []
-  for c in range(len(toy_lib.CLASS_NAMES)):
-    points = torch.as_tensor(positions[labels == c])
-    index = torch.randint(len(points), (num_samples,), generator=generator)
-    draws.append((points[index] + sigma * torch.randn(num_samples, 2, generator=generator,
-                                                      dtype=torch.float64)).numpy())
-  return draws
-
-
 def add_sample_quality(config, rows, samples, positions, labels):
   """Class-wise precision / recall / density / coverage of every sampled method (and of exact draws, the oracle
-  row) against the class points plus sigma·z (spec §6.9)."""
+  row) against the class points plus sigma·z, as the original."""
   generator = torch.Generator().manual_seed(config.seed)
-  samples['oracle'] = exact_draws(positions, labels, config.model.std, config.eval.num_samples, generator)
-  real = toy_lib.reference_sets(positions, labels, config.model.std, generator)
+  samples['oracle'] = toy_data.exact_draws(positions, labels, config.model.std, config.eval.num_samples, generator)
+  real = toy_data.reference_sets(positions, labels, config.model.std, generator)
   for method, per_class in samples.items():
-    prdc = toy_lib.classwise_prdc(real, per_class, config.eval.nearest_k)
+    prdc = toy_metrics.classwise_prdc(real, per_class, config.eval.nearest_k)
     rows.setdefault(method, {'D_P': None, 'D_L': None})
     rows[method].update({key: [m[key] for m in prdc] for key in ('precision', 'recall', 'density', 'coverage')})
 
 
 def evaluate(config, networks, workdir, timings):
   """D_P / D_L on the grid, samples and their class-wise PRDC, plots; returns (results, plot paths)."""
-  positions, labels = toy_lib.moons_dataset('all')
-  grid = toy_lib.evaluation_grid(config.sampling.width, config.sampling.height, config.sampling.density)
-  oracle = toy_lib.oracle_scores(positions, labels, grid, config.model.std)
+  positions, labels = toy_data.moons_dataset('all')
+  grid = toy_data.evaluation_grid(config.sampling.width, config.sampling.height, config.sampling.density)
+  oracle = toy_metrics.oracle_scores(positions, labels, grid, config.model.std)
   prior, likelihoods, fields = grid_fields(config, networks, grid)
   rows, d_full = distance_rows(config, oracle, prior, likelihoods, fields)
   start = time.time()
@@ -166,7 +161,7 @@ def evaluate(config, networks, workdir, timings):
   plots = make_plots(config, grid, oracle, fields, samples, workdir)
   results = {'seed': config.seed, 'sigma': config.model.std, 'scaling_factor': config.eval.scaling_baseline,
              'sampler': config.sampling.method, 'num_samples_per_class': config.eval.num_samples,
-             'D_full': d_full, 'rows': rows, 'timings_s': timings, 'paper': toy_lib.PAPER_TABLE}
+             'D_full': d_full, 'rows': rows, 'timings_s': timings, 'paper': toy_table.PAPER_TABLE}
   return results, plots
 
 
@@ -174,23 +169,17 @@ def make_plots(config, grid, oracle, fields, samples, workdir):
   titles = {'base': 'base (CE)', 'scaling': f'scaling (λ={config.eval.scaling_baseline:g})',
             'posterior_sm': 'posterior SM', 'ours': 'ours (total)'}
   field_panels = {title: fields[key] for key, title in titles.items()}
-  field_panels['oracle'] = [oracle[f'score_{name}'] for name in toy_lib.CLASS_NAMES]
+  field_panels['oracle'] = [oracle[f'score_{name}'] for name in CLASS_NAMES]
   sample_panels = {title: samples[key] for key, title in titles.items()}
   sample_panels['oracle (exact draws)'] = samples['oracle']
-  paths = [toy_lib.plot_score_fields(grid, field_panels, os.path.join(workdir, 'posterior_scores.png')),
-           toy_lib.plot_samples(sample_panels, os.path.join(workdir, 'samples.png'))]
+  paths = [toy_plots.plot_score_fields(grid, field_panels, os.path.join(workdir, 'posterior_scores.png')),
+           toy_plots.plot_samples(sample_panels, os.path.join(workdir, 'samples.png'))]
   if 'ours_original_sampler' in samples:
     compare = {'ours, annealed PC sampler': samples['ours'],
                'ours, original sampler (T1)': samples['ours_original_sampler'],
                'exact draws (data + σz)': samples['oracle']}
-    paths.append(toy_lib.plot_samples(compare, os.path.join(workdir, 'samplers.png')))
+    paths.append(toy_plots.plot_samples(compare, os.path.join(workdir, 'samplers.png')))
   return paths
-
-
-def paper_ordering_holds(rows):
-  """E[D_P] ours < base < scaling for every class, the paper's claim on the moons."""
-  return all(rows['ours']['D_P'][c] < rows['base']['D_P'][c] < rows['scaling']['D_P'][c]
-             for c in range(len(toy_lib.CLASS_NAMES)))
 
 
 def run_pipeline(config, workdir):
@@ -202,9 +191,9 @@ def run_pipeline(config, workdir):
   networks = load_networks(config, paths)
   results, plots = evaluate(config, networks, workdir, timings)
   timings['total'] = time.time() - start
-  results['paper_ordering_holds'] = paper_ordering_holds(results['rows'])
-  table_paths = toy_lib.write_table(results, workdir)
-  print(toy_lib.format_table(results['rows'], config.eval.scaling_baseline))
+  results['paper_ordering_holds'] = toy_table.paper_ordering_holds(results['rows'])
+  table_paths = toy_table.write_table(results, workdir)
+  print(toy_table.format_table(results['rows'], config.eval.scaling_baseline))
   print(f"\nThe paper's ordering E[D_P] ours < base < scaling holds for both classes: "
         f"{'yes' if results['paper_ordering_holds'] else 'NO'}.")
   print(f"D_full (prior score model) = {results['D_full']:.3f}; sigma = {config.model.std:g}; "

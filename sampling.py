@@ -1,4 +1,5 @@
-"""Classifier-guided samplers for score-based models (spec §1.9, §3).
+"""Classifier-guided samplers for score-based models: predictor–corrector loops, the adaptive loop, the
+probability-flow ODE.
 
 The guided score  ŝ(x, t) = s(x, t) + λ·∇x log(softmax(f(x, t)) + 1e-8)[y]  is written once
 (`get_guided_score_fn`); every predictor, corrector, the adaptive sampler and the probability-flow ODE
@@ -13,7 +14,6 @@ import numpy as np
 import torch
 from scipy import integrate
 
-import sde_lib
 from models import utils as mutils
 from sde_lib import batch_broadcast
 
@@ -49,43 +49,17 @@ def get_corrector(name):
   return _CORRECTORS[name]
 
 
-def _device_table(table):
-  """Returns `on(device)`, giving `table` on that device, copied at most once per device (B40)."""
-  copies = {}
-
-  def on(device):
-    if device not in copies:
-      copies[device] = table.to(device)
-    return copies[device]
-  return on
-
-
-def _langevin_alphas(sde):
-  """α_k table of the Langevin/ALD step: ones for VE; VP's α_k (sub-VP: a VP table with its β, B31)."""
-  if isinstance(sde, sde_lib.VPSDE):
-    return sde.alphas
-  if isinstance(sde, sde_lib.subVPSDE):
-    return 1. - torch.linspace(sde.beta_0 / sde.N, sde.beta_1 / sde.N, sde.N)
-  return None
-
-
 # ---------------------------------------------------------------------------------------------
 # The guided score.
 
-def log_prob_grad(classifier_fn, x, t, labels, eps=1e-8):
+def log_prob_grad(classifier_fn, x, t, labels, eps=mutils.LOG_PROB_EPS):
   """∇x log(softmax(f(x, t)) + eps)[labels] (eps = 0: log_softmax), through the classifier only."""
   with torch.enable_grad():
     x_in = x.detach().requires_grad_(True)
-    logits = classifier_fn(x_in, t).float()
-    if eps:
-      log_prob = torch.log(torch.softmax(logits, dim=-1) + eps)
-    else:
-      log_prob = torch.log_softmax(logits, dim=-1)
-    selected = log_prob.gather(-1, labels.reshape(-1, 1)).sum()
-    return torch.autograd.grad(selected, x_in)[0]
+    return mutils.log_prob_input_grad(classifier_fn(x_in, t), x_in, labels, eps=eps)
 
 
-def get_guided_score_fn(score_fn, classifier_fn=None, labels=None, scale=1.0, eps=1e-8):
+def get_guided_score_fn(score_fn, classifier_fn=None, labels=None, scale=1.0, eps=mutils.LOG_PROB_EPS):
   """Returns ŝ(x, t) = s(x, t) + scale·log_prob_grad(...); the plain score without a classifier.
 
   The score network runs without autograd; only the classifier sees a (detached, leaf) input with
@@ -110,7 +84,7 @@ def none_predictor(sde, score_fn, probability_flow=False):
 
 @register_predictor('reverse_diffusion')
 def reverse_diffusion_predictor(sde, score_fn, probability_flow=False):
-  """x_mean = x − rev_f, x = x_mean + rev_G·z on the SDE's own discretisation (§3.9.2)."""
+  """x_mean = x − rev_f, x = x_mean + rev_G·z on the SDE's own discretisation (rev_f = f_i − κ·G_i²·ŝ)."""
   rsde = sde.reverse(score_fn, probability_flow)
 
   def update(x, t):
@@ -123,7 +97,7 @@ def reverse_diffusion_predictor(sde, score_fn, probability_flow=False):
 
 @register_predictor('euler_maruyama')
 def euler_maruyama_predictor(sde, score_fn, probability_flow=False):
-  """Euler–Maruyama step of the reverse SDE (§3.9.3); probability flow gives x = x_mean (B31)."""
+  """x_mean = x − drift_rev/N, x = x_mean + g(t)·sqrt(1/N)·z; probability flow gives x = x_mean (B31)."""
   rsde = sde.reverse(score_fn, probability_flow)
   dt = -1. / sde.N
 
@@ -139,42 +113,13 @@ def euler_maruyama_predictor(sde, score_fn, probability_flow=False):
 
 @register_predictor('ancestral_sampling')
 def ancestral_sampling_predictor(sde, score_fn, probability_flow=False):
-  """Ancestral (SMLD / DDPM) step (§3.9.4), with the guided score (B31)."""
+  """The SDE's ancestral (SMLD / DDPM) step, with the guided score (the original used the plain one, B31)."""
   if probability_flow:
     raise ValueError('ancestral_sampling has no probability-flow form; use reverse_diffusion')
-  if isinstance(sde, sde_lib.VESDE):
-    return _ve_ancestral_update(sde, score_fn)
-  if isinstance(sde, sde_lib.VPSDE):
-    return _vp_ancestral_update(sde, score_fn)
-  raise NotImplementedError(f'ancestral_sampling supports VESDE and VPSDE, not {type(sde).__name__}')
-
-
-def _ve_ancestral_update(sde, score_fn):
-  sigmas = _device_table(sde.discrete_sigmas)
-
-  def update(x, t):
-    k = sde.timestep_index(t)
-    table = sigmas(t.device)
-    sigma = table[k]
-    adjacent_sigma = torch.where(k == 0, torch.zeros_like(t), table[k - 1])
-    score = score_fn(x, t)
-    x_mean = x + score * batch_broadcast(sigma ** 2 - adjacent_sigma ** 2, x)
-    std = torch.sqrt((adjacent_sigma ** 2 * (sigma ** 2 - adjacent_sigma ** 2)) / (sigma ** 2))
-    noise = torch.randn_like(x)
-    return x_mean + batch_broadcast(std, x) * noise, x_mean
-  return update
-
-
-def _vp_ancestral_update(sde, score_fn):
-  betas = _device_table(sde.discrete_betas)
-
-  def update(x, t):
-    beta = betas(t.device)[sde.timestep_index(t)]
-    score = score_fn(x, t)
-    x_mean = (x + batch_broadcast(beta, x) * score) / batch_broadcast(torch.sqrt(1. - beta), x)
-    noise = torch.randn_like(x)
-    return x_mean + batch_broadcast(torch.sqrt(beta), x) * noise, x_mean
-  return update
+  if not sde.has_ancestral_step:
+    raise NotImplementedError(f'ancestral_sampling: {type(sde).__name__} has no ancestral step '
+                              '(VESDE and VPSDE have one)')
+  return lambda x, t: sde.ancestral_step(x, score_fn(x, t), t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,22 +130,12 @@ def none_corrector(sde, score_fn, snr, n_steps):
   return lambda x, t: (x, x)
 
 
-def _alpha_fn(sde):
-  """Per-sample α of the Langevin/ALD step at t."""
-  alphas = _langevin_alphas(sde)
-  if alphas is None:
-    return torch.ones_like
-  table = _device_table(alphas)
-  return lambda t: table(t.device)[sde.timestep_index(t)]
-
-
 @register_corrector('langevin')
 def langevin_corrector(sde, score_fn, snr, n_steps):
-  """Langevin step sized by batch-mean norms of the (guided) score and the noise (§3.3)."""
-  alpha_at = _alpha_fn(sde)
+  """Langevin step δ = 2α(snr·‖z‖/‖ŝ‖)², the norms being batch means of per-sample L2 norms (as the original)."""
 
   def update(x, t):
-    alpha = alpha_at(t)
+    alpha = sde.langevin_alpha(t)
     for _ in range(n_steps):
       grad = score_fn(x, t)
       noise = torch.randn_like(x)
@@ -215,11 +150,10 @@ def langevin_corrector(sde, score_fn, snr, n_steps):
 
 @register_corrector('ald')
 def annealed_langevin_corrector(sde, score_fn, snr, n_steps):
-  """Annealed Langevin dynamics: step 2·α·(snr·σ_t)² per sample (§3.9.5)."""
-  alpha_at = _alpha_fn(sde)
+  """Annealed Langevin dynamics: step 2·α·(snr·σ_t)² per sample, σ_t the marginal std."""
 
   def update(x, t):
-    alpha = alpha_at(t)
+    alpha = sde.langevin_alpha(t)
     std = sde.marginal_prob(x, t)[1]
     for _ in range(n_steps):
       grad = score_fn(x, t)
@@ -285,16 +219,17 @@ def as_classifier_fn(sde, classifier_model, continuous=True, compile=False):
   return mutils.get_classifier_fn(sde, model, train=False, continuous=continuous)
 
 
-def _as_labels(cond, batch_size, device):
-  if cond is None:
+def _as_labels(labels, batch_size, device):
+  """One target class per sample (a tensor, a list or one int) as an int64 tensor of length batch_size."""
+  if labels is None:
     return None
-  return torch.as_tensor(cond, device=device).long().expand(batch_size)
+  return torch.as_tensor(labels, device=device).long().expand(batch_size)
 
 
-def build_guided_score_fn(sde, score_model, classifier_model=None, cond=None, *, batch_size, device,
+def build_guided_score_fn(sde, score_model, classifier_model=None, labels=None, *, batch_size, device,
                           scale=1.0, continuous=True, dtype=torch.float32, compile=False):
-  """The guided score of networks (or callables); guidance when both a classifier and `cond` are given."""
-  labels = _as_labels(cond, batch_size, device)
+  """The guided score of networks (or callables); guidance when both a classifier and `labels` are given."""
+  labels = _as_labels(labels, batch_size, device)
   classifier_fn = None if labels is None else as_classifier_fn(sde, classifier_model, continuous, compile)
   score_fn = as_score_fn(sde, score_model, continuous, device, dtype, compile)
   return get_guided_score_fn(score_fn, classifier_fn, labels, scale)
@@ -327,14 +262,15 @@ def _time_grid(sde, eps, batch_size, device):
 
 
 def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps=1,
-                   probability_flow=False, continuous=False, denoise=True, eps=1e-3, device='cuda',
+                   probability_flow=False, continuous=True, denoise=True, eps=1e-3, device='cuda',
                    scale=1.0, dtype=torch.float32, compile=False):
-  """Predictor–corrector sampler (§3.2); `predictor == 'adaptive'` selects the adaptive loop (§3.9.7).
+  """Predictor–corrector sampler: from x ~ prior, for t_i = linspace(T, eps, N), a corrector then a predictor
+  update; returns the last x_mean if `denoise`, else x. `predictor == 'adaptive'` selects the adaptive loop.
 
-  Returns `sampler(score_model, classifier_model=None, cond=None) -> (samples, nfe)`. Models are
+  Returns `sampler(score_model, classifier_model=None, labels=None) -> (samples, nfe)`. Models are
   nn.Modules (wrapped with models.utils.get_score_fn / get_classifier_fn in eval mode) or callables
-  f(x, t) used as they are; `cond` holds the target class per sample (or one int).
-  Guidance is used when both a classifier and `cond` are given. `dtype=torch.bfloat16` runs the score network
+  f(x, t) used as they are; `labels` holds the target class per sample (or one int).
+  Guidance is used when both a classifier and `labels` are given. `dtype=torch.bfloat16` runs the score network
   under autocast (the classifier stays float32); `compile` applies torch.compile to both networks.
   """
   adaptive = predictor == 'adaptive'
@@ -353,17 +289,14 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
       x, x_mean = predictor_update(x, t)
     return x_mean if denoise else x, sde.N * (n_steps + 1)
 
-  def adaptive_loop(score_fn):
+  def adaptive_loop(score_fn):  # no final denoising (`denoise` unused), as the original adaptive loop
     corrector_update = make_corrector(sde, score_fn, snr, n_steps)
-    x, nfe = adaptive_sample(sde, score_fn, corrector_update, shape, eps, device, probability_flow)
-    if denoise:
-      x = denoise_update(sde, score_fn, x, eps)
-    return x, nfe
+    return adaptive_sample(sde, score_fn, corrector_update, shape, eps, device, probability_flow)
 
   loop = adaptive_loop if adaptive else pc_loop
 
-  def pc_sampler(score_model, classifier_model=None, cond=None):
-    score_fn = build_guided_score_fn(sde, score_model, classifier_model, cond, batch_size=shape[0],
+  def pc_sampler(score_model, classifier_model=None, labels=None):
+    score_fn = build_guided_score_fn(sde, score_model, classifier_model, labels, batch_size=shape[0],
                                      device=device, scale=scale, continuous=continuous, dtype=dtype,
                                      compile=compile)
     with torch.no_grad(), _FrozenParameters(score_model, classifier_model):
@@ -373,16 +306,17 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
 
 
 def denoise_update(sde, score_fn, x, eps):
-  """One reverse-diffusion step at t = eps keeping x_mean (the final noise removal, §3.5)."""
+  """One reverse-diffusion step at t = eps keeping x_mean (the final noise removal; VE: x + σ_0²·ŝ)."""
   t = torch.full((x.shape[0],), eps, device=x.device)
   return reverse_diffusion_predictor(sde, score_fn)(x, t)[1]
 
 
 def adaptive_sample(sde, score_fn, corrector_update, shape, eps, device, probability_flow=False,
                     h_init=0.5, abstol=0.0078, reltol=0.01, safety=0.9, exp=0.9):
-  """Adaptive-step Heun/EM loop of §3.9.7, ending at the sampler's own eps (B42).
+  """Adaptive-step Heun / Euler–Maruyama loop with per-sample steps h (start 0.5) and error control, as the
+  original's adaptive predictor, but ending at the sampler's eps instead of its own 1e-5 (B42).
 
-  Returns (x, number of iterations).
+  Each iteration: corrector, then one `_adaptive_step`. Returns (x, number of iterations).
   """
   rsde = sde.reverse(score_fn, probability_flow)
   x = sde.prior_sampling(shape).to(device)
@@ -423,15 +357,16 @@ def _adaptive_step(rsde, x, x_prev, t, h, eps, abstol, reltol, safety, exp):
 def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1e-5, method='RK45',
                     eps=1e-3, device='cuda', scale=1.0, continuous=True, dtype=torch.float32,
                     compile=False):
-  """Guided probability-flow ODE sampler (§3.9.6): scipy solve_ivp from T to eps.
+  """Guided probability-flow ODE sampler: dx/dt = f − ½g²ŝ integrated from T to eps by scipy solve_ivp
+  (RK45 by default) on the whole batch as one float64 vector; then, if `denoise`, one reverse-diffusion step.
 
-  Returns `sampler(score_model, classifier_model=None, cond=None, z=None) -> (samples, nfe)`, nfe being
+  Returns `sampler(score_model, classifier_model=None, labels=None, z=None) -> (samples, nfe)`, nfe being
   the solver's function-evaluation count.
   """
   device = torch.device(device)
 
-  def ode_sampler(score_model, classifier_model=None, cond=None, z=None):
-    guided = build_guided_score_fn(sde, score_model, classifier_model, cond, batch_size=shape[0],
+  def ode_sampler(score_model, classifier_model=None, labels=None, z=None):
+    guided = build_guided_score_fn(sde, score_model, classifier_model, labels, batch_size=shape[0],
                                    device=device, scale=scale, continuous=continuous, dtype=dtype,
                                    compile=compile)
     rsde = sde.reverse(guided, probability_flow=True)
@@ -454,7 +389,11 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
 
 def get_sampling_fn(config, sde, shape, inverse_scaler, eps):
   """Sampler from `config.sampling` (method 'pc' or 'ode'): fn(score_model, classifier_model=None,
-  cond=None) -> (samples, nfe). `config.sampling.conditional` requires a classifier and `cond`."""
+  labels=None) -> (samples, nfe).
+
+  As in the original, guidance follows `config.sampling.conditional`: when True a classifier and labels are
+  required; when False the sampler is unguided and ignores them.
+  """
   s = config.sampling
   dtype = s.get('dtype', 'float32')
   if dtype not in ('float32', 'bfloat16'):
@@ -473,8 +412,12 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps):
   else:
     raise ValueError(f'unknown sampling.method {s.method!r}; use pc or ode')
 
-  def sampling_fn(score_model, classifier_model=None, cond=None):
-    if s.get('conditional', False) and (classifier_model is None or cond is None):
+  conditional = s.get('conditional', False)
+
+  def sampling_fn(score_model, classifier_model=None, labels=None):
+    if not conditional:
+      return sampler(score_model)
+    if classifier_model is None or labels is None:
       raise ValueError('sampling.conditional is set: pass a classifier and the target classes')
-    return sampler(score_model, classifier_model, cond)
+    return sampler(score_model, classifier_model, labels)
   return sampling_fn

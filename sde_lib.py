@@ -1,4 +1,9 @@
-"""Forward SDEs (VE, VP, sub-VP) and their reverse-time counterparts (spec §1.3–1.5, §1.9, §3.9.1).
+"""Forward SDEs (VE, VP, sub-VP), their reverse-time counterparts, and everything the rest of the code asks of an SDE.
+
+Each SDE class answers, through methods, what the networks receive as time (`network_time`, `classifier_time`), how a
+network output becomes a score (`score_from_output`), the Langevin step factor α (`langevin_alpha`), its ancestral step,
+its discrete tables on a device (`table`), the end of its sampling time range (`sampling_eps`) and its legacy discrete
+loss (`discrete_loss`). Adding an SDE means one class here and its `@register_sde` line; no other module changes.
 
 Float32 arithmetic follows the original expression by expression, so results match it bit for bit.
 Per-sample quantities (shape (B,)) broadcast over the trailing dimensions of any input (B, ...).
@@ -7,6 +12,16 @@ import abc
 
 import numpy as np
 import torch
+
+_SDES = {}
+
+
+def register_sde(name):
+  """Class decorator: makes the SDE available as config.training.sde = name (built by its `from_config`)."""
+  def add(cls):
+    _SDES[name] = cls
+    return cls
+  return add
 
 
 def batch_broadcast(values, x):
@@ -21,8 +36,18 @@ def _sum_over_sample(z):
 class SDE(abc.ABC):
   """A forward SDE dx = f(x,t) dt + g(t) dw on t ∈ [0, T], discretised with N steps."""
 
+  sampling_eps = 1e-5  # end of the sampling grid linspace(T, eps, N) and of the classifier's training range U(eps, T)
+  discrete_loss = None  # name of the legacy loss of training.continuous = False ('smld', 'ddpm'), if any
+  has_ancestral_step = False  # True where `ancestral_step` is defined
+
   def __init__(self, N):
     self.N = N
+    self._device_tables = {}
+
+  @classmethod
+  @abc.abstractmethod
+  def from_config(cls, config):
+    """The SDE with the parameters of config.model (num_scales, sigma_* or beta_*)."""
 
   @property
   def T(self):
@@ -48,6 +73,37 @@ class SDE(abc.ABC):
   def prior_logp(self, z):
     """Log-density of the prior at z, one value per sample."""
 
+  @abc.abstractmethod
+  def network_time(self, t, continuous=True):
+    """What the score network receives as its second input at time t."""
+
+  @abc.abstractmethod
+  def score_from_output(self, output, t, continuous=True):
+    """The score s(x, t) given the score network's output at (x, network_time(t))."""
+
+  def classifier_time(self, t, continuous=True):
+    """What the noise-conditioned classifier receives at time t: the continuous network time."""
+    return self.network_time(t, continuous=True)
+
+  def langevin_alpha(self, t):
+    """Per-sample factor α of the Langevin / annealed-Langevin step size 2α(snr·…)²: 1 unless a subclass says so."""
+    return torch.ones_like(t)
+
+  def ancestral_step(self, x, score, t):
+    """One ancestral-sampling step (x, x_mean) from x at t with the given score."""
+    raise NotImplementedError(f'{type(self).__name__} has no ancestral step (VESDE and VPSDE have one)')
+
+  def table(self, name, device):
+    """The discrete table attribute `name` on `device`, copied there once (indices live on the inputs' device, B40)."""
+    key = (name, torch.device(device))
+    if key not in self._device_tables:
+      self._device_tables[key] = getattr(self, name).to(device)
+    return self._device_tables[key]
+
+  def table_at(self, name, t):
+    """Entry k = trunc(t·(N−1)/T) of the discrete table `name`, per sample, on the device of t."""
+    return self.table(name, t.device)[self.timestep_index(t)]
+
   def discretize(self, x, t):
     """Euler–Maruyama step x_{i+1} = x_i + f_i + G_i z in forward time (generic form)."""
     dt = 1 / self.N
@@ -66,7 +122,7 @@ class SDE(abc.ABC):
 
 
 class ReverseSDE:
-  """drift_rev = f − g²·score·κ, diffusion_rev = g (SDE) or 0 (flow), κ = ½ for the flow (spec §1.9)."""
+  """drift_rev = f − κ·g²·score, diffusion_rev = g (SDE) or 0 (probability-flow ODE), with κ = 1 or ½."""
 
   def __init__(self, forward_sde, score_fn, probability_flow=False):
     self.forward_sde = forward_sde
@@ -97,8 +153,11 @@ class ReverseSDE:
     return rev_f, rev_G
 
 
-class VPSDE(SDE):
-  """Variance-preserving SDE (DDPM in continuous time)."""
+class LinearBetaSDE(SDE):
+  """Shared part of VP and sub-VP: β(t) = β₀ + t(β₁ − β₀), mean e^{m(t)}·x, a N(0, I) prior, networks that see 999·t
+  and predict the noise (score = −output / std), and the float32 tables β_k = linspace(β₀/N, β₁/N, N), α_k = 1 − β_k."""
+
+  sampling_eps = 1e-3
 
   def __init__(self, beta_min=0.1, beta_max=20, N=1000):
     super().__init__(N)
@@ -106,66 +165,20 @@ class VPSDE(SDE):
     self.beta_1 = beta_max
     self.discrete_betas = torch.linspace(beta_min / N, beta_max / N, N)
     self.alphas = 1. - self.discrete_betas
-    self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-    self.sqrt_alphas_cumprod = torch.sqrt(self.alphas_cumprod)
-    self.sqrt_1m_alphas_cumprod = torch.sqrt(1. - self.alphas_cumprod)
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(beta_min=config.model.beta_min, beta_max=config.model.beta_max, N=config.model.num_scales)
 
   def beta(self, t):
     return self.beta_0 + t * (self.beta_1 - self.beta_0)
 
   def log_mean_coeff(self, t):
+    """m(t) = −¼t²(β₁ − β₀) − ½tβ₀."""
     return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
 
-  def sde(self, x, t):
-    beta_t = self.beta(t)
-    drift = -0.5 * batch_broadcast(beta_t, x) * x
-    return drift, torch.sqrt(beta_t)
-
-  def marginal_std(self, t):
-    return torch.sqrt(1. - torch.exp(2. * self.log_mean_coeff(t)))
-
-  def marginal_prob(self, x, t):
-    mean = torch.exp(batch_broadcast(self.log_mean_coeff(t), x)) * x
-    return mean, self.marginal_std(t)
-
-  def prior_sampling(self, shape):
-    return torch.randn(*shape)
-
-  def prior_logp(self, z):
-    dim = np.prod(z.shape[1:])
-    return -dim / 2. * np.log(2 * np.pi) - _sum_over_sample(z ** 2) / 2.
-
-  def discretize(self, x, t):
-    """DDPM discretisation: f = sqrt(α_k)·x − x, G = sqrt(β_k)."""
-    k = self.timestep_index(t)
-    beta = self.discrete_betas.to(x.device)[k]
-    alpha = self.alphas.to(x.device)[k]
-    f = batch_broadcast(torch.sqrt(alpha), x) * x - x
-    return f, torch.sqrt(beta)
-
-
-class subVPSDE(SDE):
-  """Sub-VP SDE; its marginal std is 1 − e^{2m(t)} (no square root) and it has no discrete tables."""
-
-  def __init__(self, beta_min=0.1, beta_max=20, N=1000):
-    super().__init__(N)
-    self.beta_0 = beta_min
-    self.beta_1 = beta_max
-
-  def beta(self, t):
-    return self.beta_0 + t * (self.beta_1 - self.beta_0)
-
-  def log_mean_coeff(self, t):
-    return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
-
-  def sde(self, x, t):
-    beta_t = self.beta(t)
-    drift = -0.5 * batch_broadcast(beta_t, x) * x
-    discount = 1. - torch.exp(-2 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t ** 2)
-    return drift, torch.sqrt(beta_t * discount)
-
-  def marginal_std(self, t):
-    return 1 - torch.exp(2. * self.log_mean_coeff(t))
+  def drift(self, x, t):
+    return -0.5 * batch_broadcast(self.beta(t), x) * x
 
   def marginal_prob(self, x, t):
     mean = batch_broadcast(torch.exp(self.log_mean_coeff(t)), x) * x
@@ -178,9 +191,85 @@ class subVPSDE(SDE):
     dim = np.prod(z.shape[1:])
     return -dim / 2. * np.log(2 * np.pi) - _sum_over_sample(z ** 2) / 2.
 
+  def network_time(self, t, continuous=True):
+    return t * 999  # the literal 999 of the original, not N − 1
 
+  def score_from_output(self, output, t, continuous=True):
+    return -output / batch_broadcast(self.marginal_std(t), output)
+
+  def langevin_alpha(self, t):
+    """α_k = 1 − β_k at k = trunc(t·(N−1)); sub-VP uses the same table built from its β (the original crashed, B31)."""
+    return self.table_at('alphas', t)
+
+
+@register_sde('vpsde')
+class VPSDE(LinearBetaSDE):
+  """Variance-preserving SDE (DDPM in continuous time): σ(t) = sqrt(1 − e^{2m(t)})."""
+
+  discrete_loss = 'ddpm'
+  has_ancestral_step = True
+
+  def __init__(self, beta_min=0.1, beta_max=20, N=1000):
+    super().__init__(beta_min, beta_max, N)
+    self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+    self.sqrt_alphas_cumprod = torch.sqrt(self.alphas_cumprod)
+    self.sqrt_1m_alphas_cumprod = torch.sqrt(1. - self.alphas_cumprod)
+
+  def sde(self, x, t):
+    return self.drift(x, t), torch.sqrt(self.beta(t))
+
+  def marginal_std(self, t):
+    return torch.sqrt(1. - torch.exp(2. * self.log_mean_coeff(t)))
+
+  def network_time(self, t, continuous=True):
+    """999·t, or the float (not rounded) t·(N − 1) when discrete."""
+    return super().network_time(t) if continuous else t * (self.N - 1)
+
+  def classifier_time(self, t, continuous=True):
+    if not continuous:
+      raise NotImplementedError('A classifier on the discrete VP SDE is not supported (as in the original).')
+    return super().classifier_time(t)
+
+  def score_from_output(self, output, t, continuous=True):
+    """−output / std, the std being sqrt(1 − ᾱ_k) from the float32 table when discrete."""
+    if continuous:
+      return super().score_from_output(output, t)
+    return -output / batch_broadcast(self.table_at('sqrt_1m_alphas_cumprod', t), output)
+
+  def discretize(self, x, t):
+    """DDPM discretisation: f = sqrt(α_k)·x − x, G = sqrt(β_k)."""
+    alpha, beta = self.table_at('alphas', t), self.table_at('discrete_betas', t)
+    f = batch_broadcast(torch.sqrt(alpha), x) * x - x
+    return f, torch.sqrt(beta)
+
+  def ancestral_step(self, x, score, t):
+    """DDPM ancestral step: x_mean = (x + β_k·s) / sqrt(1 − β_k), x = x_mean + sqrt(β_k)·z."""
+    beta = self.table_at('discrete_betas', t)
+    x_mean = (x + batch_broadcast(beta, x) * score) / batch_broadcast(torch.sqrt(1. - beta), x)
+    noise = torch.randn_like(x)
+    return x_mean + batch_broadcast(torch.sqrt(beta), x) * noise, x_mean
+
+
+@register_sde('subvpsde')
+class subVPSDE(LinearBetaSDE):
+  """Sub-VP SDE: g(t)² = β(t)(1 − e^{−2β₀t − (β₁−β₀)t²}); σ(t) = 1 − e^{2m(t)} (no square root).
+
+  It has no tables of its own and discretises by Euler–Maruyama; its networks always see 999·t."""
+
+  def sde(self, x, t):
+    discount = 1. - torch.exp(-2 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t ** 2)
+    return self.drift(x, t), torch.sqrt(self.beta(t) * discount)
+
+  def marginal_std(self, t):
+    return 1 - torch.exp(2. * self.log_mean_coeff(t))
+
+
+@register_sde('vesde')
 class VESDE(SDE):
-  """Variance-exploding SDE (SMLD in continuous time): σ(t) = σ_min·(σ_max/σ_min)^t."""
+  """Variance-exploding SDE (SMLD in continuous time): σ(t) = σ_min·(σ_max/σ_min)^t; the network output is the score."""
+
+  discrete_loss = 'smld'
+  has_ancestral_step = True
 
   def __init__(self, sigma_min=0.01, sigma_max=50, N=1000):
     super().__init__(N)
@@ -188,6 +277,10 @@ class VESDE(SDE):
     self.sigma_max = sigma_max
     # Ascending float32 table σ_k = exp(linspace(ln σ_min, ln σ_max, N)).
     self.discrete_sigmas = torch.exp(torch.linspace(np.log(sigma_min), np.log(sigma_max), N))
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(sigma_min=config.model.sigma_min, sigma_max=config.model.sigma_max, N=config.model.num_scales)
 
   def sde(self, x, t):
     sigma = self.marginal_std(t)
@@ -209,29 +302,39 @@ class VESDE(SDE):
     return (-dim / 2. * np.log(2 * np.pi * self.sigma_max ** 2)
             - _sum_over_sample(z ** 2) / (2 * self.sigma_max ** 2))
 
-  def discretize(self, x, t):
-    """SMLD discretisation: f = 0, G = sqrt(σ_k² − σ_{k−1}²) with σ_{−1} = 0."""
+  def network_time(self, t, continuous=True):
+    """σ(t), or round((T − t)(N − 1)) as int64 when discrete (round half to even; t = T gives 0, i.e. σ_max)."""
+    if continuous:
+      return self.marginal_std(t)
+    return torch.round((self.T - t) * (self.N - 1)).long()
+
+  def score_from_output(self, output, t, continuous=True):
+    return output
+
+  def adjacent_sigmas(self, t):
+    """(σ_k, σ_{k−1}) per sample at k = trunc(t·(N−1)), with σ_{−1} = 0, both from the table on t's device."""
     k = self.timestep_index(t)
-    sigmas = self.discrete_sigmas.to(t.device)  # both lookups on the device of t (B40)
-    sigma = sigmas[k]
-    adjacent_sigma = torch.where(k == 0, torch.zeros_like(t), sigmas[k - 1])
-    G = torch.sqrt(sigma ** 2 - adjacent_sigma ** 2)
-    return torch.zeros_like(x), G
+    sigmas = self.table('discrete_sigmas', t.device)
+    return sigmas[k], torch.where(k == 0, torch.zeros_like(t), sigmas[k - 1])
 
+  def discretize(self, x, t):
+    """SMLD discretisation: f = 0, G = sqrt(σ_k² − σ_{k−1}²)."""
+    sigma, adjacent_sigma = self.adjacent_sigmas(t)
+    return torch.zeros_like(x), torch.sqrt(sigma ** 2 - adjacent_sigma ** 2)
 
-SAMPLING_EPS = {'vesde': 1e-5, 'vpsde': 1e-3, 'subvpsde': 1e-3}
+  def ancestral_step(self, x, score, t):
+    """SMLD ancestral step: x_mean = x + (σ² − σ'²)·s, x = x_mean + sqrt(σ'²(σ² − σ'²)/σ²)·z (σ = σ_k, σ' = σ_{k−1})."""
+    sigma, adjacent_sigma = self.adjacent_sigmas(t)
+    x_mean = x + score * batch_broadcast(sigma ** 2 - adjacent_sigma ** 2, x)
+    std = torch.sqrt((adjacent_sigma ** 2 * (sigma ** 2 - adjacent_sigma ** 2)) / (sigma ** 2))
+    noise = torch.randn_like(x)
+    return x_mean + batch_broadcast(std, x) * noise, x_mean
 
 
 def get_sde(config):
   """The SDE named by config.training.sde and its sampling eps (1e-5 VE, 1e-3 VP / sub-VP)."""
   name = config.training.sde.lower()
-  N = config.model.num_scales
-  if name == 'vesde':
-    sde = VESDE(sigma_min=config.model.sigma_min, sigma_max=config.model.sigma_max, N=N)
-  elif name == 'vpsde':
-    sde = VPSDE(beta_min=config.model.beta_min, beta_max=config.model.beta_max, N=N)
-  elif name == 'subvpsde':
-    sde = subVPSDE(beta_min=config.model.beta_min, beta_max=config.model.beta_max, N=N)
-  else:
-    raise ValueError(f"training.sde = {config.training.sde!r} is unknown; use one of {sorted(SAMPLING_EPS)}")
-  return sde, SAMPLING_EPS[name]
+  if name not in _SDES:
+    raise ValueError(f"training.sde = {config.training.sde!r} is unknown; use one of {sorted(_SDES)}")
+  sde = _SDES[name].from_config(config)
+  return sde, sde.sampling_eps

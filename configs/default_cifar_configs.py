@@ -1,4 +1,8 @@
-"""Defaults shared by every CIFAR config (spec §5.2, column "def"), plus this project's extra fields."""
+"""Defaults shared by every CIFAR config: the original's default fields and values, plus this project's extra fields.
+
+Fields marked "parity" are the original's but read by no code path (here, as there); they are kept so that every
+config holds the original's fields with their values (the golden flat configs compare them).
+"""
 import ml_collections
 
 
@@ -23,21 +27,21 @@ def get_default_configs():
   sampling.noise_removal = True
   sampling.probability_flow = False
   sampling.snr = 0.16
-  sampling.scaling_factor = 1.0  # guidance scale λ (--scale); a float field, so --scale 10 works (B4)
+  sampling.scaling_factor = 1.0  # guidance scale λ (--scale); a float, so later int assignments are cast to float
   sampling.conditional = False
   sampling.dtype = 'float32'  # 'bfloat16' opts into reduced-precision sampling
   sampling.compile = False  # torch.compile the networks for sampling
   sampling.seed = 0  # base seed of the per-(class, round) sampling seeds
 
   config.eval = evaluate = ml_collections.ConfigDict()
-  evaluate.begin_ckpt = 9
-  evaluate.end_ckpt = 26
+  evaluate.begin_ckpt = 9  # parity: the base repository's checkpoint-sweep evaluation, absent from DLSM
+  evaluate.end_ckpt = 26  # parity
   evaluate.batch_size = 1024
-  evaluate.enable_sampling = False
+  evaluate.enable_sampling = False  # parity
   evaluate.num_samples = 50000
-  evaluate.enable_loss = True
-  evaluate.enable_bpd = False
-  evaluate.bpd_dataset = 'test'
+  evaluate.enable_loss = True  # parity
+  evaluate.enable_bpd = False  # parity
+  evaluate.bpd_dataset = 'test'  # parity
   evaluate.inception_dir = ''  # local copy of the TF-GAN Inception module (tfgan/eval/inception/1)
   evaluate.samples_dir = ''  # CAS: folder holding <class>/samples_<r>.npz
   evaluate.cas_keep_checkpoints = 2  # CAS checkpoints kept on disk (B13)
@@ -64,7 +68,7 @@ def get_default_configs():
   model.weighting_ce = 0
   model.coef = 1.0
   model.loss_type = 'total'
-  model.scaling_factor = 1  # not read: the guidance scale is sampling.scaling_factor (B36)
+  model.scaling_factor = 1  # parity: the guidance scale is sampling.scaling_factor (B36)
   model.score_restore_path = None
   model.classifier_restore_path = None
 
@@ -79,14 +83,14 @@ def get_default_configs():
 
   config.classifier = classifier = ml_collections.ConfigDict()
   classifier.nf = 128
-  classifier.embedding_type = 'fourier'
+  classifier.embedding_type = 'fourier'  # parity: the classifier always embeds log σ with Fourier features
   classifier.fourier_scale = 16
   classifier.classes = 10
-  classifier.noise_list = [0.0001, 0.3333, 0.6666, 0.9999]
+  classifier.noise_list = [0.0001, 0.3333, 0.6666, 0.9999]  # parity
   classifier.resnet_base_width = 64  # stage widths w, 2w, 4w, 8w; 64 is the original's fixed 64..512
 
   config.plot = plot = ml_collections.ConfigDict()
-  plot.type = 'precision'
+  plot.type = 'precision'  # parity
 
   config.seed = 42
   # 'auto' picks cuda when available, else cpu, when a script runs (models.utils.get_device), never at import.
@@ -96,12 +100,12 @@ def get_default_configs():
 
 
 def set_ncsnpp_model(model):
-  """The NCSN++ (VE, continuous, "deep") fields every CIFAR config sets (spec §2.1)."""
+  """The NCSN++ fields every CIFAR config sets: the base repository's VE "NCSN++ continuous deep" CIFAR-10 network."""
   model.name = 'ncsnpp'
   model.fourier_scale = 16
   model.scale_by_sigma = True
   model.ema_rate = 0.999
-  model.normalization = 'GroupNorm'
+  model.normalization = 'GroupNorm'  # parity: NCSN++ always uses GroupNorm
   model.nonlinearity = 'swish'
   model.nf = 128
   model.ch_mult = (1, 2, 2, 2)
@@ -116,9 +120,9 @@ def set_ncsnpp_model(model):
   model.progressive = 'none'
   model.progressive_input = 'residual'
   model.progressive_combine = 'sum'
-  model.attention_type = 'ddpm'
+  model.attention_type = 'ddpm'  # parity: one attention type exists
   model.init_scale = 0.
-  model.conv_size = 3
+  model.conv_size = 3  # parity: 3x3 convolutions are fixed
 
 
 def set_pc_sampler(sampling):
@@ -126,3 +130,24 @@ def set_pc_sampler(sampling):
   sampling.method = 'pc'
   sampling.predictor = 'reverse_diffusion'
   sampling.corrector = 'langevin'
+
+
+def set_class_evaluation(evaluate, num_samples=51000):
+  """The eval section of the sampling/evaluation and CAS configs."""
+  evaluate.batch_size = 200  # Inception batch (CAS: test batch)
+  evaluate.num_samples = num_samples  # sampling: (num_samples // training.batch_size) // classes rounds per class
+  evaluate.num_samples_all = 50000  # parity: the reference set is the whole training split (B15)
+  evaluate.mode = 'class'  # parity: --mode decides
+  evaluate.class_id = 0  # parity: --classid decides
+  evaluate.class_id_end = 1  # parity: --classidend decides
+  evaluate.batch_splits = 5  # parity: the original's CIFAR-10 Inception chunks; here eval.batch_size batches
+  evaluate.nearest_k = 3  # PRDC neighbourhood size
+  evaluate.freq = 5  # parity
+
+
+def set_resnet_cond_classifier(classifier, model, classes):
+  """The time-conditioned ResNet classifier (`resnet18_cond` / `resnet34_cond`) with a 32-wide time embedding."""
+  classifier.name = 'classifier'
+  classifier.model = model
+  classifier.nf = 32
+  classifier.classes = classes

@@ -1,5 +1,5 @@
-"""The CAS classifier: a randomly initialised network trained only on generated samples (a torchvision ResNet-50 in
-the paper; the small reference CNN for 8x8 digits)."""
+"""The CAS classifier (classification accuracy score): a randomly initialised network trained only on generated
+samples and tested on the real test split (a torchvision ResNet-50 in the paper; the small reference CNN on digits)."""
 
 import torch.nn as nn
 import torchvision
@@ -7,10 +7,10 @@ import torchvision
 from models.reference import DigitsCNN
 
 ARCHITECTURES = {
-    'resnet50': torchvision.models.resnet50,  # the paper's CAS network
-    'resnet18': torchvision.models.resnet18,
-    'resnet10': lambda num_classes: torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1],
-                                                              num_classes=num_classes),  # small, for quick tests
+  'resnet50': torchvision.models.resnet50,  # the paper's CAS network
+  'resnet18': torchvision.models.resnet18,
+  'resnet10': lambda num_classes: torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1],
+                                                            num_classes=num_classes),  # small, for quick tests
 }
 
 

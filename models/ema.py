@@ -1,5 +1,6 @@
-"""Exponential moving average of the trainable parameters (spec §2.7), with the original's state_dict
-{'decay', 'num_updates', 'shadow_params': [tensors]} so EMA entries move both ways between the codes."""
+"""Exponential moving average of the trainable parameters (decay min(model.ema_rate, (1 + n)/(10 + n)) at update n;
+ema_rate 0.999 on CIFAR), with the original's state_dict {'decay', 'num_updates', 'shadow_params': [tensors]} so EMA
+entries move both ways between the codes."""
 import torch
 
 

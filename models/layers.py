@@ -1,5 +1,5 @@
-"""Building blocks of NCSN++ (spec §2.2, §2.9.4–2.9.6): initialisers, convolutions, embeddings, FIR
-resampling in plain PyTorch, residual/attention blocks, Upsample/Downsample and Combine.
+"""Building blocks of NCSN++: initialisers, convolutions, noise-level embeddings, FIR resampling in plain PyTorch
+(the original compiled a CUDA upfirdn2d kernel), residual/attention blocks, Upsample/Downsample and Combine.
 
 Construction order and random draws follow the original code (so the same seed should give the original's
 initial weights); parameter names and registration order match its checkpoints.
@@ -13,6 +13,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 SQRT2 = math.sqrt(2.0)
+
+
+def residual_sum(x, h, skip_rescale):
+  """x + h, divided by √2 when `skip_rescale` (keeps the variance of two unit-variance branches)."""
+  return (x + h) / SQRT2 if skip_rescale else x + h
 
 
 def get_act(config):
@@ -45,26 +50,26 @@ def default_init(scale=1.0):
   return init
 
 
+def _initialised(layer, init_scale):
+  """The layer with `default_init(init_scale)` weights and a zero bias (drawn after PyTorch's own init, as the
+  original, so a seed gives the same weights)."""
+  layer.weight.data = default_init(init_scale)(layer.weight.shape)
+  if layer.bias is not None:
+    nn.init.zeros_(layer.bias)
+  return layer
+
+
 def conv3x3(in_planes, out_planes, stride=1, bias=True, init_scale=1.0, padding=1):
-  conv = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=padding, bias=bias)
-  conv.weight.data = default_init(init_scale)(conv.weight.shape)
-  nn.init.zeros_(conv.bias)
-  return conv
+  return _initialised(nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=padding, bias=bias), init_scale)
 
 
 def conv1x1(in_planes, out_planes, stride=1, bias=True, init_scale=1.0, padding=0):
-  conv = nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=padding, bias=bias)
-  conv.weight.data = default_init(init_scale)(conv.weight.shape)
-  nn.init.zeros_(conv.bias)
-  return conv
+  return _initialised(nn.Conv2d(in_planes, out_planes, 1, stride=stride, padding=padding, bias=bias), init_scale)
 
 
 def dense(in_features, out_features, init_scale=1.0):
   """nn.Linear with `default_init` weights and zero bias."""
-  linear = nn.Linear(in_features, out_features)
-  linear.weight.data = default_init(init_scale)(linear.weight.shape)
-  nn.init.zeros_(linear.bias)
-  return linear
+  return _initialised(nn.Linear(in_features, out_features), init_scale)
 
 
 def group_norm(channels):
@@ -159,7 +164,7 @@ def fir_filter(x, taps, pad0, pad1, gain=1.0, down=1):
 
 
 def downsample_2d(x, taps=(1, 3, 3, 1), factor=2, gain=1.0):
-  """FIR down-sampling: strided depthwise convolution (spec §2.2)."""
+  """FIR down-sampling: pad, convolve each channel with the normalised kernel, keep every factor-th pixel."""
   p = len(taps) - factor
   return fir_filter(x, taps, (p + 1) // 2, p // 2, gain=gain, down=factor)
 
@@ -223,7 +228,8 @@ class FIRConv2d(nn.Module):
     return x + self.bias.reshape(1, -1, 1, 1)
 
   def _upsample_conv(self, x):
-    """Stride-2 transposed conv with the flipped weight, then the FIR blur (spec §2.9.5)."""
+    """Stride-2 transposed conv with the flipped weight, then the FIR blur with gain 4 (the TF original's
+    fused up-sampling convolution; the PyTorch original crashed here)."""
     p = (len(self.resample_kernel) - 2) - (self.kernel - 1)
     x = F.conv_transpose2d(x, self.weight.flip(2, 3).transpose(0, 1), stride=2)
     return fir_filter(x, self.resample_kernel, (p + 1) // 2 + 1, p // 2 + 1, gain=4.0)
@@ -320,28 +326,47 @@ class AttnBlockpp(nn.Module):
     q, k, v = qkv[:, 0:1], qkv[:, 1:2], qkv[:, 2:3]
     h = F.scaled_dot_product_attention(q, k, v, scale=int(C) ** (-0.5))
     h = self.NIN_3(h.transpose(2, 3).reshape(B, C, H, W))
-    return (x + h) / SQRT2 if self.skip_rescale else x + h
+    return residual_sum(x, h, self.skip_rescale)
 
 
-class ResnetBlockBigGANpp(nn.Module):
-  """BigGAN-style residual block with optional FIR (or naive) up/down-sampling (spec §2.2)."""
+class _ResidualBlock(nn.Module):
+  """The path both residual blocks share: GN, act, [resample], conv; + Dense(act(temb)); GN, act, dropout, conv.
 
-  def __init__(self, act, in_ch, out_ch=None, temb_dim=None, up=False, down=False, dropout=0.1,
-               fir=False, fir_kernel=(1, 3, 3, 1), skip_rescale=True, init_scale=0.0):
-    super().__init__()
-    out_ch = out_ch if out_ch else in_ch
+  Sub-modules are registered (and initialised) in the original's order, which fixes checkpoint keys and random draws.
+  """
+
+  def _add_path(self, act, in_ch, out_ch, temb_dim, dropout, init_scale):
     self.GroupNorm_0 = group_norm(in_ch)
-    self.up, self.down, self.fir, self.fir_kernel = up, down, fir, as_taps(fir_kernel)
     self.Conv_0 = conv3x3(in_ch, out_ch)
     if temb_dim is not None:
       self.Dense_0 = dense(temb_dim, out_ch)
     self.GroupNorm_1 = group_norm(out_ch)
     self.Dropout_0 = nn.Dropout(dropout)
     self.Conv_1 = conv3x3(out_ch, out_ch, init_scale=init_scale)
-    if in_ch != out_ch or up or down:
+    self.act = act
+
+  def _convolve(self, h, temb):
+    """From the first convolution on: h is the normalised, activated (and resampled) input."""
+    h = self.Conv_0(h)
+    if temb is not None:
+      h = h + self.Dense_0(self.act(temb))[:, :, None, None]
+    return self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
+
+
+class ResnetBlockBigGANpp(_ResidualBlock):
+  """BigGAN-style residual block; up/down-sampling by FIR (or nearest / 2x2 mean) inside, a 1x1 shortcut conv
+  when the width or the resolution changes."""
+
+  def __init__(self, act, in_ch, out_ch=None, temb_dim=None, up=False, down=False, dropout=0.1,
+               fir=False, fir_kernel=(1, 3, 3, 1), skip_rescale=True, init_scale=0.0):
+    super().__init__()
+    out_ch = out_ch if out_ch else in_ch
+    self._add_path(act, in_ch, out_ch, temb_dim, dropout, init_scale)
+    self.has_shortcut_conv = in_ch != out_ch or up or down
+    if self.has_shortcut_conv:
       self.Conv_2 = conv1x1(in_ch, out_ch)
-    self.skip_rescale, self.act = skip_rescale, act
-    self.in_ch, self.out_ch = in_ch, out_ch
+    self.up, self.down, self.fir, self.fir_kernel = up, down, fir, as_taps(fir_kernel)
+    self.skip_rescale = skip_rescale
 
   def _resample(self, x):
     if self.up:
@@ -351,43 +376,30 @@ class ResnetBlockBigGANpp(nn.Module):
     return x
 
   def forward(self, x, temb=None):
-    h = self._resample(self.act(self.GroupNorm_0(x)))
+    h = self._convolve(self._resample(self.act(self.GroupNorm_0(x))), temb)
     x = self._resample(x)
-    h = self.Conv_0(h)
-    if temb is not None:
-      h = h + self.Dense_0(self.act(temb))[:, :, None, None]
-    h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
-    if self.in_ch != self.out_ch or self.up or self.down:
+    if self.has_shortcut_conv:
       x = self.Conv_2(x)
-    return (x + h) / SQRT2 if self.skip_rescale else x + h
+    return residual_sum(x, h, self.skip_rescale)
 
 
-class ResnetBlockDDPMpp(nn.Module):
-  """DDPM-style residual block; NIN shortcut when the width changes (spec §2.9.4)."""
+class ResnetBlockDDPMpp(_ResidualBlock):
+  """DDPM-style residual block without resampling; a NIN (or 3x3 conv) shortcut when the width changes."""
 
   def __init__(self, act, in_ch, out_ch=None, temb_dim=None, conv_shortcut=False, dropout=0.1,
                skip_rescale=False, init_scale=0.0):
     super().__init__()
     out_ch = out_ch if out_ch else in_ch
-    self.GroupNorm_0 = group_norm(in_ch)
-    self.Conv_0 = conv3x3(in_ch, out_ch)
-    if temb_dim is not None:
-      self.Dense_0 = dense(temb_dim, out_ch)
-    self.GroupNorm_1 = group_norm(out_ch)
-    self.Dropout_0 = nn.Dropout(dropout)
-    self.Conv_1 = conv3x3(out_ch, out_ch, init_scale=init_scale)
+    self._add_path(act, in_ch, out_ch, temb_dim, dropout, init_scale)
     if in_ch != out_ch:
       if conv_shortcut:
         self.Conv_2 = conv3x3(in_ch, out_ch)
       else:
         self.NIN_0 = NIN(in_ch, out_ch)
-    self.skip_rescale, self.act, self.out_ch, self.conv_shortcut = skip_rescale, act, out_ch, conv_shortcut
+    self.skip_rescale, self.out_ch, self.conv_shortcut = skip_rescale, out_ch, conv_shortcut
 
   def forward(self, x, temb=None):
-    h = self.Conv_0(self.act(self.GroupNorm_0(x)))
-    if temb is not None:
-      h = h + self.Dense_0(self.act(temb))[:, :, None, None]
-    h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
+    h = self._convolve(self.act(self.GroupNorm_0(x)), temb)
     if x.shape[1] != self.out_ch:
       x = self.Conv_2(x) if self.conv_shortcut else self.NIN_0(x)
-    return (x + h) / SQRT2 if self.skip_rescale else x + h
+    return residual_sum(x, h, self.skip_rescale)

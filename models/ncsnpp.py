@@ -1,5 +1,6 @@
-"""NCSN++ (spec §2.1–2.4, §2.9): the score network of the DLSM CIFAR experiments, with every option of the
-original (fourier/positional embedding, biggan/ddpm blocks, progressive variants, FIR, ...).
+"""NCSN++: the score network of the DLSM CIFAR experiments (a U-Net of BigGAN residual blocks with FIR resampling,
+attention at 16x16 and a residual input pyramid), with every option of the original (fourier/positional embedding,
+biggan/ddpm blocks, progressive variants, FIR or naive resampling, ...).
 
 All sub-modules live in one `all_modules` list, appended in the order the forward pass consumes them,
 which fixes the checkpoint keys `all_modules.<i>.*` of the original.
@@ -28,53 +29,53 @@ class NCSNpp(nn.Module):
     super().__init__()
     self.act = layers.get_act(config)
     self.register_buffer('sigmas', torch.tensor(get_sigmas(config)))
-    m = config.model
-    self.nf = m.nf
-    self.ch_mult = tuple(m.ch_mult)
-    self.num_res_blocks = m.num_res_blocks
-    self.attn_resolutions = tuple(m.attn_resolutions)
+    arch = config.model  # the architecture fields
+    self.nf = arch.nf
+    self.ch_mult = tuple(arch.ch_mult)
+    self.num_res_blocks = arch.num_res_blocks
+    self.attn_resolutions = tuple(arch.attn_resolutions)
     self.num_resolutions = len(self.ch_mult)
     self.all_resolutions = [config.data.image_size // (2 ** i) for i in range(self.num_resolutions)]
-    self.conditional = m.conditional
-    self.skip_rescale = m.skip_rescale
-    self.resblock_type = m.resblock_type.lower()
-    self.progressive = m.progressive.lower()
-    self.progressive_input = m.progressive_input.lower()
-    self.embedding_type = m.embedding_type.lower()
-    self.combine_method = m.progressive_combine.lower()
+    self.conditional = arch.conditional
+    self.skip_rescale = arch.skip_rescale
+    self.resblock_type = arch.resblock_type.lower()
+    self.progressive = arch.progressive.lower()
+    self.progressive_input = arch.progressive_input.lower()
+    self.embedding_type = arch.embedding_type.lower()
+    self.combine_method = arch.progressive_combine.lower()
     self.centered = config.data.centered
-    self.scale_by_sigma = m.scale_by_sigma
+    self.scale_by_sigma = arch.scale_by_sigma
     assert self.progressive in ('none', 'output_skip', 'residual')
     assert self.progressive_input in ('none', 'input_skip', 'residual')
     assert self.embedding_type in ('fourier', 'positional')
     assert self.resblock_type in ('ddpm', 'biggan'), f'resblock type {self.resblock_type} unrecognized.'
     if self.progressive == 'output_skip':
-      self.pyramid_upsample = layers.Upsample(fir=m.fir, fir_kernel=m.fir_kernel, with_conv=False)
+      self.pyramid_upsample = layers.Upsample(fir=arch.fir, fir_kernel=arch.fir_kernel, with_conv=False)
     if self.progressive_input == 'input_skip':
-      self.pyramid_downsample = layers.Downsample(fir=m.fir, fir_kernel=m.fir_kernel, with_conv=False)
+      self.pyramid_downsample = layers.Downsample(fir=arch.fir, fir_kernel=arch.fir_kernel, with_conv=False)
     self.all_modules = nn.ModuleList(self._build_modules(config))
 
   # ----------------------------------------------------------------------------------------------
-  # Construction: one list, in forward order (spec §2.9.6 table)
+  # Construction: one list, appended in the order the forward pass consumes it
 
   def _block_factories(self, config):
-    m, act, nf = config.model, self.act, self.nf
+    arch, act, nf = config.model, self.act, self.nf
     if self.resblock_type == 'ddpm':
-      resblock = functools.partial(layers.ResnetBlockDDPMpp, act=act, dropout=m.dropout, init_scale=m.init_scale,
-                                   skip_rescale=m.skip_rescale, temb_dim=nf * 4)
+      resblock = functools.partial(layers.ResnetBlockDDPMpp, act=act, dropout=arch.dropout, init_scale=arch.init_scale,
+                                   skip_rescale=arch.skip_rescale, temb_dim=nf * 4)
     else:
-      resblock = functools.partial(layers.ResnetBlockBigGANpp, act=act, dropout=m.dropout, fir=m.fir,
-                                   fir_kernel=m.fir_kernel, init_scale=m.init_scale,
-                                   skip_rescale=m.skip_rescale, temb_dim=nf * 4)
-    attn = functools.partial(layers.AttnBlockpp, init_scale=m.init_scale, skip_rescale=m.skip_rescale)
+      resblock = functools.partial(layers.ResnetBlockBigGANpp, act=act, dropout=arch.dropout, fir=arch.fir,
+                                   fir_kernel=arch.fir_kernel, init_scale=arch.init_scale,
+                                   skip_rescale=arch.skip_rescale, temb_dim=nf * 4)
+    attn = functools.partial(layers.AttnBlockpp, init_scale=arch.init_scale, skip_rescale=arch.skip_rescale)
     return resblock, attn
 
   def _build_modules(self, config):
-    m, nf = config.model, self.nf
+    arch, nf = config.model, self.nf
     modules = []
     if self.embedding_type == 'fourier':
       assert config.training.continuous, 'Fourier features are only used for continuous training.'
-      modules.append(layers.GaussianFourierProjection(embedding_size=nf, scale=m.fourier_scale))
+      modules.append(layers.GaussianFourierProjection(embedding_size=nf, scale=arch.fourier_scale))
       embed_dim = 2 * nf
     else:
       embed_dim = nf
@@ -89,7 +90,7 @@ class NCSNpp(nn.Module):
 
   def _build_encoder(self, config, modules):
     """Down path and middle; returns the skip widths and the running width."""
-    m, nf = config.model, self.nf
+    arch, nf = config.model, self.nf
     resblock, attn = self._block_factories(config)
     hs_c, in_ch, pyramid_ch = [nf], nf, config.data.num_channels
     for i_level in range(self.num_resolutions):
@@ -102,8 +103,8 @@ class NCSNpp(nn.Module):
         hs_c.append(in_ch)
       if i_level != self.num_resolutions - 1:
         if self.resblock_type == 'ddpm':
-          modules.append(layers.Downsample(in_ch=in_ch, with_conv=m.resamp_with_conv, fir=m.fir,
-                                           fir_kernel=m.fir_kernel))
+          modules.append(layers.Downsample(in_ch=in_ch, with_conv=arch.resamp_with_conv, fir=arch.fir,
+                                           fir_kernel=arch.fir_kernel))
         else:
           modules.append(resblock(down=True, in_ch=in_ch))
         if self.progressive_input == 'input_skip':
@@ -111,7 +112,7 @@ class NCSNpp(nn.Module):
           if self.combine_method == 'cat':
             in_ch *= 2
         elif self.progressive_input == 'residual':
-          modules.append(layers.Downsample(in_ch=pyramid_ch, out_ch=in_ch, fir=m.fir, fir_kernel=m.fir_kernel,
+          modules.append(layers.Downsample(in_ch=pyramid_ch, out_ch=in_ch, fir=arch.fir, fir_kernel=arch.fir_kernel,
                                            with_conv=True))
           pyramid_ch = in_ch
         hs_c.append(in_ch)
@@ -121,7 +122,7 @@ class NCSNpp(nn.Module):
 
   def _build_decoder(self, config, modules, hs_c, in_ch):
     """Up path, output pyramid and output head."""
-    m, nf, channels = config.model, self.nf, config.data.num_channels
+    arch, nf, channels = config.model, self.nf, config.data.num_channels
     resblock, attn = self._block_factories(config)
     pyramid_ch = 0
     for i_level in reversed(range(self.num_resolutions)):
@@ -134,25 +135,25 @@ class NCSNpp(nn.Module):
       if self.progressive != 'none':
         if i_level == self.num_resolutions - 1:
           pyramid_ch = channels if self.progressive == 'output_skip' else in_ch
-          init_scale = m.init_scale if self.progressive == 'output_skip' else 1.0
+          init_scale = arch.init_scale if self.progressive == 'output_skip' else 1.0
           modules += [layers.group_norm(in_ch), layers.conv3x3(in_ch, pyramid_ch, init_scale=init_scale)]
         elif self.progressive == 'output_skip':
-          modules += [layers.group_norm(in_ch), layers.conv3x3(in_ch, channels, init_scale=m.init_scale)]
+          modules += [layers.group_norm(in_ch), layers.conv3x3(in_ch, channels, init_scale=arch.init_scale)]
         else:
-          modules.append(layers.Upsample(in_ch=pyramid_ch, out_ch=in_ch, fir=m.fir, fir_kernel=m.fir_kernel,
+          modules.append(layers.Upsample(in_ch=pyramid_ch, out_ch=in_ch, fir=arch.fir, fir_kernel=arch.fir_kernel,
                                          with_conv=True))
           pyramid_ch = in_ch
       if i_level != 0:
         if self.resblock_type == 'ddpm':
-          modules.append(layers.Upsample(in_ch=in_ch, with_conv=m.resamp_with_conv, fir=m.fir,
-                                         fir_kernel=m.fir_kernel))
+          modules.append(layers.Upsample(in_ch=in_ch, with_conv=arch.resamp_with_conv, fir=arch.fir,
+                                         fir_kernel=arch.fir_kernel))
         else:
           modules.append(resblock(in_ch=in_ch, up=True))
     if self.progressive != 'output_skip':
-      modules += [layers.group_norm(in_ch), layers.conv3x3(in_ch, channels, init_scale=m.init_scale)]
+      modules += [layers.group_norm(in_ch), layers.conv3x3(in_ch, channels, init_scale=arch.init_scale)]
 
   # ----------------------------------------------------------------------------------------------
-  # Forward (spec §2.4, §2.9.6)
+  # Forward: time embedding, x -> 2x - 1 for uncentred data, encoder, middle, decoder, optional ÷σ
 
   def forward(self, x, time_cond):
     modules = iter(list(self.all_modules))  # consumed in construction order
@@ -180,9 +181,6 @@ class NCSNpp(nn.Module):
     temb = next(modules)(self.act(temb))
     return temb, used_sigmas
 
-  def _rescale_sum(self, a, b):
-    return (a + b) / layers.SQRT2 if self.skip_rescale else a + b
-
   def _encode(self, modules, x, temb):
     """Down path and middle; returns the skip stack with the middle output on top."""
     input_pyramid = x
@@ -199,7 +197,7 @@ class NCSNpp(nn.Module):
           input_pyramid = self.pyramid_downsample(input_pyramid)
           h = next(modules)(input_pyramid, h)
         elif self.progressive_input == 'residual':
-          input_pyramid = self._rescale_sum(next(modules)(input_pyramid), h)
+          input_pyramid = layers.residual_sum(next(modules)(input_pyramid), h, self.skip_rescale)
           h = input_pyramid
         hs.append(h)
     h = next(modules)(hs[-1], temb)
@@ -233,5 +231,5 @@ class NCSNpp(nn.Module):
       pyramid = self.pyramid_upsample(pyramid)
       pyramid_h = self.act(next(modules)(h))
       return h, pyramid + next(modules)(pyramid_h)
-    pyramid = self._rescale_sum(next(modules)(pyramid), h)
+    pyramid = layers.residual_sum(next(modules)(pyramid), h, self.skip_rescale)
     return pyramid, pyramid

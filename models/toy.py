@@ -1,4 +1,4 @@
-"""Noise-conditioned MLPs of the moons experiment (spec §6.2): a score network and a classifier.
+"""Noise-conditioned MLPs of the moons experiment: a score network and a classifier.
 
 Both map (x [B,2], sigma [B]) to 2 outputs: the score itself for 'toy_score' (no division by sigma),
 the logits for 'toy_classifier'. The raw sigma enters a small MLP whose features are concatenated with

@@ -1,13 +1,12 @@
-"""Model registry, construction, and the wrappers that turn networks into score / logit functions of (x, t).
+"""Model registry, construction, the wrappers that turn networks into score / logit functions of (x, t), and the
+likelihood gradient ∇x log(softmax(f) + 1e-8)[y] shared by the DLSM loss and classifier guidance.
 
-Time handling per SDE (what a network receives as its second input) lives here and nowhere else
-(spec §1.5, §2.9.1): σ(t) for VE, 999·t for VP / sub-VP.
+What a network receives as time and how its output becomes a score are asked of the SDE (sde_lib).
 """
 import importlib
 
 import torch
-
-import sde_lib
+import torch.nn.functional as F
 
 _MODELS = {}
 
@@ -84,66 +83,40 @@ def get_model_fn(model, train=False):
   return model_fn
 
 
-def noise_condition(sde, t, continuous=True):
-  """What the score network receives for time t (spec §2.9.1 table).
-
-  VE: σ(t), or round((T − t)(N − 1)) as int64 when discrete (round half to even);
-  VP: 999·t, or the float t·(N − 1) when discrete; sub-VP: always 999·t.
-  """
-  if isinstance(sde, sde_lib.VESDE):
-    if continuous:
-      return sde.marginal_std(t)
-    return torch.round((sde.T - t) * (sde.N - 1)).long()
-  if isinstance(sde, sde_lib.VPSDE) and not continuous:
-    return t * (sde.N - 1)
-  if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
-    return t * 999  # the literal 999 of the original, not N − 1
-  raise NotImplementedError(f'SDE class {type(sde).__name__} not yet supported.')
-
-
-def classifier_condition(sde, t, continuous=True):
-  """What the classifier receives for time t: σ(t) for VE (whatever `continuous`), 999·t for VP / sub-VP."""
-  if isinstance(sde, sde_lib.VESDE):
-    return sde.marginal_std(t)
-  if isinstance(sde, sde_lib.VPSDE) and not continuous:
-    raise NotImplementedError('A classifier on the discrete VP SDE is not supported (as in the original).')
-  if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
-    return t * 999
-  raise NotImplementedError(f'SDE class {type(sde).__name__} not yet supported.')
-
-
-def _score_std(sde, t, continuous):
-  """The std that turns a VP / sub-VP network output (predicted noise) into a score."""
-  if isinstance(sde, sde_lib.VPSDE) and not continuous:
-    k = sde.timestep_index(t)
-    return sde.sqrt_1m_alphas_cumprod.to(t.device)[k]
-  return sde.marginal_std(t)
-
-
 def get_score_fn(sde, model, train=False, continuous=False):
-  """score_fn(x, t): VE returns the network output itself; VP / sub-VP return −output / std(t)."""
+  """score_fn(x, t) = sde.score_from_output(model(x, sde.network_time(t)), t): VE the output, VP / sub-VP −out/std."""
   model_fn = get_model_fn(model, train=train)
-  if isinstance(sde, sde_lib.VESDE):
 
-    def score_fn(x, t):
-      return model_fn(x, noise_condition(sde, t, continuous))
+  def score_fn(x, t):
+    return sde.score_from_output(model_fn(x, sde.network_time(t, continuous)), t, continuous)
 
-  elif isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
-
-    def score_fn(x, t):
-      output = model_fn(x, noise_condition(sde, t, continuous))
-      return -output / sde_lib.batch_broadcast(_score_std(sde, t, continuous), output)
-
-  else:
-    raise NotImplementedError(f'SDE class {type(sde).__name__} not yet supported.')
   return score_fn
 
 
 def get_classifier_fn(sde, model, train=False, continuous=False):
-  """logits_fn(x, t) = classifier(x, classifier_condition(sde, t))."""
+  """logits_fn(x, t) = classifier(x, sde.classifier_time(t)): σ(t) for VE, 999·t for VP / sub-VP."""
   model_fn = get_model_fn(model, train=train)
 
   def logits_fn(x, t):
-    return model_fn(x, classifier_condition(sde, t, continuous))
+    return model_fn(x, sde.classifier_time(t, continuous))
 
   return logits_fn
+
+
+LOG_PROB_EPS = 1e-8  # added to the softmax probabilities before the log, as the original (training and guidance)
+
+
+def log_prob_input_grad(logits, x, labels, create_graph=False, eps=LOG_PROB_EPS):
+  """∇x Σ_i log(softmax(logits_i) + eps)[y_i] (eps = 0: log_softmax), ONE vector-Jacobian product over the batch.
+
+  `logits` must have been computed from `x` with autograd on. With BatchNorm in train mode the one product keeps the
+  cross-sample terms of the original (B35); `create_graph=True` lets the DLSM loss back-propagate through it.
+  """
+  logits = logits.float()
+  if eps:
+    log_probs = torch.log(torch.softmax(logits, dim=1) + eps)
+  else:
+    log_probs = torch.log_softmax(logits, dim=1)
+  cotangent = F.one_hot(labels, num_classes=logits.shape[1]).to(log_probs.dtype)
+  grad, = torch.autograd.grad(log_probs, x, grad_outputs=cotangent, create_graph=create_graph)
+  return grad

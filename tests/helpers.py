@@ -8,6 +8,8 @@ import ml_collections
 import numpy as np
 import torch
 
+import sde_lib
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Flat-config fields the golden files write as strings of lists but the configs hold as tuples.
@@ -21,6 +23,11 @@ def load_config(relative_path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def sde_from_golden(fields):
+  """The SDE a golden record describes as {'type': class name, **constructor arguments}."""
+  return getattr(sde_lib, fields['type'])(**{k: v for k, v in fields.items() if k != 'type'})
 
 
 def _parse_flat_value(key, value):

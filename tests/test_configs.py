@@ -1,5 +1,5 @@
-"""Every config file holds every field of spec §5.2 with its per-file value (B4, B8, B9 fixed), the project's extra
-fields, and agrees with the golden manifests' key_config and the golden vectors' flat configs."""
+"""Every config file holds every field of the original's config files with its per-file value (B8, B9 fixed), the
+project's extra fields, and agrees with the golden manifests' key_config and the golden vectors' flat configs."""
 import json
 
 import ml_collections
@@ -82,7 +82,7 @@ EVAL = {**EVAL_FIELDS, 'training.batch_size': 100, 'training.n_iters': 1000001, 
 CAS = {**EVAL_FIELDS, 'training.batch_size': 150, 'training.n_iters': 400001, 'training.eval_freq': 200}
 CIFAR100 = {'data.dataset': 'CIFAR100'}
 
-SPEC = {  # spec §5.2, per column, with B4 / B8 / B9 fixed
+ORIGINAL_VALUES = {  # the original's per-file values, with B8 / B9 fixed
     'S10': {**SCORE},
     'S100': {**SCORE, **CIFAR100},
     'C10': {**CLASSIFIER, 'training.n_iters': 60000, 'training.snapshot_freq': 5000, 'optim.warmup': 0,
@@ -103,7 +103,7 @@ FULL_RECIPE_CONFIGS = {'score_ncsnpp_full_recipe_cifar10_ve': 'S10', 'classifier
 
 
 def typed(value):
-  """Compare values with their types (an int 1 is not the float 1.0: B4)."""
+  """Compare values with their types (an int 1 is not the float 1.0)."""
   if isinstance(value, (list, tuple)):
     return type(value), [typed(v) for v in value]
   return type(value), value
@@ -122,8 +122,8 @@ def test_default_config():
 
 
 @pytest.mark.parametrize('column', sorted(FILES))
-def test_every_field_of_the_spec(column):
-  expected = {**DEFAULTS, **NCSNPP_AND_PC, **SPEC[column], **EXTRAS}
+def test_every_field_of_the_original(column):
+  expected = {**DEFAULTS, **NCSNPP_AND_PC, **ORIGINAL_VALUES[column], **EXTRAS}
   assert_same_fields(flatten_config(load_config(FILES[column])), expected)
 
 
@@ -149,7 +149,7 @@ def test_golden_vector_flat_config(golden, vector):
 
 @pytest.mark.parametrize('column', ['E10', 'E100'])
 def test_scale_flag_override(column):
-  """B4: --config.sampling.scaling_factor=10 (what --scale does) works with a locked config."""
+  """--config.sampling.scaling_factor=10 (what --scale does) works with a locked config."""
   argv = ['prog', f'--config={REPO_ROOT / FILES[column]}', '--config.sampling.scaling_factor=10',
           '--config.device=cpu']
   flag_values = flags.FlagValues()
@@ -160,6 +160,19 @@ def test_scale_flag_override(column):
   config.sampling.scaling_factor = 2.5  # the sampling script assigns the float --scale
   with pytest.raises(AttributeError):
     config.sampling.not_a_field = 1  # locked: misspellings fail
+
+
+def test_the_originals_int_scaling_factor_became_a_float():
+  """B4 was no crash: the original CIFAR-100 eval config assigned the int 1 over the default's float 1.0, which
+  ml_collections casts to 1.0, so the float --scale could still be assigned."""
+  from configs.default_cifar_configs import get_default_configs
+  config = get_default_configs()
+  config.sampling.scaling_factor = 1
+  assert typed(config.sampling.scaling_factor) == (float, 1.0)
+  config.sampling.scaling_factor = 10.0
+  assert config.sampling.scaling_factor == 10.0
+  with pytest.raises(TypeError):
+    config.model.scaling_factor = 10.0  # a field created as an int does refuse a float
 
 
 def test_device_is_chosen_at_run_time():

@@ -181,9 +181,9 @@ def test_scalers_are_inverse():
     assert torch.equal(scaled, x * 2 - 1) if centered else torch.equal(scaled, x)
 
 
-def test_moons_come_from_toy_lib():
-  import toy_lib
-  positions, labels = toy_lib.moons_dataset()
+def test_moons_come_from_toy_data():
+  from toy import data as toy_data
+  positions, labels = toy_data.moons_dataset()
   config = data_config('unused', dataset='moons', batch_size=100)
   x, y = next(iter(datasets.get_dataset(config, 'train', shuffle=False)))
   assert x.dtype == torch.float32 and x.shape == (100, 2) and y.dtype == torch.int64

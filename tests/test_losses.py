@@ -294,7 +294,7 @@ def test_score_step_updates_ema_and_eval_uses_ema_weights():
 
 
 def test_accuracy_protocol_uses_eps_and_eval_mode(small_classifier):
-  """§1.8: t = eps for every sample, x̃ = x + σ(eps) z, BatchNorm running statistics, argmax."""
+  """Accuracy as the original: t = eps for every sample, x̃ = x + σ(eps) z, BatchNorm running statistics, argmax."""
   sde = sde_lib.VESDE()
   torch.manual_seed(0)
   x, labels = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
@@ -319,7 +319,7 @@ class HalfOfInput(torch.nn.Module):
 
 
 def test_legacy_discrete_losses_follow_the_formulas():
-  """continuous=False: SMLD (VE) ½Σ(net + noise/σ²)²·σ² and DDPM (VP) mean (net − z)² (spec §2.9.1)."""
+  """continuous=False: SMLD (VE) ½Σ(net + noise/σ²)²·σ² and DDPM (VP) mean (net − z)²."""
   batch = torch.rand(3, 2, 4, 4)
   ve, vp = sde_lib.VESDE(N=10), sde_lib.VPSDE(N=1000)
   torch.manual_seed(0)

@@ -1,5 +1,6 @@
-"""Networks (models/): structure against the golden manifests, outputs against the golden vectors, every
-NCSN++ option of spec §2.9, FIR resampling against the naive upfirdn2d, the classifier bodies and the EMA."""
+"""Networks (models/): structure against the golden manifests, outputs against the golden vectors, every NCSN++
+option (embeddings, block types, progressive variants, FIR or naive resampling), FIR resampling against the naive
+upfirdn2d, the classifier bodies and the EMA."""
 import json
 import subprocess
 import sys
@@ -10,7 +11,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import sde_lib
 from models import layers
 from models.ema import ExponentialMovingAverage
 from models.ncsnpp import NCSNpp, get_sigmas
@@ -18,7 +18,7 @@ from models.resnet_cond import BasicBlock, Bottleneck, Classifier, ResNet_cond
 from models.utils import get_classifier_fn, get_model, get_score_fn
 from tests.conftest import resolve_golden_dir
 from tests.helpers import (REPO_ROOT, assert_close_to_golden, config_from_flat, flatten_config, golden_form,
-                           load_config, state_dict_from_recipe, state_dict_sha256)
+                           load_config, sde_from_golden, state_dict_from_recipe, state_dict_sha256)
 
 SCORE_CONFIG = 'configs/score/cifar10_score_configs.py'
 GOLDEN_DIR = resolve_golden_dir()
@@ -32,10 +32,6 @@ def golden_names(kind):
 
 
 MANIFESTS = sorted(path.stem for path in (GOLDEN_DIR / 'manifests').glob('*.json'))
-
-
-def sde_from_golden(spec):
-  return getattr(sde_lib, spec['type'])(**{k: v for k, v in spec.items() if k != 'type'})
 
 
 def strip_module(state_dict):
@@ -229,21 +225,23 @@ def test_full_classifier_recipe(golden, name):
 
 
 # ------------------------------------------------------------------------------------------------
-# NCSN++ options (spec §2.9): module lists, parameter counts, forward passes
+# NCSN++ options beyond the CIFAR configs: module lists, parameter counts, forward passes
 
-def expected_module_count(m, image_size):
-  """len(all_modules) from the table of spec §2.9.6."""
-  L, R = len(m.ch_mult), m.num_res_blocks
-  attn = [int(image_size // 2 ** l in m.attn_resolutions) for l in range(L)]
-  count = (m.embedding_type == 'fourier') + 2 * m.conditional + 1 + 3
+def expected_module_count(arch, image_size):
+  """len(all_modules), counted independently: [Fourier] [2 Linear] conv; per level L: R blocks (+ attention),
+  a down module and a pyramid module below the top level; middle: block, attention, block; per level on the way
+  up: R + 1 blocks (+ one attention), pyramid heads, an up module; GroupNorm and conv unless output_skip."""
+  L, R = len(arch.ch_mult), arch.num_res_blocks
+  attn = [int(image_size // 2 ** l in arch.attn_resolutions) for l in range(L)]
+  count = (arch.embedding_type == 'fourier') + 2 * arch.conditional + 1 + 3
   for l in range(L):
-    count += R * (1 + attn[l]) + (l < L - 1) * (1 + (m.progressive_input != 'none'))
+    count += R * (1 + attn[l]) + (l < L - 1) * (1 + (arch.progressive_input != 'none'))
     count += (R + 1) + attn[l] + (l > 0)
-    if m.progressive == 'output_skip':
+    if arch.progressive == 'output_skip':
       count += 2
-    elif m.progressive == 'residual':
+    elif arch.progressive == 'residual':
       count += 2 if l == L - 1 else 1
-  return count + 2 * (m.progressive != 'output_skip')
+  return count + 2 * (arch.progressive != 'output_skip')
 
 
 def score_config(**model_overrides):
@@ -318,7 +316,7 @@ def test_option_combination_builds_and_runs(overrides):
   assert out.abs().max() > 0
 
 
-def test_option_modules_follow_the_spec_tables():
+def test_option_modules_have_the_originals_shapes():
   modules = NCSNpp(small_config(progressive_input='input_skip', progressive_combine='cat')).all_modules
   combines = [m for m in modules if isinstance(m, layers.Combine)]
   assert [tuple(m.Conv_0.weight.shape) for m in combines] == [(16, 3, 1, 1), (32, 3, 1, 1)]
@@ -464,7 +462,7 @@ def test_fir_down_and_up_sampling_match_upfirdn2d(taps):
   assert up.shape[-2:] == (16, 20) and down.shape[-2:] == (4, 5)
 
 
-def test_fir_kernel_of_the_spec():
+def test_fir_kernel_is_the_normalised_outer_product():
   k = layers.fir_kernel_2d([1, 3, 3, 1])
   assert torch.equal(k, torch.outer(torch.tensor([1., 3, 3, 1]), torch.tensor([1., 3, 3, 1])) / 64)
   x = torch.zeros(1, 1, 4, 4)

@@ -155,6 +155,24 @@ def test_get_sampling_fn_follows_the_config():
     sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)
 
 
+def test_guidance_follows_sampling_conditional():
+  """As in the original, an unconditional config samples without guidance even when a classifier is passed."""
+  from tests.helpers import load_config
+  config = load_config('configs/eval/cifar10/eval_cifar10_configs.py')
+  config.device, config.model.num_scales, config.sampling.conditional = 'cpu', 50, False
+  sde, eps = sde_lib.get_sde(config)
+  score_fn, logits_fn = mixture_fns(sde)
+  sampling_fn = sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)
+  torch.manual_seed(0)
+  ignored, _ = sampling_fn(score_fn, logits_fn, LABELS)
+  torch.manual_seed(0)
+  assert torch.equal(ignored, sampling_fn(score_fn)[0])
+  config.sampling.conditional = True
+  torch.manual_seed(0)
+  guided, _ = sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)(score_fn, logits_fn, LABELS)
+  assert not torch.allclose(guided, ignored)
+
+
 def test_log_prob_grad_matches_the_closed_form():
   sde, _ = SDES['ve'](10)
   score_fn, logits_fn = mixture_fns(sde)

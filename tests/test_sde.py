@@ -1,4 +1,5 @@
-"""SDEs against the spec's numbers (§1.3, §3.9.1), shapes, reverse SDE/ODE, and the golden score wrappers."""
+"""SDEs against the reference numbers of the original, shapes, reverse SDE/ODE, the SDE methods the rest of the code
+asks (network / classifier time, score from output, Langevin α, ancestral step), and the golden score wrappers."""
 import math
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 import sde_lib
-from models.utils import classifier_condition, get_classifier_fn, get_score_fn, noise_condition
+from models.utils import get_classifier_fn, get_score_fn
 from tests.helpers import assert_close_to_golden, config_from_flat
 
 SHAPES = [(5, 2), (3, 3, 32, 32)]
@@ -56,7 +57,7 @@ def test_vp_tables():
     ('subvp_g2', 1e-3, 2.636e-5, 5e-4), ('vp_beta', 1e-3, 0.1199, 5e-4), ('mean_coeff', 1.0, 0.006572, 5e-4),
 ])
 def test_reference_values(quantity, t, expected, rel):
-  """The reference table of spec §3.9.1 (β₀ = 0.1, β₁ = 20)."""
+  """Reference values of the original's SDEs (β₀ = 0.1, β₁ = 20)."""
   t = torch.tensor([t])
   x = torch.ones(1, 3)
   vp, subvp = make_sde('vp'), make_sde('subvp')
@@ -91,7 +92,7 @@ def test_marginals_follow_the_formulas():
 
 
 def test_float32_timestep_index_walks_the_grid_backwards():
-  """k = trunc(t·999) is exactly 999 − i on the float32 sampling grid (spec §3.4)."""
+  """k = trunc(t·999) is exactly 999 − i on the float32 sampling grid linspace(1, 1e-5, 1000)."""
   sde = make_sde('ve')
   grid = torch.linspace(1, 1e-5, 1000)
   assert torch.equal(sde.timestep_index(grid), torch.arange(999, -1, -1))
@@ -266,11 +267,11 @@ def test_get_sde_unknown_name():
 
 
 @pytest.mark.parametrize('file', ['score_ncsnpp_small_ve', 'score_ncsnpp_small_vp'])
-def test_golden_noise_condition_and_perturbation(golden, file):
+def test_golden_network_time_and_perturbation(golden, file):
   record = golden(file)
   sde = sde_from_golden(record['sde'])
   for t, x, c in zip(record['eval_t'], record['eval_x'], record['eval_model_time_input']):
-    assert_close_to_golden(noise_condition(sde, t), c, rtol=1e-6, name='time input')
+    assert_close_to_golden(sde.network_time(t), c, rtol=1e-6, name='time input')
     mean, std = sde.marginal_prob(record['batch_scaled'], t)
     assert_close_to_golden(mean + std[:, None, None, None] * record['z'], x, rtol=1e-5, name='eval_x')
   dsm = record['dsm']
@@ -278,25 +279,25 @@ def test_golden_noise_condition_and_perturbation(golden, file):
 
 
 @pytest.mark.parametrize('which', ['ve', 'vp'])
-def test_golden_classifier_condition(golden, which):
+def test_golden_classifier_time(golden, which):
   record = golden('classifier_resnet18_cond_small')['by_sde'][which]
   sde = sde_from_golden(record['sde'])
-  assert_close_to_golden(classifier_condition(sde, record['t']), record['model_time_input'], rtol=1e-6)
+  assert_close_to_golden(sde.classifier_time(record['t']), record['model_time_input'], rtol=1e-6)
 
 
-def test_discrete_noise_conditions():
-  """Spec §2.9.1: VE discrete round((T − t)(N − 1)) half-to-even, VP discrete float t·(N − 1), sub-VP 999·t."""
+def test_discrete_network_times():
+  """VE discrete round((T − t)(N − 1)) half-to-even, VP discrete float t·(N − 1), sub-VP 999·t."""
   t = torch.tensor([1.0, 0.5, 0.9995, 0.0])
   ve, vp, subvp = make_sde('ve'), make_sde('vp'), make_sde('subvp')
-  labels = noise_condition(ve, t, continuous=False)
+  labels = ve.network_time(t, continuous=False)
   assert labels.dtype == torch.int64
   assert labels.tolist() == [0, 500, 0, 999]  # 499.5 -> 500 (even), 0.4995 -> 0
-  assert torch.equal(noise_condition(vp, t, continuous=False), t * 999)
-  assert torch.equal(noise_condition(vp, t, continuous=True), t * 999)
-  assert torch.equal(noise_condition(subvp, t, continuous=False), t * 999)
-  assert torch.equal(noise_condition(ve, t, continuous=True), 0.01 * 5000 ** t)
+  assert torch.equal(vp.network_time(t, continuous=False), t * 999)
+  assert torch.equal(vp.network_time(t, continuous=True), t * 999)
+  assert torch.equal(subvp.network_time(t, continuous=False), t * 999)
+  assert torch.equal(ve.network_time(t, continuous=True), 0.01 * 5000 ** t)
   with pytest.raises(NotImplementedError):
-    classifier_condition(vp, t, continuous=False)
+    vp.classifier_time(t, continuous=False)
 
 
 def test_vp_discrete_score_uses_alphas_cumprod_table():
@@ -379,3 +380,108 @@ def test_use_exact_float32_switches_tf32():
     assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
   finally:
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+# ------------------------------------------------------------------------------------------ what the code asks an SDE
+
+
+def test_langevin_alpha_per_sde():
+  t = torch.tensor([1.0, 0.5, 1e-3])
+  k = (t * 999).long()
+  assert torch.equal(make_sde('ve').langevin_alpha(t), torch.ones(3))
+  assert torch.equal(make_sde('vp').langevin_alpha(t), make_sde('vp').alphas[k])
+  # sub-VP: the VP α table built from the same β₀, β₁, N (the original crashed, B31)
+  assert torch.equal(make_sde('subvp').langevin_alpha(t), make_sde('vp').alphas[k])
+
+
+def test_score_from_output_per_sde():
+  t = torch.tensor([0.2, 0.9])
+  output = torch.randn(2, 3)
+  assert torch.equal(make_sde('ve').score_from_output(output, t), output)
+  for name in ('vp', 'subvp'):
+    sde = make_sde(name)
+    assert torch.equal(sde.score_from_output(output, t), -output / sde.marginal_std(t)[:, None])
+
+
+def test_ancestral_steps_follow_the_formulas():
+  x, score, t = torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0.5, 1e-5])
+  k = (t * 999).long()
+  ve = make_sde('ve')
+  sigma, previous = ve.discrete_sigmas[k], torch.tensor([ve.discrete_sigmas[k[0] - 1], 0.])
+  torch.manual_seed(0)
+  x_new, x_mean = ve.ancestral_step(x, score, t)
+  torch.manual_seed(0)
+  z = torch.randn_like(x)
+  assert torch.allclose(x_mean, x + (sigma ** 2 - previous ** 2)[:, None] * score)
+  std = torch.sqrt(previous ** 2 * (sigma ** 2 - previous ** 2) / sigma ** 2)
+  assert torch.allclose(x_new, x_mean + std[:, None] * z)
+  vp = make_sde('vp')
+  beta = vp.discrete_betas[k]
+  torch.manual_seed(0)
+  x_new, x_mean = vp.ancestral_step(x, score, t)
+  assert torch.allclose(x_mean, (x + beta[:, None] * score) / torch.sqrt(1 - beta)[:, None])
+  assert torch.allclose(x_new, x_mean + torch.sqrt(beta)[:, None] * z)
+  assert not make_sde('subvp').has_ancestral_step
+  with pytest.raises(NotImplementedError, match='subVPSDE has no ancestral step'):
+    make_sde('subvp').ancestral_step(x, score, t)
+
+
+def test_tables_are_copied_to_a_device_once():
+  sde = make_sde('vp')
+  assert sde.table('alphas', 'cpu') is sde.table('alphas', torch.device('cpu'))
+  meta = sde.table('alphas', 'meta')
+  assert meta.device.type == 'meta' and sde.table('alphas', 'meta') is meta
+
+
+class LinearSigmaSDE(sde_lib.SDE):
+  """The README's example of a new SDE: dx = sqrt(2t) dw, so σ(t) = t; the network output is the score."""
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(N=config.model.num_scales)
+
+  def sde(self, x, t):
+    return torch.zeros_like(x), torch.sqrt(2 * t)
+
+  def marginal_std(self, t):
+    return t
+
+  def marginal_prob(self, x, t):
+    return x, self.marginal_std(t)
+
+  def prior_sampling(self, shape):
+    return torch.randn(*shape)
+
+  def prior_logp(self, z):
+    return -z[0].numel() / 2 * math.log(2 * math.pi) - (z ** 2).flatten(1).sum(1) / 2
+
+  def network_time(self, t, continuous=True):
+    return self.marginal_std(t)
+
+  def score_from_output(self, output, t, continuous=True):
+    return output
+
+
+def test_a_new_sde_needs_one_class_and_its_registration():
+  """A new SDE class, registered under a new name, drives get_sde, the wrappers, the loss and the samplers."""
+  import losses
+  import sampling
+  sde_lib.register_sde('linearsigma')(LinearSigmaSDE)
+  try:
+    sde, eps = sde_lib.get_sde(config_from_flat({'training.sde': 'LinearSigma', 'model.num_scales': 50}))
+    assert type(sde) is LinearSigmaSDE and eps == 1e-5 and sde.N == 50
+    net = torch.nn.Module()
+    net.forward = lambda x, c: -x / c[:, None] ** 2  # the exact score for data at 0: p_t = N(0, t²)
+    assert torch.equal(get_score_fn(sde, net)(torch.ones(2, 2), torch.tensor([0.5, 1.])),
+                       -torch.tensor([[4., 4.], [1., 1.]]))
+    assert losses.get_sde_loss_fn(sde, train=False)(net, torch.zeros(8, 2)) < 1e-10
+    torch.manual_seed(0)
+    exact = lambda x, t: -x / t[:, None] ** 2
+    for predictor, corrector in (('reverse_diffusion', 'langevin'), ('euler_maruyama', 'ald')):
+      x, _ = sampling.get_pc_sampler(sde, (4000, 2), predictor, corrector, lambda x: x, 0.16, eps=0.2,
+                                     denoise=False, device='cpu')(exact)
+      assert abs(x.std() - 0.2) < 0.02, (predictor, x.std())  # p_0.2 = N(0, 0.2²)
+    with pytest.raises(NotImplementedError, match='LinearSigmaSDE has no ancestral step'):
+      sampling.get_predictor('ancestral_sampling')(sde, exact)
+  finally:
+    del sde_lib._SDES['linearsigma']

@@ -1,4 +1,4 @@
-"""The moons experiment (spec §6): dataset, oracle, toy networks, losses through losses.py, D_P / D_L, samplers,
+"""The moons experiment: dataset, oracle, toy networks, losses through losses.py, D_P / D_L, samplers,
 table and the end-to-end pipeline. Golden values come from toy_oracle.pt / toy_models.pt (read, never hard-coded)."""
 import json
 import math
@@ -12,7 +12,10 @@ import torch
 
 import losses
 import sde_lib
-import toy_lib
+from toy import data as toy_data
+from toy import metrics as toy_metrics
+from toy import samplers as toy_samplers
+from toy import table as toy_table
 from configs.toy import default_toy_configs
 from models import checkpoint as ckpt
 from models import utils as mutils
@@ -71,25 +74,25 @@ def networks(models_file):
 # ----------------------------------------------------------------------------------------- data and oracle
 
 def test_moons_dataset_matches_golden(oracle_file):
-  positions, labels = toy_lib.moons_dataset()
+  positions, labels = toy_data.moons_dataset()
   assert positions.dtype == np.float64 and labels.dtype == np.int64
   np.testing.assert_array_equal(positions, oracle_file['positions'].numpy())
   np.testing.assert_array_equal(labels, oracle_file['labels'].numpy().astype(np.int64))
   assert (labels == 0).sum() == oracle_file['num_upper'] and (labels == 1).sum() == oracle_file['num_lower']
   for subset, c in (('upper', 0), ('lower', 1)):
-    sub_positions, sub_labels = toy_lib.moons_dataset(subset)
+    sub_positions, sub_labels = toy_data.moons_dataset(subset)
     np.testing.assert_array_equal(sub_positions, positions[labels == c])
     assert (sub_labels == c).all()
 
 
 def test_evaluation_grid_matches_golden(oracle_file):
-  grid = toy_lib.evaluation_grid(oracle_file['grid_w'], oracle_file['grid_h'], oracle_file['grid_density'])
+  grid = toy_data.evaluation_grid(oracle_file['grid_w'], oracle_file['grid_h'], oracle_file['grid_density'])
   assert grid.dtype == torch.float32
   torch.testing.assert_close(grid, oracle_file['grid_points'], rtol=0, atol=0)
 
 
 def test_oracle_scores_match_golden(oracle_file):
-  oracle = toy_lib.oracle_scores(oracle_file['positions'], oracle_file['labels'].long(), oracle_file['grid_points'],
+  oracle = toy_metrics.oracle_scores(oracle_file['positions'], oracle_file['labels'].long(), oracle_file['grid_points'],
                                  oracle_file['sigma'], oracle_file['oracle_eps'])
   for key in ORACLE_KEYS:
     assert oracle[key].dtype == torch.float64
@@ -100,13 +103,13 @@ def test_oracle_uses_each_point_once_and_eps():
   """A mixture of two points: the score points to their weighted mean; eps damps it far away."""
   centres = torch.tensor([[0., 0.], [4., 0.]], dtype=torch.float64)
   x = torch.tensor([[2., 1.]], dtype=torch.float64)
-  torch.testing.assert_close(toy_lib.mixture_score(x, centres, 1.0, eps=0.), torch.tensor([[0., -1.]],
+  torch.testing.assert_close(toy_metrics.mixture_score(x, centres, 1.0, eps=0.), torch.tensor([[0., -1.]],
                                                                                         dtype=torch.float64))
   duplicated = torch.cat([centres, centres[:1]])
-  assert toy_lib.mixture_score(x, duplicated, 1.0, eps=0.)[0, 0] < 0  # a duplicate shifts the oracle (T4)
+  assert toy_metrics.mixture_score(x, duplicated, 1.0, eps=0.)[0, 0] < 0  # a duplicate shifts the oracle (T4)
   far = torch.tensor([[10., 0.]], dtype=torch.float64)  # density ~1e-9 there: eps 1e-8 dominates
-  torch.testing.assert_close(toy_lib.mixture_score(far, centres, 1.0, eps=0.)[0, 0].item(), -6.0)
-  assert -1 < toy_lib.mixture_score(far, centres, 1.0, eps=1e-8)[0, 0] < 0
+  torch.testing.assert_close(toy_metrics.mixture_score(far, centres, 1.0, eps=0.)[0, 0].item(), -6.0)
+  assert -1 < toy_metrics.mixture_score(far, centres, 1.0, eps=1e-8)[0, 0] < 0
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -136,13 +139,13 @@ def test_log_prob_grads_with_and_without_eps(models_file, networks, suffix):
   if suffix:  # saturated: p(label) ~ 1e-10, so the 1e-8 damps the gradient by p / (p + 1e-8)
     reference = models_file['classifier_log_prob_grad_no_eps_saturated']
     assert (with_eps - reference).abs().max() > 0.5 * reference.abs().max()
-  # The noise-level wrapper of toy_lib is the eps-free form of the metric.
+  # The noise-level wrapper of toy.metrics is the eps-free form of the metric.
   for c in range(2):
     rows = labels == c
     if rows.any():
       one_sigma = sigma[rows][:1]
       expected = sampling.log_prob_grad(classifier, x[rows][:1], one_sigma, labels[rows][:1], eps=0.)
-      actual = toy_lib.likelihood_score(classifier, x[rows][:1], one_sigma.item(), c)
+      actual = toy_metrics.likelihood_score(classifier, x[rows][:1], one_sigma.item(), c)
       assert_close_to_max(actual, expected, 1e-6)
 
 
@@ -207,18 +210,18 @@ def test_distances_match_golden(oracle_file, models_file, networks):
   record = models_file['distance_metric']
   score_net, classifier = networks
   grid = record['grid_points']
-  prior = toy_lib.prior_score(score_net, grid, record['sigma'])
-  likelihoods = [toy_lib.likelihood_score(classifier, grid, record['sigma'], c) for c in range(2)]
+  prior = toy_metrics.prior_score(score_net, grid, record['sigma'])
+  likelihoods = [toy_metrics.likelihood_score(classifier, grid, record['sigma'], c) for c in range(2)]
   assert_close_to_max(prior, record['estimated_prior_score'], 1e-5)
   assert_close_to_max(likelihoods[0], record['estimated_likelihood_grad_upper'], 1e-5)
   assert_close_to_max(likelihoods[1], record['estimated_likelihood_grad_lower'], 1e-5)
   oracle = {key: oracle_file[key] for key in ORACLE_KEYS}
-  metrics = toy_lib.classifier_distances(oracle, prior, likelihoods, record['scaling_factor'])
+  metrics = toy_metrics.classifier_distances(oracle, prior, likelihoods, record['scaling_factor'])
   assert set(metrics) == {'D_full', 'D_P_upper', 'D_P_lower', 'D_L_upper', 'D_L_lower'}
   for key, value in metrics.items():
     assert value == pytest.approx(record[key], rel=1e-5), key
   class_scores = [prior + likelihoods[0], prior + likelihoods[1]]  # posterior SM with exact class fields
-  posterior = toy_lib.posterior_sm_distances(oracle, class_scores)
+  posterior = toy_metrics.posterior_sm_distances(oracle, class_scores)
   assert posterior['D_P_upper'] == pytest.approx(record['D_P_upper'], rel=1e-5)
 
 
@@ -241,7 +244,7 @@ def test_annealed_sampler_draws_the_noisy_target():
   """With an exact score the corrected sampler reproduces p_sigma_end = N(mean, (s² + sigma_end²) I)."""
   config = sampler_config('annealed_pc', 200)
   torch.manual_seed(0)
-  samples = toy_lib.sample_class(gaussian_score([5., -3.], 4.), None, 0, 1.0, 4000, config, 'cpu')
+  samples = toy_samplers.sample_class(gaussian_score([5., -3.], 4.), None, 0, 1.0, 4000, config, 'cpu')
   target_var = 4. + config.model.std ** 2
   assert samples.shape == (4000, 2) and torch.isfinite(samples).all()
   torch.testing.assert_close(samples.mean(0), torch.tensor([5., -3.]), rtol=0, atol=0.1 * math.sqrt(target_var))
@@ -252,7 +255,7 @@ def test_original_sampler_is_degenerate():
   """The original sampler (T1) does not sample the target: its spread is far too wide for the same score."""
   config = sampler_config('original', 200)
   torch.manual_seed(0)
-  samples = toy_lib.sample_class(gaussian_score([5., -3.], 4.), None, 0, 1.0, 4000, config, 'cpu')
+  samples = toy_samplers.sample_class(gaussian_score([5., -3.], 4.), None, 0, 1.0, 4000, config, 'cpu')
   target_var = 4. + config.model.std ** 2
   assert (samples.var(0) > 1.5 * target_var).all()
 
@@ -266,8 +269,8 @@ def test_guided_sampling_moves_towards_the_class(networks):
   classifier = lambda x, sigma: linear(x)  # noqa: E731
   config = sampler_config('annealed_pc', 50)
   torch.manual_seed(0)
-  plain = toy_lib.sample_class(gaussian_score([0., 0.], 1.), None, 1, 1.0, 2000, config, 'cpu')
-  guided = toy_lib.sample_class(gaussian_score([0., 0.], 1.), classifier, 1, 1.0, 2000, config, 'cpu')
+  plain = toy_samplers.sample_class(gaussian_score([0., 0.], 1.), None, 1, 1.0, 2000, config, 'cpu')
+  guided = toy_samplers.sample_class(gaussian_score([0., 0.], 1.), classifier, 1, 1.0, 2000, config, 'cpu')
   # Target along x: N(0, v) times p(y=1 | x) = sigmoid(2x), v = 1 + sigma_end²; its mean by quadrature.
   v = 1. + config.model.std ** 2
   xs = torch.linspace(-60, 60, 20001, dtype=torch.float64)
@@ -276,20 +279,20 @@ def test_guided_sampling_moves_towards_the_class(networks):
   assert abs(plain[:, 0].mean().item()) < 0.5
   assert guided[:, 0].mean().item() == pytest.approx(target_mean, abs=0.5)
   with pytest.raises(ValueError, match='sampling.method'):
-    toy_lib.sample_class(gaussian_score([0., 0.], 1.), None, 0, 1.0, 10, sampler_config('euler', 2), 'cpu')
+    toy_samplers.sample_class(gaussian_score([0., 0.], 1.), None, 0, 1.0, 10, sampler_config('euler', 2), 'cpu')
 
 
 def test_classwise_prdc_separates_good_and_bad_samples():
-  positions, labels = toy_lib.moons_dataset()
-  real = toy_lib.reference_sets(positions, labels, 7.5, torch.Generator().manual_seed(0))
+  positions, labels = toy_data.moons_dataset()
+  real = toy_data.reference_sets(positions, labels, 7.5, torch.Generator().manual_seed(0))
   assert [len(r) for r in real] == [5000, 5000]
   real = [r[:1000] for r in real]  # smaller sets keep the test fast
   good = [r + np.random.default_rng(c).normal(0, 1e-3, r.shape) for c, r in enumerate(real)]
   collapsed = [r.mean(0) + 0.2 * (r - r.mean(0)) for r in real]  # precise, but misses most of the class
   shifted = [r + np.array([60., 0.]) for r in real]
-  assert all(m['precision'] > 0.99 and m['recall'] > 0.99 for m in toy_lib.classwise_prdc(real, good, 5))
-  assert all(m['precision'] > 0.95 and m['recall'] < 0.3 for m in toy_lib.classwise_prdc(real, collapsed, 5))
-  assert all(m['precision'] < 0.5 for m in toy_lib.classwise_prdc(real, shifted, 5))
+  assert all(m['precision'] > 0.99 and m['recall'] > 0.99 for m in toy_metrics.classwise_prdc(real, good, 5))
+  assert all(m['precision'] > 0.95 and m['recall'] < 0.3 for m in toy_metrics.classwise_prdc(real, collapsed, 5))
+  assert all(m['precision'] < 0.5 for m in toy_metrics.classwise_prdc(real, shifted, 5))
 
 
 def test_classwise_prdc_equals_prdc_package():
@@ -299,7 +302,7 @@ def test_classwise_prdc_equals_prdc_package():
   rng = np.random.default_rng(0)
   real = [rng.normal(0, 7.5, (300, 2)), rng.normal(3, 7.5, (300, 2))]
   fake = [rng.normal(1, 7.0, (250, 2)), rng.normal(0, 9.0, (250, 2))]
-  for ours, r, f in zip(toy_lib.classwise_prdc(real, fake, nearest_k=5), real, fake):
+  for ours, r, f in zip(toy_metrics.classwise_prdc(real, fake, nearest_k=5), real, fake):
     with contextlib.redirect_stdout(io.StringIO()):
       reference = prdc.compute_prdc(r.astype(np.float32), f.astype(np.float32), nearest_k=5)
     for key, value in reference.items():
@@ -314,30 +317,29 @@ def table_rows():
 
 
 def test_format_table():
-  lines = toy_lib.format_table(table_rows(), scale=20.).splitlines()
+  lines = toy_table.format_table(table_rows(), scale=20.).splitlines()
   assert lines[0] == ('| method | E[D_P] (c1 / c2) | E[D_L] (c1 / c2) | Precision (c1 / c2) | Recall (c1 / c2) |')
   assert lines[1] == '|---|---|---|---|---|'
   assert lines[2] == '| (a) Base (CE) | 0.198 / 0.197 | 0.190 / 0.181 | 0.94 / 0.93 | 1.00 / 1.00 |'
   assert lines[3] == '| (c) Posterior SM | 0.063 / 0.060 | - | 0.97 / 0.97 | 1.00 / 1.00 |'
   assert len(lines) == 4
-  assert '| (b) Scaling (CE, λ = 20) | 2.734 / 2.627 |' in toy_lib.format_table(toy_lib.PAPER_TABLE, scale=20.)
-  assert '| (b) Scaling (CE, λ > 1) |' in toy_lib.format_table(toy_lib.PAPER_TABLE)
+  assert '| (b) Scaling (CE, λ = 20) | 2.734 / 2.627 |' in toy_table.format_table(toy_table.PAPER_TABLE, scale=20.)
+  assert '| (b) Scaling (CE, λ > 1) |' in toy_table.format_table(toy_table.PAPER_TABLE)
 
 
 def test_paper_ordering_check():
-  import run_lib_toy
   rows = {'ours': {'D_P': [0.07, 0.06]}, 'base': {'D_P': [0.2, 0.2]}, 'scaling': {'D_P': [2.7, 2.6]}}
-  assert run_lib_toy.paper_ordering_holds(rows)
+  assert toy_table.paper_ordering_holds(rows)
   rows['ours']['D_P'][1] = 0.21
-  assert not run_lib_toy.paper_ordering_holds(rows)
+  assert not toy_table.paper_ordering_holds(rows)
 
 
 def test_write_table(tmp_path):
   results = {'rows': table_rows(), 'scaling_factor': 20., 'seed': 3}
-  md_path, json_path = toy_lib.write_table(results, str(tmp_path))
+  md_path, json_path = toy_table.write_table(results, str(tmp_path))
   markdown = open(md_path).read()
-  assert toy_lib.format_table(table_rows(), 20.) in markdown
-  assert toy_lib.format_table(toy_lib.PAPER_TABLE) in markdown
+  assert toy_table.format_table(table_rows(), 20.) in markdown
+  assert toy_table.format_table(toy_table.PAPER_TABLE) in markdown
   assert json.load(open(json_path)) == json.loads(json.dumps(results))
 
 
@@ -385,7 +387,7 @@ def test_short_dlsm_training_lowers_the_loss(tmp_path, models_file, networks):
   config = tiny_stage_config('classifier_dlsm', tmp_path)
   config.model.score_restore_path = score_path
 
-  positions, labels = toy_lib.moons_dataset()
+  positions, labels = toy_data.moons_dataset()
   batch, batch_labels = torch.as_tensor(positions[:2000]).float(), torch.as_tensor(labels[:2000])
   sde, _ = sde_lib.get_sde(config)
   loss_fn = losses.get_sde_classifier_loss_fn(sde, True, 2, loss_type='dlsm', weighting_dlsm=2, eps=0.)
@@ -423,8 +425,8 @@ def test_main_trains_toy_stages(tmp_path):
 def test_pipeline_end_to_end(tmp_path, monkeypatch):
   """run_lib_toy on a tiny config: every stage trains, the table and plots are written."""
   import run_lib_toy
-  full_reference_sets = toy_lib.reference_sets  # 500 reference points per class keep PRDC fast here
-  monkeypatch.setattr(toy_lib, 'reference_sets', lambda *args: [r[:500] for r in full_reference_sets(*args)])
+  full_reference_sets = toy_data.reference_sets  # 500 reference points per class keep PRDC fast here
+  monkeypatch.setattr(toy_data, 'reference_sets', lambda *args: [r[:500] for r in full_reference_sets(*args)])
   config = load_config('configs/toy/demo.py')
   for stage in default_toy_configs.STAGES:
     config.stages[stage].update(dict(n_iters=4, batch_size=200))

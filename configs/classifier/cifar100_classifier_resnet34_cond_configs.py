@@ -1,5 +1,6 @@
-"""Time-conditioned resnet34_cond classifier on CIFAR-100, trained with the DLSM total loss (spec §5.2, column C100)."""
-from configs.default_cifar_configs import get_default_configs, set_ncsnpp_model, set_pc_sampler
+"""Time-conditioned resnet34_cond classifier on CIFAR-100, trained with the DLSM total loss."""
+from configs.default_cifar_configs import (get_default_configs, set_ncsnpp_model, set_pc_sampler,
+                                           set_resnet_cond_classifier)
 
 
 def get_config():
@@ -19,7 +20,7 @@ def get_config():
 
   evaluate = config.eval
   evaluate.batch_size = 2000
-  evaluate.freq = 5
+  evaluate.freq = 5  # parity
 
   data = config.data
   data.dataset = 'CIFAR100'
@@ -32,12 +33,8 @@ def get_config():
   optim = config.optim
   # With the step counter fixed (B1) this is a real 1000-step warm-up; the original's lr stayed 0.
   optim.warmup = 1000
-  optim.momentum = 0.9
-  optim.gamma = 0.9
+  optim.momentum = 0.9  # read only with optim.optimizer = 'SGD'
+  optim.gamma = 0.9  # parity
 
-  classifier = config.classifier
-  classifier.name = 'classifier'
-  classifier.model = 'resnet34_cond'
-  classifier.nf = 32
-  classifier.classes = 100
+  set_resnet_cond_classifier(config.classifier, 'resnet34_cond', classes=100)
   return config

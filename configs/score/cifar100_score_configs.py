@@ -1,4 +1,4 @@
-"""Score model (NCSN++, VE SDE) on CIFAR-100 (spec §5.2, column S100)."""
+"""Score model (NCSN++, VE SDE) on CIFAR-100."""
 from configs.default_cifar_configs import get_default_configs, set_ncsnpp_model, set_pc_sampler
 
 
@@ -9,7 +9,7 @@ def get_config():
   training.sde = 'vesde'
   training.continuous = True
   training.n_iters = 950001
-  training.score_restore_path = None  # not read (the restore path is model.score_restore_path)
+  training.score_restore_path = None  # parity: the restore path is model.score_restore_path
 
   set_pc_sampler(config.sampling)
 

@@ -1,4 +1,4 @@
-"""Stage 'classifier_total' of the moons experiment at the paper's settings (spec §6.5); train with
+"""Stage 'classifier_total' of the moons experiment (the original toy config's settings); train with
 `python main.py --config configs/toy/classifier_total.py --model classifier --workdir toy_classifier_total --restore <score checkpoint>`."""
 from configs.toy.default_toy_configs import get_default_configs, stage_config
 

@@ -1,4 +1,4 @@
-"""Moons experiment (spec §6): shared defaults at the paper's settings (§6.5), the six training stages, and
+"""Moons experiment: shared defaults (the original toy configs' settings), the six training stages, and
 `stage_config` turning a pipeline config into the config one stage trains with (through main.py / run_lib).
 
 Field names follow the CIFAR configs where the meaning is the same: the toy's std_min / std_max are
@@ -35,7 +35,7 @@ def get_default_configs():
   training.continuous = True
   training.reduce_mean = True  # DSM averaged over the B x 2 elements, without the 1/2 (T9)
   training.likelihood_weighting = False
-  training.eps = 0.  # t = torch.rand(B) exactly: sigma log-uniform in [sigma_min, sigma_max) (§6.3)
+  training.eps = 0.  # t = torch.rand(B) exactly: sigma log-uniform in [sigma_min, sigma_max), as the original
   training.batch_size = 4000
   training.n_iters = 40001
   training.snapshot_freq = 5000
@@ -45,7 +45,7 @@ def get_default_configs():
   training.keep_checkpoints = 0
 
   config.data = data = ml_collections.ConfigDict()
-  data.dataset = 'moons'  # toy_lib.moons_dataset(data.subset)
+  data.dataset = 'moons'  # toy.data.moons_dataset(data.subset)
   data.subset = 'all'  # 'all', 'upper' (class 0) or 'lower' (class 1)
   data.num_channels = 2
   data.centered = False
@@ -119,13 +119,13 @@ def get_default_configs():
 
 def stage_config(config, stage):
   """The training config of one stage (a key of STAGES) of a pipeline config."""
-  spec, settings = STAGES[stage], config.stages[stage]
-  stage_cfg = ml_collections.ConfigDict(config.to_dict())
-  stage_cfg.data.subset = spec['subset']
-  stage_cfg.training.n_iters = settings.n_iters
-  stage_cfg.training.batch_size = settings.batch_size
-  stage_cfg.optim.lr = settings.lr
-  if spec['model'] == 'classifier':
-    stage_cfg.model.loss_type = spec['loss_type']
-    stage_cfg.model.coef = spec['coef']
-  return stage_cfg
+  stage_spec, schedule = STAGES[stage], config.stages[stage]
+  training_config = ml_collections.ConfigDict(config.to_dict())
+  training_config.data.subset = stage_spec['subset']
+  training_config.training.n_iters = schedule.n_iters
+  training_config.training.batch_size = schedule.batch_size
+  training_config.optim.lr = schedule.lr
+  if stage_spec['model'] == 'classifier':
+    training_config.model.loss_type = stage_spec['loss_type']
+    training_config.model.coef = stage_spec['coef']
+  return training_config

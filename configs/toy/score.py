@@ -1,4 +1,4 @@
-"""Stage 'score' of the moons experiment at the paper's settings (spec §6.5); train with
+"""Stage 'score' of the moons experiment (the original toy config's settings); train with
 `python main.py --config configs/toy/score.py --model score --workdir toy_score`."""
 from configs.toy.default_toy_configs import get_default_configs, stage_config
 

@@ -1,4 +1,4 @@
-"""Stage 'score_lower' of the moons experiment at the paper's settings (spec §6.5); train with
+"""Stage 'score_lower' of the moons experiment (the original toy config's settings); train with
 `python main.py --config configs/toy/score_lower.py --model score --workdir toy_score_lower`."""
 from configs.toy.default_toy_configs import get_default_configs, stage_config
 

@@ -1,4 +1,4 @@
-"""Stage 'score_upper' of the moons experiment at the paper's settings (spec §6.5); train with
+"""Stage 'score_upper' of the moons experiment (the original toy config's settings); train with
 `python main.py --config configs/toy/score_upper.py --model score --workdir toy_score_upper`."""
 from configs.toy.default_toy_configs import get_default_configs, stage_config
 

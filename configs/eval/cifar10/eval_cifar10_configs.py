@@ -1,5 +1,6 @@
-"""Sampling and evaluation on CIFAR-10: NCSN++ score model guided by resnet18_cond (spec §5.2, column E10)."""
-from configs.default_cifar_configs import get_default_configs, set_ncsnpp_model, set_pc_sampler
+"""Sampling and evaluation on CIFAR-10: NCSN++ score model guided by resnet18_cond."""
+from configs.default_cifar_configs import (get_default_configs, set_ncsnpp_model, set_pc_sampler,
+                                           set_class_evaluation, set_resnet_cond_classifier)
 
 
 def get_config():
@@ -9,24 +10,15 @@ def get_config():
   training.sde = 'vesde'
   training.continuous = True
   training.batch_size = 100  # samples per round
-  training.n_iters = 1000001
-  training.eval_freq = 500
+  training.n_iters = 1000001  # parity: read by the trainers only
+  training.eval_freq = 500  # parity
 
   sampling = config.sampling
   set_pc_sampler(sampling)
   sampling.conditional = True
   sampling.scaling_factor = 1.0
 
-  evaluate = config.eval
-  evaluate.batch_size = 200
-  evaluate.num_samples = 51000
-  evaluate.num_samples_all = 50000
-  evaluate.mode = 'class'
-  evaluate.class_id = 0
-  evaluate.class_id_end = 1
-  evaluate.batch_splits = 5
-  evaluate.nearest_k = 3
-  evaluate.freq = 5
+  set_class_evaluation(config.eval)
 
   data = config.data
   data.dataset = 'CIFAR10'
@@ -34,9 +26,5 @@ def get_config():
 
   set_ncsnpp_model(config.model)
 
-  classifier = config.classifier
-  classifier.name = 'classifier'
-  classifier.model = 'resnet18_cond'
-  classifier.nf = 32
-  classifier.classes = 10
+  set_resnet_cond_classifier(config.classifier, 'resnet18_cond', classes=10)
   return config

@@ -1,5 +1,6 @@
-"""CAS (ResNet-50 trained on generated CIFAR-10 samples, tested on real data) (spec §5.2, column A10)."""
-from configs.default_cifar_configs import get_default_configs, set_ncsnpp_model, set_pc_sampler
+"""CAS (ResNet-50 trained on generated CIFAR-10 samples, tested on real data)."""
+from configs.default_cifar_configs import (get_default_configs, set_ncsnpp_model, set_pc_sampler,
+                                           set_class_evaluation, set_resnet_cond_classifier)
 
 
 def get_config():
@@ -12,31 +13,18 @@ def get_config():
   training.n_iters = 400001
   training.eval_freq = 200
 
-  sampling = config.sampling
+  sampling = config.sampling  # parity: CAS does not sample
   set_pc_sampler(sampling)
   sampling.conditional = True
 
-  evaluate = config.eval
-  evaluate.batch_size = 200
-  evaluate.num_samples = 51000
-  evaluate.num_samples_all = 50000
-  evaluate.mode = 'class'
-  evaluate.class_id = 0
-  evaluate.class_id_end = 1
-  evaluate.batch_splits = 5
-  evaluate.nearest_k = 3
-  evaluate.freq = 5
+  set_class_evaluation(config.eval)
 
   data = config.data
   data.dataset = 'CIFAR10'
-  data.cas_dataset = 'samples_base_cifar10'
+  data.cas_dataset = 'samples_base_cifar10'  # parity: the sample folder is --samples_dir (B10)
   data.random_flip = False
 
-  set_ncsnpp_model(config.model)  # not read by CAS
+  set_ncsnpp_model(config.model)  # parity: not read by CAS
 
-  classifier = config.classifier
-  classifier.name = 'classifier'
-  classifier.model = 'resnet18_cond'  # not read by CAS (its classifier is a ResNet-50)
-  classifier.nf = 32
-  classifier.classes = 10
+  set_resnet_cond_classifier(config.classifier, 'resnet18_cond', classes=10)  # CAS reads only classes
   return config
