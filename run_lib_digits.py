@@ -61,11 +61,15 @@ def results(*parts):
   return os.path.join('results', RUN_ROOT, *parts)
 
 
+REFERENCE = results('reference_classifier.pth')  # shared by every seed and method: one feature space
+
+
 def run_stage(script, args, kind, timings, name):
   """One real command line in a child process; its progress bars go to the terminal, its time to `timings`."""
   command = [sys.executable, os.path.join(REPO, script)] + args + (TINY[kind] if FLAGS.tiny else [])
   environment = dict(os.environ, OMP_NUM_THREADS=str(FLAGS.num_threads), MKL_NUM_THREADS=str(FLAGS.num_threads))
   tqdm.write(f'== {name}: {" ".join(os.path.relpath(a, REPO) if a.startswith(REPO) else a for a in command[1:])}')
+  sys.stdout.flush()  # the header before the child's own output, also when stdout is a pipe
   start = time.time()
   if subprocess.run(command, env=environment).returncode:
     sys.exit(f'run_lib_digits.py: error: stage {name!r} failed; its message is above')
@@ -90,8 +94,6 @@ def sample(workdir, scale, classifier, score, seed, timings):
           '--restore', score, '--restore_classifier', classifier, f'--scale={scale}', f'--config.sampling.seed={seed}']
   run_stage('run_lib_sampling.py', args, 'sampling', timings, f'{workdir} sampling')
 
-
-REFERENCE = results('reference_classifier.pth')
 
 
 def evaluate(workdir, seed, timings):
