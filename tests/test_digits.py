@@ -85,7 +85,7 @@ def run_tiny_digits(cwd):
   (blocker / '__init__.py').write_text('raise ImportError("the digits pipeline must not import tensorflow")\n')
   env = dict(os.environ, PYTHONPATH=str(blocker.parent), OMP_NUM_THREADS='1')
   return subprocess.run([sys.executable, str(REPO_ROOT / 'run_lib_digits.py'), '--tiny', '--seeds', '3'],
-                        cwd=cwd, capture_output=True, text=True, timeout=1200, env=env)
+                        cwd=cwd, capture_output=True, text=True, timeout=2400, env=env)
 
 
 def test_tiny_digits_run_writes_every_table_field_and_the_grids(tiny_digits_run):
