@@ -101,7 +101,8 @@ def load_cifar(root, dataset, train):
   reader = cifar_reader(dataset)
   try:
     split = reader(root, train=train, download=False)
-  except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as error:
+  # MemoryError: a corrupt length field in a pickle header asks for an impossible allocation
+  except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, MemoryError) as error:
     folder = os.path.join(root, reader.base_folder)
     raise DatasetIntegrityError(f'{folder} is not a readable {reader.display_name} folder '
                                 f'({type(error).__name__}: {error}); extract {reader.filename} again.') from error
@@ -173,7 +174,7 @@ def load_split(config, split='train'):
 
 
 def get_data_scaler(config):
-  """[0, 1] -> model input: 2x - 1 when data.centered, else the identity (every original config has centered=False)."""
+  """[0, 1] -> model input: 2x - 1 when data.centered, else the identity, as the original."""
   if config.data.centered:
     return lambda x: x * 2. - 1.
   return lambda x: x
@@ -294,8 +295,9 @@ def get_dataset(config, split='train', *, batch_size=None, repeat=True, shuffle=
     dataset = ImageBatches(data, labels, config.data.image_size, flip, config.data.uniform_dequantization,
                            seed=seed + 7919 * (rank + 1))
   if len(dataset) < batch_size:
-    raise ValueError(f'The {split} split of {config.data.dataset} has {len(dataset)} examples, fewer than one batch '
-                     f'of {batch_size}.')
+    field = 'training.batch_size' if batch_size == config.training.batch_size else 'eval.batch_size'
+    raise ValueError(f'{field}={batch_size}: the {split} split of {config.data.dataset} has only {len(dataset)} '
+                     f'examples, fewer than one batch; lower {field}.')
   sampler = EpochBatches(len(dataset), batch_size, shuffle, seed, rank, world_size)
   loader = torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None)
   return Batches(loader, repeat)

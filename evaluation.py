@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import plumbing
+
 INCEPTION_HANDLE = 'https://tfhub.dev/tensorflow/tfgan/eval/inception/1'
 INCEPTION_POOL = 'pool_3'
 INCEPTION_LOGITS = 'logits'
@@ -412,7 +414,7 @@ def update_metrics_file(workdir, section, values):
       metrics = json.load(f)
   metrics.setdefault(section, {}).update(values)
   write_json_atomic(path, metrics)
-  write_text_atomic(os.path.join(workdir, 'metrics.txt'), format_metrics(metrics))
+  plumbing.write_text_atomic(os.path.join(workdir, 'metrics.txt'), format_metrics(metrics))
   return metrics
 
 
@@ -435,14 +437,5 @@ def _format_number(value):
   return f'{value:.6g}' if isinstance(value, float) else str(value)
 
 
-def write_text_atomic(path, text):
-  """Write a text file through a temporary file and a rename, so readers never see half a file."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def write_json_atomic(path, obj):
-  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
+  plumbing.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')

@@ -165,8 +165,9 @@ def classifier_objective(logits_fn, perturbed, labels, prior_score, z, std, loss
 
 
 def get_sde_classifier_loss_fn(sde, train, num_classes, continuous=True, loss_type='total', weighting_dlsm=0,
-                               weighting_ce=0, coef=1.0, eps=1e-5):
-  """loss_fn(classifier, score_model, batch, labels, t=None, z=None) -> scalar, with t ~ U(eps, T).
+                               weighting_ce=0, coef=1.0, eps=None):
+  """loss_fn(classifier, score_model, batch, labels, t=None, z=None) -> scalar, with t ~ U(eps, T); eps defaults to
+  the SDE's sampling eps, as the original classifier trainer (1e-5 VE, 1e-3 VP / sub-VP).
 
   The frozen score model runs in eval mode without autograd; the classifier runs in train mode when `train`.
   """
@@ -174,6 +175,7 @@ def get_sde_classifier_loss_fn(sde, train, num_classes, continuous=True, loss_ty
     raise ValueError(f'loss_type={loss_type!r}; expected one of {LOSS_TYPES}.')
   if not continuous:
     raise ValueError('The classifier loss needs training.continuous=True (as the original trainer).')
+  eps = sde.sampling_eps if eps is None else eps
 
   def loss_fn(classifier, score_model, batch, labels, t=None, z=None):
     classifier_fn = mutils.get_classifier_fn(sde, classifier, train=train, continuous=continuous)
@@ -230,7 +232,7 @@ def get_step_fn(sde, train, optimize_fn=None, reduce_mean=False, continuous=True
 
 
 def get_classifier_step_fn(sde, train, optimize_fn=None, num_classes=10, continuous=True, loss_type='total',
-                           weighting_dlsm=0, weighting_ce=0, coef=1.0, eps=1e-5):
+                           weighting_dlsm=0, weighting_ce=0, coef=1.0, eps=None):
   """Classifier step: step_fn(state, batch, labels) -> loss. state = {'model','score_model','optimizer','step'}.
 
   Train: one update and step += 1 (the original never counted, B1). Eval: the loss, classifier in eval mode.

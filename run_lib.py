@@ -1,4 +1,4 @@
-"""Training loops: the score model (spec §5.4) and the noise-conditioned classifier (spec §5.5).
+"""Training loops: the score model (denoising score matching) and the noise-conditioned classifier (CE, DLSM or both).
 
 Both run single-process or under `torchrun` (DistributedDataParallel: NCCL on GPUs, gloo on CPU). The configured
 `training.batch_size` is the GLOBAL batch: every update sees the same number of examples whatever the number of
@@ -13,6 +13,7 @@ import datetime
 import logging
 import os
 import random
+import socket
 import sys
 import types
 
@@ -21,13 +22,15 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+import config_checks
 import datasets
 import losses
+import plumbing
 import sde_lib
 from models import checkpoint as ckpt
 from models import utils as mutils
 
-SCORE_LOSS_EPS = 1e-3  # the DLSM repository's score-training time range [1e-3, 1] (spec §1.4)
+SCORE_LOSS_EPS = 1e-3  # the DLSM repository trains the score model on t in [1e-3, 1] (score_sde uses 1e-5 for VE)
 
 
 # ---------------------------------------------------------------------------------------------- run set-up
@@ -39,28 +42,21 @@ class Run:
   def __init__(self, config, workdir):
     self.workdir = workdir
     self.config = config
-    self.world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    self.rank = int(os.environ.get('RANK', '0'))
+    self.rank, self.world_size, _ = plumbing.torchrun_rank()
     self.device = self._setup_device(config)
     self.is_main = self.rank == 0
     self.ckpt_dir = os.path.join(workdir, 'checkpoints')
     self.writer = None
     self.log_handler = None
     self.progress = None
+    self.lock = plumbing.lock_run_folder(workdir, self.rank)
 
   def _setup_device(self, config):
-    device = mutils.get_device(config)
-    if self.world_size > 1:
-      local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-      if device.type == 'cuda':
-        device = torch.device('cuda', local_rank)
-        torch.cuda.set_device(device)
-      if not dist.is_initialized():
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo',
-                                timeout=datetime.timedelta(minutes=30))
+    device = plumbing.process_device(config)
+    if self.world_size > 1 and not dist.is_initialized():
+      dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', timeout=datetime.timedelta(minutes=30))
     if device.type == 'cuda':  # exact float32 unless the config opts into TF32 convolutions / matmuls
       mutils.use_exact_float32(not config.training.get('allow_tf32', False))
-    config.device = str(device)  # so create_model / samplers place everything here
     return device
 
   def __enter__(self):
@@ -71,13 +67,15 @@ class Run:
       return self
     if root.level > logging.INFO:
       root.setLevel(logging.INFO)
+    self.lock.__enter__()  # one run per workdir; the first write into it
     os.makedirs(self.ckpt_dir, exist_ok=True)
     self.log_handler = logging.FileHandler(os.path.join(self.workdir, 'log.txt'))
     self.log_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
     root.addHandler(self.log_handler)
+    for path in plumbing.remove_stale_temp_files(self.workdir):
+      logging.info('Removed %s, left by an interrupted run', path)
     self.writer = tensorboard_writer(os.path.join(self.workdir, 'tensorboard'))
-    with open(os.path.join(self.workdir, 'config.txt'), 'w') as file:
-      file.write(str(self.config))
+    record_start(self.workdir, self.config)
     return self
 
   def __exit__(self, exc_type, exc, traceback):
@@ -94,6 +92,8 @@ class Run:
     root.setLevel(self._root_level)
     if self.world_size > 1 and dist.is_initialized() and exc is None:
       dist.barrier()
+    if self.is_main and self.lock.file is not None:
+      self.lock.__exit__(exc_type, exc, traceback)
     return False
 
   def seed(self, config, initial_step):
@@ -142,6 +142,13 @@ class Run:
       self.writer.add_scalar(tag, value, step)
 
 
+def record_start(workdir, config):
+  """Append this start's time, host and config to config.txt: the file keeps the history of starts."""
+  started = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')
+  with open(os.path.join(workdir, 'config.txt'), 'a') as file:
+    file.write(f'# ---- start {started}, pid {os.getpid()} on {socket.gethostname()}\n{config}\n')
+
+
 def tensorboard_writer(log_dir):
   """torch's SummaryWriter without TensorFlow: tensorboard's own stub replaces TF (training never imports TF)."""
   if 'tensorflow' not in sys.modules:
@@ -179,7 +186,30 @@ def resume_step(run, model, optimizer, ema=None):
   step = ckpt.restore_training_state(path, model, optimizer, ema=ema, device=run.device)
   if run.is_main:
     logging.info('Resumed from %s (step %d)', path, step)
+  apply_optimizer_settings(run, run.config, optimizer, path)
   return step
+
+
+OPTIMIZER_SETTINGS = ('lr', 'betas', 'eps', 'weight_decay', 'momentum')
+
+
+def optimizer_settings(config):
+  """The optimizer hyper-parameters the config sets (lr only without warm-up: with warm-up every step sets it)."""
+  fresh = losses.get_optimizer(config, [torch.zeros(1, requires_grad=True)]).param_groups[0]
+  skip = ('lr',) if config.optim.warmup > 0 else ()
+  return {name: fresh[name] for name in OPTIMIZER_SETTINGS if name in fresh and name not in skip}
+
+
+def apply_optimizer_settings(run, config, optimizer, path):
+  """A resumed optimizer takes the config's settings; each change is logged, never silently ignored."""
+  for name, value in optimizer_settings(config).items():
+    saved = optimizer.param_groups[0][name]
+    if tuple(np.atleast_1d(saved)) != tuple(np.atleast_1d(value)):
+      if run.is_main:
+        logging.warning('optim: %s was %s in %s; the config sets %s, which applies from now on', name, saved, path,
+                        value)
+      for group in optimizer.param_groups:
+        group[name] = value
 
 
 def loss_eps(config, default):
@@ -198,6 +228,7 @@ def new_ema(config, model):
 
 def train_score(config, workdir):
   """Train the score model of `config` in `workdir` (resuming when it holds checkpoints)."""
+  config_checks.check_training(config, 'score', plumbing.torchrun_rank()[1])
   with Run(config, workdir) as run:
     run.seed(config, 0)  # reproducible initial weights
     sde, sampling_eps = sde_lib.get_sde(config)
@@ -206,7 +237,7 @@ def train_score(config, workdir):
     optimizer = losses.get_optimizer(config, score_model.parameters())
     initial_step = resume_step(run, score_model, optimizer, ema)
     if initial_step == 0 and config.model.get('score_restore_path', None):
-      # --restore on the score trainer: start from those EMA weights, fresh optimizer (spec §5.4.1).
+      # --restore on the score trainer: start from those EMA weights with a fresh optimizer, as the original.
       ckpt.restore_score_model(config.model.score_restore_path, score_model, ema, run.device)
       if run.is_main:
         logging.info('Initialised from %s', config.model.score_restore_path)
@@ -225,6 +256,8 @@ def train_score(config, workdir):
       logging.info('Score training: updates %d to %d, %d process(es), device %s', initial_step, num_updates,
                    run.world_size, run.device)
     report_start(run, initial_step, num_updates)
+    if missing_snapshot(run, config, initial_step):
+      snapshot_samples(run, config, sde, sampling_eps, score_model, ema, initial_step)
     run.start_progress(initial_step, num_updates, 'score')
 
     for step in range(initial_step, num_updates):
@@ -267,7 +300,7 @@ def log_value(run, tag, value, step, fmt='%.5e'):
 
 
 def snapshot_samples(run, config, sde, sampling_eps, score_model, ema, step):
-  """Unconditional samples with the EMA weights -> samples/iter_<step>/sample.npy and sample.png (spec §5.4)."""
+  """Unconditional samples with the EMA weights -> samples/iter_<step>/sample.npy and sample.png, as the original."""
   if config.data.dataset == 'moons':
     return
   try:
@@ -289,13 +322,21 @@ def snapshot_samples(run, config, sde, sampling_eps, score_model, ema, step):
     samples = torch.cat(gathered)
   if not run.is_main:
     return
-  folder = os.path.join(run.workdir, 'samples', f'iter_{step}')
-  os.makedirs(folder, exist_ok=True)
+  folder = snapshot_folder(run, step)
   images = samples.clamp(0, 1)
-  np.save(os.path.join(folder, 'sample.npy'),
-          np.clip(images.permute(0, 2, 3, 1).cpu().numpy() * 255, 0, 255).astype(np.uint8))
-  torchvision.utils.save_image(images, os.path.join(folder, 'sample.png'), nrow=int(np.sqrt(len(images))),
-                               padding=2)
+  plumbing.atomic_write(os.path.join(folder, 'sample.png'), lambda file: torchvision.utils.save_image(
+      images, file, nrow=int(np.sqrt(len(images))), padding=2, format='png'))
+  plumbing.atomic_write(os.path.join(folder, 'sample.npy'), lambda file: np.save(file, plumbing.to_uint8(images)))
+
+
+def snapshot_folder(run, step):
+  return os.path.join(run.workdir, 'samples', f'iter_{step}')
+
+
+def missing_snapshot(run, config, step):
+  """True when a resumed run's starting checkpoint has no snapshot samples (the kill came between the two)."""
+  return (step > 0 and config.training.snapshot_sampling and config.data.dataset != 'moons'
+          and not os.path.isfile(os.path.join(snapshot_folder(run, step), 'sample.npy')))
 
 
 # ---------------------------------------------------------------------------------------------- classifier
@@ -307,6 +348,9 @@ def load_frozen_score_model(run, config):
   if not path:
     raise ValueError('Classifier training needs a trained score model: pass --restore <score checkpoint> '
                      '(or set config.model.score_restore_path).')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'model.score_restore_path = {path} does not exist: pass --restore <score checkpoint> '
+                            '(results/<score workdir>/checkpoints/checkpoint_<step>.pth)')
   score_model = mutils.create_model(config)
   ckpt.restore_score_model(path, score_model, new_ema(config, score_model), run.device,
                            config_hint='the model.* fields of the classifier config')
@@ -317,9 +361,8 @@ def load_frozen_score_model(run, config):
 
 
 def train_classifier(config, workdir):
-  """Train the noise-conditioned classifier of `config` with the loss of config.model.loss_type (spec §1.7)."""
-  if not config.training.continuous:
-    raise ValueError('Classifier training needs training.continuous=True (as the original).')
+  """Train the noise-conditioned classifier of `config` with the loss of config.model.loss_type (ce, dlsm, total)."""
+  config_checks.check_training(config, 'classifier', plumbing.torchrun_rank()[1])
   with Run(config, workdir) as run:
     run.seed(config, 0)  # reproducible initial weights
     sde, sampling_eps = sde_lib.get_sde(config)
@@ -362,7 +405,7 @@ def train_classifier(config, workdir):
 
 
 def evaluate_accuracy(run, classifier, correct_fn, test_batches, scaler):
-  """Accuracy in % over one pass of the test batches (spec §1.8), summed over the ranks."""
+  """Accuracy in % over one pass of the test batches at a random t ~ U(eps, 1) per image, summed over the ranks."""
   counts = torch.zeros(2, dtype=torch.float64, device=run.device)
   for images, labels in test_batches:
     labels = labels.to(run.device)

@@ -8,37 +8,38 @@ are used for training and the real test split of config.data.dataset (through th
 The network is eval.cas_arch: the paper's ResNet-50 on CIFAR, the reference CNN ('digits_cnn') on digits. The test accuracy is measured every
 training.eval_freq steps and after the last one; the final and the best accuracy are reported (B13). Only the newest
 eval.cas_keep_checkpoints checkpoints plus the best weights are kept in results/<workdir>/checkpoints_cas, and an
-interrupted run resumes from the newest one. TensorBoard tags as the original: loss_ce, eval_acc (percent).
+interrupted run resumes from the newest one. TensorBoard tags as the original (loss_ce, eval_acc in percent), in
+results/<workdir>/tensorboard_cas: the classifier run's own tensorboard/ folder is left alone.
 """
 
 import functools
 import json
 import logging
 import os
-import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 from tqdm import tqdm
 
+import config_checks
 import datasets
 import evaluation
 import losses
+import plumbing
 import run_lib
 from models import cas
 from models import checkpoint as ckpt
 from models import utils as mutils
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'CAS config file.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Run folder name; checkpoints and results go to results/<workdir>.')
-flags.DEFINE_string('samples_dir', None, 'Folder of <class>/samples_<r>.npz (overrides eval.samples_dir; '
-                    'default results/<workdir>/eval_samples).')
-flags.DEFINE_string('data_dir', None, 'Folder holding cifar-10-batches-py / cifar-100-python (overrides data.root).')
-flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def define_flags():
+  plumbing.define_run_flags('CAS config file.', data_dir=True)
+  flags.DEFINE_string('samples_dir', None, 'Folder of <class>/samples_<r>.npz (overrides eval.samples_dir; '
+                      'default results/<workdir>/eval_samples).')
 
 
 @functools.lru_cache(maxsize=2)
@@ -94,12 +95,13 @@ def train_cas(config, workdir, samples_dir):
   optimizer = losses.get_optimizer(config, model.parameters())
   ckpt_dir = os.path.join(workdir, 'checkpoints_cas')
   latest = ckpt.latest_checkpoint(ckpt_dir)
-  start = ckpt.restore_training_state(latest, model, optimizer, device=device) if latest else 0
+  start = ckpt.restore_training_state(latest, model, optimizer, device=device,
+                                      config_hint=f'eval.cas_arch={config.eval.cas_arch!r}') if latest else 0
   history = load_history(ckpt_dir, start)
   logging.info('CAS: %d samples of %d classes from %s, %d test images, %s from step %d',
                len(images), num_classes, samples_dir, len(test_images), config.eval.cas_arch, start)
 
-  writer = run_lib.tensorboard_writer(os.path.join(workdir, 'tensorboard'))  # the original's tags, without TF
+  writer = run_lib.tensorboard_writer(os.path.join(workdir, 'tensorboard_cas'))  # the original's tags, without TF
   model.train()
   n_iters, eval_freq = config.training.n_iters, config.training.eval_freq
   progress = tqdm(range(start, n_iters), initial=start, total=n_iters, desc='CAS', mininterval=2)
@@ -113,7 +115,8 @@ def train_cas(config, workdir, samples_dir):
       progress.set_postfix(loss_ce=f'{loss.item():.4f}')
       writer.add_scalar('loss_ce', loss.item(), step)
     if step % eval_freq == 0 or step == n_iters - 1:
-      history.append((step + 1, evaluation.classifier_accuracy(model, test_images, test_labels, config.eval.batch_size)))
+      accuracy = evaluation.classifier_accuracy(model, test_images, test_labels, config.eval.batch_size)
+      history.append((step + 1, accuracy))
       writer.add_scalar('eval_acc', 100 * history[-1][1], step)
       progress.write(f'Step {step + 1}: loss_ce {loss.item():.4f} || Accuracy: {100 * history[-1][1]:.2f}%')
       save_progress(config, ckpt_dir, model, optimizer, step + 1, history)
@@ -126,20 +129,17 @@ def train_cas(config, workdir, samples_dir):
 def main(argv):
   del argv
   config = FLAGS.config
-  if FLAGS.samples_dir is not None:
-    config.eval.samples_dir = FLAGS.samples_dir
-  if FLAGS.data_dir is not None:
-    config.data.root = FLAGS.data_dir
+  plumbing.apply_flag_overrides(config, {'eval.samples_dir': FLAGS.samples_dir, 'data.root': FLAGS.data_dir})
+  config_checks.check_cas(config)
   workdir = os.path.join('results', FLAGS.workdir)
   samples_dir = config.eval.samples_dir or os.path.join(workdir, 'eval_samples')
-  try:
+  with plumbing.RunFolderLock(workdir):
     result = train_cas(config, workdir, samples_dir)
-  except FileNotFoundError as error:
-    sys.exit(f'run_lib_cas.py: error: {error}')
   print(f"CAS final accuracy: {100 * result['final_accuracy']:.2f}% (step {result['final_step']}) || "
         f"best: {100 * result['best_accuracy']:.2f}% (step {result['best_step']})")
   evaluation.update_metrics_file(workdir, 'cas', result)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  define_flags()
+  plumbing.run_script(main)

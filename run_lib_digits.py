@@ -25,6 +25,7 @@ from absl import app, flags
 from tqdm.auto import tqdm
 
 import evaluation
+import plumbing
 from configs.digits import eval as digits_eval
 from models import checkpoint as ckpt
 
@@ -211,7 +212,7 @@ def write_table(workdir, per_seed, timings, total_seconds):
           + markdown_table(table, len(per_seed))
           + f'\nReference classifier test accuracy: {100 * report["reference_test_accuracy"]:.2f}%. '
           f'Wall time {total_seconds / 60:.1f} min.\n')
-  evaluation.write_text_atomic(os.path.join(workdir, 'digits_table.md'), text)
+  plumbing.write_text_atomic(os.path.join(workdir, 'digits_table.md'), text)
   return text
 
 

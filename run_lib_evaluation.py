@@ -11,29 +11,30 @@ accuracy on the samples; TensorFlow is not loaded).
 """
 
 import os
-import sys
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 from tqdm import tqdm
 
+import config_checks
 import datasets
 import evaluation
+import plumbing
 from models import utils as mutils
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Evaluation config file.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Run folder name; files are read and written in results/<workdir>.')
-flags.DEFINE_enum('mode', 'full', ['full', 'class'], 'full: all samples at once; class: class-wise (CW) metrics.')
-flags.DEFINE_bool('stat', False, 'Build stat/stat.npz from the training split, grouped by class.')
-flags.DEFINE_bool('latent', False, 'Encode the dataset (into stat.npz) and every sample file (into latent/) with the '
-                  'feature space of eval.features (Inception, or the digits reference classifier).')
-flags.DEFINE_bool('fidis', False, 'Compute FID and Inception score (digits: FD and the reference accuracy).')
-flags.DEFINE_bool('prdc', False, 'Compute precision, recall, density and coverage.')
-flags.DEFINE_string('inception_dir', None, "Folder of TF-GAN's Inception module (overrides config.eval.inception_dir).")
-flags.DEFINE_string('data_dir', None, 'Folder holding cifar-10-batches-py / cifar-100-python (overrides data.root).')
-flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def define_flags():
+  plumbing.define_run_flags('Evaluation config file.', data_dir=True)
+  flags.DEFINE_enum('mode', 'full', ['full', 'class'], 'full: all samples at once; class: class-wise (CW) metrics.')
+  flags.DEFINE_bool('stat', False, 'Build stat/stat.npz from the training split, grouped by class.')
+  flags.DEFINE_bool('latent', False, 'Encode the dataset (into stat.npz) and every sample file (into latent/) with '
+                    'the feature space of eval.features (Inception, or the digits reference classifier).')
+  flags.DEFINE_bool('fidis', False, 'Compute FID and Inception score (digits: FD and the reference accuracy).')
+  flags.DEFINE_bool('prdc', False, 'Compute precision, recall, density and coverage.')
+  flags.DEFINE_string('inception_dir', None, "Folder of TF-GAN's Inception module (overrides "
+                      'config.eval.inception_dir).')
 
 
 def stat_file(workdir):
@@ -223,18 +224,15 @@ def evaluate(config, workdir, mode, stat, latent, fidis, prdc):
 def main(argv):
   del argv
   config = FLAGS.config
-  if FLAGS.inception_dir is not None:
-    config.eval.inception_dir = FLAGS.inception_dir
-  if FLAGS.data_dir is not None:
-    config.data.root = FLAGS.data_dir
+  plumbing.apply_flag_overrides(config, {'eval.inception_dir': FLAGS.inception_dir, 'data.root': FLAGS.data_dir})
   if not (FLAGS.stat or FLAGS.latent or FLAGS.fidis or FLAGS.prdc):
-    raise app.UsageError('nothing to do: pass at least one of --stat, --latent, --fidis, --prdc')
-  try:
-    evaluate(config, os.path.join('results', FLAGS.workdir), FLAGS.mode,
-             FLAGS.stat, FLAGS.latent, FLAGS.fidis, FLAGS.prdc)
-  except FileNotFoundError as error:
-    sys.exit(f'run_lib_evaluation.py: error: {error}')
+    raise ValueError('nothing to do: pass at least one of --stat, --latent, --fidis, --prdc')
+  config_checks.check_evaluation(config)
+  workdir = os.path.join('results', FLAGS.workdir)
+  with plumbing.RunFolderLock(workdir):
+    evaluate(config, workdir, FLAGS.mode, FLAGS.stat, FLAGS.latent, FLAGS.fidis, FLAGS.prdc)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  define_flags()
+  plumbing.run_script(main)

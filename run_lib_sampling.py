@@ -1,4 +1,4 @@
-"""Class-conditional sampling: a score model guided by a noise-conditioned classifier (spec §3).
+"""Class-conditional sampling: a score model guided by a noise-conditioned classifier (score + λ ∇x log p(y|x)).
 
   python run_lib_sampling.py --config configs/eval/cifar10/eval_cifar10_configs.py --mode full \
       --workdir classifier_cifar10_ours_resnet18_cond [--scale 10] \
@@ -9,26 +9,34 @@
 Writes results/<workdir>/eval_samples/<class>/samples_<round>.npz (key 'samples', uint8 NHWC) and a .png grid
 per round. Every (class, round) has its own seed derived from (sampling.seed, class, round): a rerun skips
 complete files and redoes broken ones, and any split of the classes over processes writes the same files.
+
+eval_samples/settings.json records what made the samples (the whole config.sampling section, the SDE and its table
+size, batch size, data scaling, and the identities of both checkpoints). A rerun with other settings is refused with
+the differing fields named; --fresh moves the old samples aside (eval_samples.<time>) and starts again. A batch with
+a non-finite value is never written: the run stops, naming the class, the round and the settings.
 """
+import datetime
+import json
 import logging
 import os
-import sys
 import zipfile
 import zlib
 
 import numpy as np
 import torch
-from absl import app, flags
-from ml_collections.config_flags import config_flags
+from absl import flags
+
+import config_checks
+import plumbing
 
 FLAGS = flags.FLAGS
+SETTINGS_FILE = 'settings.json'
 
 
 def define_flags():
-  """The seed's flags (defined when run as a script, so importing this module defines none)."""
-  config_flags.DEFINE_config_file('config', None, 'Sampling configuration file (configs/eval/...).',
-                                  lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Run folder name; samples go to results/<workdir>/eval_samples.')
+  """The original's flags plus --fresh (defined when run as a script, so importing this module defines none)."""
+  plumbing.define_run_flags('Sampling configuration file (configs/eval/...); samples go to '
+                            'results/<workdir>/eval_samples.')
   flags.DEFINE_enum('mode', 'full', ['full', 'class'], 'full: every class; class: --classid .. --classidend.')
   flags.DEFINE_integer('classid', 0, 'First class (class mode).')
   flags.DEFINE_integer('classidend', -1, 'End of the class range, EXCLUSIVE; -1 means only --classid.')
@@ -36,7 +44,8 @@ def define_flags():
   flags.DEFINE_string('restore', None, 'Score checkpoint; overrides model.score_restore_path only when given.')
   flags.DEFINE_string('restore_classifier', None,
                       'Classifier checkpoint; overrides model.classifier_restore_path only when given.')
-  flags.mark_flags_as_required(['config', 'workdir'])
+  flags.DEFINE_bool('fresh', False, 'Move samples made with other settings aside (eval_samples.<time>) and start '
+                    'again, instead of refusing.')
 
 
 def class_range(mode, class_id, class_id_end, num_classes):
@@ -66,11 +75,6 @@ def sample_seed(base_seed, class_id, round_id):
   return int(np.random.SeedSequence([base_seed, class_id, round_id]).generate_state(1)[0])
 
 
-def to_uint8(samples):
-  """NCHW floats in [0, 1] -> NHWC uint8 by clip(x·255, 0, 255) and truncation (the original's quantisation)."""
-  return np.clip(samples.permute(0, 2, 3, 1).cpu().numpy() * 255., 0, 255).astype(np.uint8)
-
-
 def samples_path(sample_dir, class_id, round_id):
   return os.path.join(sample_dir, str(class_id), f'samples_{round_id}.npz')
 
@@ -83,19 +87,6 @@ def is_complete(path, shape):
     return samples.dtype == np.uint8 and samples.shape == tuple(shape)
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
     return False
-
-
-def _atomic_write(path, write):
-  """write(file) into a temporary file next to `path`, then rename it into place."""
-  folder, name = os.path.split(path)
-  tmp_path = os.path.join(folder, f'.{name}.{os.getpid()}.tmp')
-  try:
-    with open(tmp_path, 'wb') as file:
-      write(file)
-    os.replace(tmp_path, path)
-  finally:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
 
 
 def write_npz(file, **arrays):
@@ -113,15 +104,9 @@ def write_samples(path, samples):
   from torchvision.utils import save_image
   os.makedirs(os.path.dirname(path), exist_ok=True)
   nrow = int(np.sqrt(samples.shape[0]))
-  _atomic_write(path[:-len('.npz')] + '.png',
-                lambda file: save_image(samples.cpu(), file, nrow=nrow, padding=2, format='png'))
-  _atomic_write(path, lambda file: write_npz(file, samples=to_uint8(samples)))
-
-
-def process_rank():
-  """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain run."""
-  env = os.environ
-  return int(env.get('RANK', 0)), int(env.get('WORLD_SIZE', 1)), int(env.get('LOCAL_RANK', 0))
+  plumbing.atomic_write(path[:-len('.npz')] + '.png',
+                        lambda file: save_image(samples.cpu(), file, nrow=nrow, padding=2, format='png'))
+  plumbing.atomic_write(path, lambda file: write_npz(file, samples=plumbing.to_uint8(samples)))
 
 
 def pending_work(sample_dir, classes, rounds, shape, rank=0, world_size=1):
@@ -143,6 +128,71 @@ def checkpoint_paths(config):
   return paths
 
 
+# ---------------------------------------------------------------------------------------------- settings record
+
+
+def sampling_settings(config):
+  """{field: value} of everything that shapes the samples; checkpoints by content (models.checkpoint fingerprints)."""
+  from models import checkpoint
+  score_path, classifier_path = checkpoint_paths(config)
+  settings = {f'sampling.{key}': value for key, value in config.sampling.to_dict().items()}
+  for field in ('training.sde', 'training.continuous', 'training.batch_size', 'model.num_scales', 'model.sigma_min',
+                'model.sigma_max', 'model.beta_min', 'model.beta_max', 'data.image_size', 'data.num_channels',
+                'data.centered'):
+    section, name = field.split('.')
+    settings[field] = config[section][name]
+  settings['score checkpoint'] = checkpoint.checkpoint_fingerprint(score_path)
+  settings['classifier checkpoint'] = checkpoint.checkpoint_fingerprint(classifier_path)
+  return json.loads(json.dumps(settings))  # tuples as lists, as read back from the file
+
+
+def has_samples(sample_dir):
+  return os.path.isdir(sample_dir) and any(name.endswith('.npz') for _, _, names in os.walk(sample_dir)
+                                           for name in names)
+
+
+def differences(recorded, settings):
+  return [f'{key} {recorded.get(key, "unset")!r} -> {settings.get(key, "unset")!r}'
+          for key in sorted(set(recorded) | set(settings)) if recorded.get(key) != settings.get(key)]
+
+
+def check_settings(sample_dir, settings, fresh, rank):
+  """Refuse a folder of samples made with other settings (or move it aside with --fresh); record ours (rank 0)."""
+  path = os.path.join(sample_dir, SETTINGS_FILE)
+  recorded = read_settings(path)
+  if recorded is None and has_samples(sample_dir):
+    changes = ['no settings record (samples of an earlier version)']
+  else:
+    changes = differences(recorded, settings) if recorded is not None else []
+  if changes and not fresh:
+    raise plumbing.ScriptError(f'{sample_dir} holds samples made with other settings ({"; ".join(changes)}); '
+                               'sample into another --workdir, or pass --fresh to move them aside and start again')
+  if changes and rank == 0:
+    aside = f'{sample_dir}.{datetime.datetime.now().strftime("%Y%m%d-%H%M%S")}'
+    os.replace(sample_dir, aside)
+    logging.warning('Moved the samples made with other settings to %s', aside)
+  if rank == 0 and (changes or recorded is None):
+    plumbing.write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True) + '\n')
+
+
+def read_settings(path):
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as file:
+      return json.load(file)
+  except ValueError as error:
+    raise plumbing.ScriptError(f'{path} is not a readable settings record ({error}); pass --fresh to start '
+                               'again') from error
+
+
+def describe(config):
+  s = config.sampling
+  steps = 'ode' if s.method.lower() == 'ode' else f'pc {s.predictor}/{s.corrector}'
+  return (f'{config.training.sde} N={config.model.num_scales}, {steps}, scale {s.scaling_factor:g}, {s.dtype}'
+          f'{", compiled" if s.compile else ""}')
+
+
 def load_models(config, device):
   """The EMA score model and the classifier, in eval mode on `device`, weights in channels_last."""
   import sampling
@@ -156,35 +206,30 @@ def load_models(config, device):
   return sampling.to_channels_last(score_model.eval(), classifier.eval())
 
 
-def process_device(config, local_rank, world_size):
-  """config.device, with torchrun's ranks spread over the local GPUs; written back into the config."""
-  from models import utils as mutils
-  device = mutils.get_device(config)
-  if world_size > 1 and device.type == 'cuda' and device.index is None:
-    device = torch.device('cuda', local_rank)
+def process_device(config):
+  """This process's device (torchrun's ranks spread over the local GPUs), with deterministic cuDNN."""
+  device = plumbing.process_device(config)
   if device.type == 'cuda':  # the same cuDNN algorithms in every process: shards give the same files
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
-  config.device = str(device)
   return device
 
 
-def prepare(config, workdir, classes):
-  """Validate the job; returns this process's pending (class, round) list, R, and fn(class, round)."""
+def prepare(config, workdir, classes, fresh=False):
+  """Check the folder's settings; returns this process's pending (class, round) list, R, and fn(class, round)."""
   import datasets
   import sampling
   import sde_lib
-  rank, world_size, local_rank = process_rank()
-  device = process_device(config, local_rank, world_size)
+  rank, world_size, _ = plumbing.torchrun_rank()
+  device = process_device(config)
   rounds = rounds_per_class(config)
-  checkpoint_paths(config)
   batch_size, channels, size = config.training.batch_size, config.data.num_channels, config.data.image_size
   sample_dir = os.path.join(workdir, 'eval_samples')
+  check_settings(sample_dir, sampling_settings(config), fresh, rank)
+  plumbing.remove_stale_temp_files(sample_dir)
   work = pending_work(sample_dir, classes, rounds, (batch_size, size, size, channels), rank, world_size)
-  logging.info('rank %d of %d on %s: %d batches of %d left to sample for classes %d..%d (%d rounds each; '
-               'guidance scale %g, %s%s)', rank, world_size, device, len(work), batch_size, classes[0],
-               classes[-1], rounds, config.sampling.scaling_factor, config.sampling.dtype,
-               ', compiled' if config.sampling.compile else '')
+  logging.info('rank %d of %d on %s: %d batches of %d left to sample for classes %d..%d (%d rounds each; %s)',
+               rank, world_size, device, len(work), batch_size, classes[0], classes[-1], rounds, describe(config))
   if not work:
     return work, rounds, None
   score_model, classifier = load_models(config, device)
@@ -196,33 +241,38 @@ def prepare(config, workdir, classes):
     torch.manual_seed(sample_seed(config.sampling.seed, class_id, round_id))
     labels = torch.full((batch_size,), class_id, dtype=torch.long, device=device)
     samples, _ = sampling_fn(score_model, classifier, labels)
+    if not torch.isfinite(samples).all():
+      raise plumbing.ScriptError(f'class {class_id} round {round_id}: the sampler returned non-finite values '
+                                 f'({describe(config)}); nothing was written for this batch')
     write_samples(samples_path(sample_dir, class_id, round_id), samples)
   return work, rounds, sample_batch
 
 
+def sample(config, workdir, classes, fresh=False):
+  """Sample every pending (class, round) of this process into workdir/eval_samples, holding the folder's lock."""
+  from tqdm import tqdm
+  rank = plumbing.torchrun_rank()[0]
+  with plumbing.lock_run_folder(workdir, rank):
+    work, rounds, sample_batch = prepare(config, workdir, classes, fresh)
+    progress = tqdm(work, desc=f'sampling (rank {rank})', unit='batch', dynamic_ncols=True)
+    for class_id, round_id in progress:
+      progress.set_postfix_str(f'class {class_id} round {round_id + 1}/{rounds}')
+      sample_batch(class_id, round_id)
+
+
 def main(argv):
   del argv
-  from tqdm import tqdm
   config = FLAGS.config
-  if FLAGS.scale is not None:
-    config.sampling.scaling_factor = FLAGS.scale
-  if FLAGS.restore is not None:  # B2: the config's paths stay in force when a flag is absent
-    config.model.score_restore_path = FLAGS.restore
-  if FLAGS.restore_classifier is not None:
-    config.model.classifier_restore_path = FLAGS.restore_classifier
-  try:
-    classes = class_range(FLAGS.mode, FLAGS.classid, FLAGS.classidend, config.classifier.classes)
-    work, rounds, sample_batch = prepare(config, os.path.join('results', FLAGS.workdir), classes)
-  except (FileNotFoundError, ValueError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
-  rank = process_rank()[0]
-  progress = tqdm(work, desc=f'sampling (rank {rank})', unit='batch', dynamic_ncols=True)
-  for class_id, round_id in progress:
-    progress.set_postfix_str(f'class {class_id} round {round_id + 1}/{rounds}')
-    sample_batch(class_id, round_id)
+  plumbing.apply_flag_overrides(config, {  # B2: the config's paths stay in force when a flag is absent
+      'sampling.scaling_factor': FLAGS.scale, 'model.score_restore_path': FLAGS.restore,
+      'model.classifier_restore_path': FLAGS.restore_classifier})
+  config_checks.check_sampling(config)
+  classes = class_range(FLAGS.mode, FLAGS.classid, FLAGS.classidend, config.classifier.classes)
+  rounds_per_class(config)
+  checkpoint_paths(config)
+  sample(config, os.path.join('results', FLAGS.workdir), classes, FLAGS.fresh)
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  plumbing.run_script(main)

@@ -13,11 +13,12 @@ import os
 import time
 
 import torch
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from ml_collections.config_flags import config_flags
 from tqdm.auto import tqdm
 
+import plumbing
 import run_lib
 from configs.toy.default_toy_configs import STAGES, stage_config
 from models import checkpoint as ckpt
@@ -39,16 +40,18 @@ CLASSIFIER_METHODS = (  # table row, classifier stage, guidance scale (None: the
 )
 
 
-def train_stages(config, workdir, timings):
-  """Train every stage with run_lib (classifiers on the trained score model); returns {stage: checkpoint}."""
+def train_stages(config, workdir, timings, stages=tuple(STAGES)):
+  """Train the stages (all by default) with run_lib (classifiers on the trained score model, so 'score' must be
+  among them); returns {stage: checkpoint}."""
   paths = {}
-  for index, (stage, stage_spec) in enumerate(STAGES.items()):
+  for index, stage in enumerate(stages):
+    stage_spec = STAGES[stage]
     start = time.time()
     training_config = stage_config(config, stage)
     if stage_spec['model'] == 'classifier':
       training_config.model.score_restore_path = paths['score']
     stage_dir = os.path.join(workdir, stage)
-    tqdm.write(f'[{index + 1}/{len(STAGES)}] {stage}: {training_config.training.n_iters + 1} updates of batch '
+    tqdm.write(f'[{index + 1}/{len(stages)}] {stage}: {training_config.training.n_iters + 1} updates of batch '
                f'{training_config.training.batch_size}, lr {training_config.optim.lr:g}')
     run_lib.train(training_config, stage_dir, stage_spec['model'])
     paths[stage] = ckpt.latest_checkpoint(os.path.join(stage_dir, 'checkpoints'))
@@ -57,10 +60,10 @@ def train_stages(config, workdir, timings):
 
 
 def load_networks(config, paths):
-  """The trained networks by stage, eval mode, no parameter gradients."""
+  """The trained networks of the stages in `paths`, eval mode, no parameter gradients."""
   networks = {}
-  for stage, stage_spec in STAGES.items():
-    if stage_spec['model'] == 'score':
+  for stage in paths:
+    if STAGES[stage]['model'] == 'score':
       net = ckpt.restore_score_model(paths[stage], mutils.create_model(config), device=mutils.get_device(config))
     else:
       net = ckpt.restore_classifier(paths[stage], mutils.create_classifier(config), mutils.get_device(config))
@@ -225,4 +228,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  plumbing.run_script(main)

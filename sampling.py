@@ -4,16 +4,20 @@ probability-flow ODE.
 The guided score  ŝ(x, t) = s(x, t) + λ·∇x log(softmax(f(x, t)) + 1e-8)[y]  is written once
 (`get_guided_score_fn`); every predictor, corrector, the adaptive sampler and the probability-flow ODE
 sampler use it. Predictors and correctors are small builders, `builder(sde, score_fn, ...) -> update`,
-with `update(x, t) -> (x, x_mean)`; they work for any sample shape (B, ...). Random numbers are drawn
-with the same calls in the same order as the original code, so `torch.manual_seed(s)` reproduces its
-samples.
+with `update(x, t, t_next) -> (x, x_mean, nfe)`: a step knows where it goes and counts its network evaluations;
+they work for any sample shape (B, ...). A sampler walks a time grid (time_grids.py). On the original's grid,
+random numbers are drawn with the same calls in the same order as the original code, so `torch.manual_seed(s)`
+reproduces its samples.
 """
+import copy
 import weakref
 
 import numpy as np
 import torch
 from scipy import integrate
 
+import sde_lib
+import time_grids
 from models import utils as mutils
 from sde_lib import batch_broadcast
 
@@ -75,11 +79,11 @@ def get_guided_score_fn(score_fn, classifier_fn=None, labels=None, scale=1.0, ep
 
 
 # ---------------------------------------------------------------------------------------------
-# Predictors: update(x, t) -> (x, x_mean).
+# Predictors: update(x, t, t_next) -> (x, x_mean, nfe), a step from t to t_next using nfe network evaluations.
 
 @register_predictor('none')
 def none_predictor(sde, score_fn, probability_flow=False):
-  return lambda x, t: (x, x)
+  return lambda x, t, t_next: (x, x, 0)
 
 
 @register_predictor('reverse_diffusion')
@@ -87,11 +91,11 @@ def reverse_diffusion_predictor(sde, score_fn, probability_flow=False):
   """x_mean = x − rev_f, x = x_mean + rev_G·z on the SDE's own discretisation (rev_f = f_i − κ·G_i²·ŝ)."""
   rsde = sde.reverse(score_fn, probability_flow)
 
-  def update(x, t):
+  def update(x, t, t_next):
     rev_f, rev_G = rsde.discretize(x, t)
     z = torch.randn_like(x)
     x_mean = x - rev_f
-    return x_mean + batch_broadcast(rev_G, x) * z, x_mean
+    return x_mean + batch_broadcast(rev_G, x) * z, x_mean, 1
   return update
 
 
@@ -101,13 +105,13 @@ def euler_maruyama_predictor(sde, score_fn, probability_flow=False):
   rsde = sde.reverse(score_fn, probability_flow)
   dt = -1. / sde.N
 
-  def update(x, t):
+  def update(x, t, t_next):
     z = torch.randn_like(x)
     drift, diffusion = rsde.sde(x, t)
     x_mean = x + drift * dt
     if probability_flow:
-      return x_mean, x_mean
-    return x_mean + batch_broadcast(diffusion, x) * np.sqrt(-dt) * z, x_mean
+      return x_mean, x_mean, 1
+    return x_mean + batch_broadcast(diffusion, x) * np.sqrt(-dt) * z, x_mean, 1
   return update
 
 
@@ -119,22 +123,25 @@ def ancestral_sampling_predictor(sde, score_fn, probability_flow=False):
   if not sde.has_ancestral_step:
     raise NotImplementedError(f'ancestral_sampling: {type(sde).__name__} has no ancestral step '
                               '(VESDE and VPSDE have one)')
-  return lambda x, t: sde.ancestral_step(x, score_fn(x, t), t)
+
+  def update(x, t, t_next):
+    return (*sde.ancestral_step(x, score_fn(x, t), t), 1)
+  return update
 
 
 # ---------------------------------------------------------------------------------------------
-# Correctors: update(x, t) -> (x, x_mean).
+# Correctors: update(x, t, t_next) -> (x, x_mean, nfe), moves at t (t_next is where the predictor goes next).
 
 @register_corrector('none')
 def none_corrector(sde, score_fn, snr, n_steps):
-  return lambda x, t: (x, x)
+  return lambda x, t, t_next: (x, x, 0)
 
 
 @register_corrector('langevin')
 def langevin_corrector(sde, score_fn, snr, n_steps):
   """Langevin step δ = 2α(snr·‖z‖/‖ŝ‖)², the norms being batch means of per-sample L2 norms (as the original)."""
 
-  def update(x, t):
+  def update(x, t, t_next):
     alpha = sde.langevin_alpha(t)
     for _ in range(n_steps):
       grad = score_fn(x, t)
@@ -144,7 +151,7 @@ def langevin_corrector(sde, score_fn, snr, n_steps):
       step_size = (snr * noise_norm / grad_norm) ** 2 * 2 * alpha
       x_mean = x + batch_broadcast(step_size, x) * grad
       x = x_mean + batch_broadcast(torch.sqrt(step_size * 2), x) * noise
-    return x, x_mean
+    return x, x_mean, n_steps
   return update
 
 
@@ -152,7 +159,7 @@ def langevin_corrector(sde, score_fn, snr, n_steps):
 def annealed_langevin_corrector(sde, score_fn, snr, n_steps):
   """Annealed Langevin dynamics: step 2·α·(snr·σ_t)² per sample, σ_t the marginal std."""
 
-  def update(x, t):
+  def update(x, t, t_next):
     alpha = sde.langevin_alpha(t)
     std = sde.marginal_prob(x, t)[1]
     for _ in range(n_steps):
@@ -161,7 +168,88 @@ def annealed_langevin_corrector(sde, score_fn, snr, n_steps):
       step_size = (snr * std) ** 2 * 2 * alpha
       x_mean = x + batch_broadcast(step_size, x) * grad
       x = x_mean + noise * batch_broadcast(torch.sqrt(step_size * 2), x)
-    return x, x_mean
+    return x, x_mean, n_steps
+  return update
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps on the probability-flow ODE in σ (Karras et al. 2022): with x̂ = x / s(t), s the SDE's mean coefficient
+# (1 for VE) and σ its noise-to-signal ratio std / s, every SDE's flow is dx̂/dσ = −σ·s·score(x, t). These steps go
+# exactly to t_next, whatever the grid, and evaluate the (guided) score at the times of the grid only.
+
+def _flow_coefficients(sde, t):
+  """(s, σ) per sample at t; t = 0, the grid's noise-free end, has σ = 0."""
+  return sde.mean_coeff(t), torch.where(t > 0, sde.sigma(t), torch.zeros_like(t))
+
+
+def _flow_slope(score_fn, x, t, s, sigma):
+  """dx̂/dσ = −σ·s·score(x, t)."""
+  return -batch_broadcast(sigma * s, x) * score_fn(x, t)
+
+
+def _heun_step(sde, score_fn, x, t, t_next):
+  """Heun step from t to t_next, Euler when t_next is the noise-free end; returns (x, nfe)."""
+  s, sigma = _flow_coefficients(sde, t)
+  s_next, sigma_next = _flow_coefficients(sde, t_next)
+  x_hat, h = x / batch_broadcast(s, x), batch_broadcast(sigma_next - sigma, x)
+  slope = _flow_slope(score_fn, x, t, s, sigma)
+  x_next = (x_hat + h * slope) * batch_broadcast(s_next, x)
+  if not bool((sigma_next > 0).all()):
+    return x_next, 1
+  slope_next = _flow_slope(score_fn, x_next, t_next, s_next, sigma_next)
+  return (x_hat + h * (slope + slope_next) / 2) * batch_broadcast(s_next, x), 2
+
+
+@register_predictor('heun')
+def heun_predictor(sde, score_fn, probability_flow=True):
+  """Deterministic second-order Heun step on the (guided) probability-flow ODE; always the flow."""
+  def update(x, t, t_next):
+    x, nfe = _heun_step(sde, score_fn, x, t, t_next)
+    return x, x, nfe
+  return update
+
+
+@register_predictor('heun_churn')
+def stochastic_heun_predictor(sde, score_fn, probability_flow=False, S_churn=0., S_tmin=0., S_tmax=float('inf'),
+                              S_noise=1., num_steps=1000):
+  """Heun step after raising the noise from σ to σ̂ = σ(1 + γ), γ = min(S_churn / N, √2 − 1) where
+  S_tmin ≤ σ ≤ S_tmax (Karras et al. 2022, Alg. 2): x̂ += sqrt(σ̂² − σ²)·S_noise·z, then the flow from σ̂."""
+  gamma = min(S_churn / num_steps, 2 ** 0.5 - 1)
+  if gamma == 0:
+    return heun_predictor(sde, score_fn)
+
+  def update(x, t, t_next):
+    s, sigma = _flow_coefficients(sde, t)
+    churned = (sigma >= S_tmin) & (sigma <= S_tmax)
+    sigma_hat = torch.where(churned, sigma * (1 + gamma), sigma)
+    t_hat = torch.where(churned, sde.time_of_sigma(sigma_hat), t)
+    noise = torch.randn_like(x) * S_noise
+    x_hat = x / batch_broadcast(s, x) + batch_broadcast(torch.sqrt(sigma_hat ** 2 - sigma ** 2), x) * noise
+    x, nfe = _heun_step(sde, score_fn, x_hat * batch_broadcast(sde.mean_coeff(t_hat), x), t_hat, t_next)
+    return x, x, nfe
+  return update
+
+
+@register_predictor('dpm_solver_2m')
+def dpm_solver_2m_predictor(sde, score_fn, probability_flow=True):
+  """DPM-Solver++(2M) (Lu et al. 2022): the flow's exponential integrator in log σ on the denoised estimate
+  D = x̂ + σ²·s·score, second order through the previous step's D; one evaluation per step, first order on the
+  first step and on the last (which returns D itself). Keeps the previous step: build one per sampling run."""
+  previous = {}
+
+  def update(x, t, t_next):
+    s, sigma = _flow_coefficients(sde, t)
+    s_next, sigma_next = _flow_coefficients(sde, t_next)
+    x_hat = x / batch_broadcast(s, x)
+    denoised = x_hat + batch_broadcast(sigma ** 2 * s, x) * score_fn(x, t)
+    estimate = denoised
+    if previous and bool((sigma_next > 0).all()):
+      half_inverse_ratio = batch_broadcast(torch.log(sigma / sigma_next) / torch.log(previous['sigma'] / sigma) / 2, x)
+      estimate = (1 + half_inverse_ratio) * denoised - half_inverse_ratio * previous['denoised']
+    previous.update(sigma=sigma, denoised=denoised)
+    ratio = batch_broadcast(sigma_next / sigma, x)
+    x = (ratio * x_hat + (1 - ratio) * estimate) * batch_broadcast(s_next, x)
+    return x, x, 1
   return update
 
 
@@ -254,53 +342,77 @@ class _FrozenParameters:
 # ---------------------------------------------------------------------------------------------
 # Samplers.
 
-def _time_grid(sde, eps, batch_size, device):
-  """t_i = linspace(T, eps, N) in float32 (computed on the CPU, so every device uses the same grid),
-  broadcast to (N, B)."""
-  timesteps = torch.linspace(sde.T, eps, sde.N)
-  return timesteps[:, None].expand(sde.N, batch_size).contiguous().to(device)
+# Predictors that step by the SDE's own discretisation at t (its tables, dt = −1/N): they walk the linear grid of its N.
+_SDE_STEP_PREDICTORS = ('reverse_diffusion', 'euler_maruyama', 'ancestral_sampling')
+
+
+def _time_grid(sde, eps, batch_size, device, grid='linear', num_steps=None, rho=7.):
+  """The N + 1 times of `time_grids.time_grid` (N = sde.N by default; the original's grid is 'linear'),
+  broadcast to (N + 1, B)."""
+  times = time_grids.time_grid(grid, sde, num_steps or sde.N, eps, rho)
+  return times[:, None].expand(len(times), batch_size).contiguous().to(device)
+
+
+def _check_grid(predictor, sde, grid, num_steps):
+  if predictor in _SDE_STEP_PREDICTORS and (grid != 'linear' or num_steps not in (None, sde.N)):
+    raise ValueError(f'predictor {predictor!r} steps by the SDE\'s own discretisation: it needs sampling.grid = '
+                     f'linear with num_steps = the SDE\'s N ({sde.N}), not {grid!r} with {num_steps}')
+
+
+def sample_steps(x, times, predictor_update, corrector_update):
+  """Walks the grid: corrector then predictor from times[i] to times[i + 1]; returns (x, x_mean, nfe)."""
+  x_mean, nfe = x, 0
+  for t, t_next in zip(times[:-1], times[1:]):
+    x, x_mean, corrector_nfe = corrector_update(x, t, t_next)
+    x, x_mean, predictor_nfe = predictor_update(x, t, t_next)
+    nfe += corrector_nfe + predictor_nfe
+  return x, x_mean, nfe
 
 
 def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps=1,
                    probability_flow=False, continuous=True, denoise=True, eps=1e-3, device='cuda',
-                   scale=1.0, dtype=torch.float32, compile=False):
-  """Predictor–corrector sampler: from x ~ prior, for t_i = linspace(T, eps, N), a corrector then a predictor
-  update; returns the last x_mean if `denoise`, else x. `predictor == 'adaptive'` selects the adaptive loop.
+                   scale=1.0, dtype=torch.float32, compile=False, grid='linear', num_steps=None, rho=7.,
+                   predictor_options=None):
+  """Predictor–corrector sampler over a time grid: from x ~ prior, a corrector then a predictor step from each t_i to
+  t_{i+1}; returns the last x_mean if `denoise`, else x. `predictor == 'adaptive'` selects the adaptive loop.
 
-  Returns `sampler(score_model, classifier_model=None, labels=None) -> (samples, nfe)`. Models are
-  nn.Modules (wrapped with models.utils.get_score_fn / get_classifier_fn in eval mode) or callables
-  f(x, t) used as they are; `labels` holds the target class per sample (or one int).
-  Guidance is used when both a classifier and `labels` are given. `dtype=torch.bfloat16` runs the score network
-  under autocast (the classifier stays float32); `compile` applies torch.compile to both networks.
+  Returns `sampler(score_model, classifier_model=None, labels=None, z=None) -> (samples, nfe)`, nfe counting the
+  network evaluations (a score evaluation with its guidance gradient counts once). Models are nn.Modules (wrapped
+  with models.utils.get_score_fn / get_classifier_fn in eval mode) or callables f(x, t) used as they are; `labels`
+  holds the target class per sample (or one int); `z` replaces the draw from the prior. Guidance is used when both
+  a classifier and `labels` are given. The defaults (the linear grid of sde.N times) are the original sampler:
+  same random draws, same samples. `grid`, `num_steps` and `rho` select another grid (time_grids.py);
+  `predictor_options` go to the predictor's builder (heun_churn's S_churn, S_tmin, S_tmax, S_noise, num_steps).
+  `dtype=torch.bfloat16` runs the score network under autocast (the classifier stays float32); `compile` applies
+  torch.compile to both networks.
   """
   adaptive = predictor == 'adaptive'
   if isinstance(predictor, str) and not adaptive:
+    _check_grid(predictor, sde, grid, num_steps)
     predictor = get_predictor(predictor)
   make_corrector = get_corrector(corrector) if isinstance(corrector, str) else corrector
   device = torch.device(device)
 
-  def pc_loop(score_fn):
-    predictor_update = predictor(sde, score_fn, probability_flow)
+  def pc_loop(score_fn, x):
+    predictor_update = predictor(sde, score_fn, probability_flow, **(predictor_options or {}))
     corrector_update = make_corrector(sde, score_fn, snr, n_steps)
-    x = sde.prior_sampling(shape).to(device)
-    x_mean = x
-    for t in _time_grid(sde, eps, shape[0], device):
-      x, x_mean = corrector_update(x, t)
-      x, x_mean = predictor_update(x, t)
-    return x_mean if denoise else x, sde.N * (n_steps + 1)
+    times = _time_grid(sde, eps, shape[0], device, grid, num_steps, rho)
+    x, x_mean, nfe = sample_steps(x, times, predictor_update, corrector_update)
+    return x_mean if denoise else x, nfe
 
-  def adaptive_loop(score_fn):  # no final denoising (`denoise` unused), as the original adaptive loop
+  def adaptive_loop(score_fn, x):  # no final denoising (`denoise` unused), as the original adaptive loop
     corrector_update = make_corrector(sde, score_fn, snr, n_steps)
-    return adaptive_sample(sde, score_fn, corrector_update, shape, eps, device, probability_flow)
+    return adaptive_sample(sde, score_fn, corrector_update, x, eps, probability_flow)
 
   loop = adaptive_loop if adaptive else pc_loop
 
-  def pc_sampler(score_model, classifier_model=None, labels=None):
+  def pc_sampler(score_model, classifier_model=None, labels=None, z=None):
     score_fn = build_guided_score_fn(sde, score_model, classifier_model, labels, batch_size=shape[0],
                                      device=device, scale=scale, continuous=continuous, dtype=dtype,
                                      compile=compile)
     with torch.no_grad(), _FrozenParameters(score_model, classifier_model):
-      x, nfe = loop(score_fn)
+      x = sde.prior_sampling(shape).to(device) if z is None else z.to(device)
+      x, nfe = loop(score_fn, x)
       return inverse_scaler(x), nfe
   return pc_sampler
 
@@ -308,26 +420,25 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
 def denoise_update(sde, score_fn, x, eps):
   """One reverse-diffusion step at t = eps keeping x_mean (the final noise removal; VE: x + σ_0²·ŝ)."""
   t = torch.full((x.shape[0],), eps, device=x.device)
-  return reverse_diffusion_predictor(sde, score_fn)(x, t)[1]
+  return reverse_diffusion_predictor(sde, score_fn)(x, t, torch.zeros_like(t))[1]
 
 
-def adaptive_sample(sde, score_fn, corrector_update, shape, eps, device, probability_flow=False,
+def adaptive_sample(sde, score_fn, corrector_update, x, eps, probability_flow=False,
                     h_init=0.5, abstol=0.0078, reltol=0.01, safety=0.9, exp=0.9):
-  """Adaptive-step Heun / Euler–Maruyama loop with per-sample steps h (start 0.5) and error control, as the
-  original's adaptive predictor, but ending at the sampler's eps instead of its own 1e-5 (B42).
+  """Adaptive-step Heun / Euler–Maruyama loop from x at T with per-sample steps h (start 0.5) and error control, as
+  the original's adaptive predictor, but ending at the sampler's eps instead of its own 1e-5 (B42).
 
-  Each iteration: corrector, then one `_adaptive_step`. Returns (x, number of iterations).
+  Each iteration: corrector, then one `_adaptive_step` (two reverse drifts). Returns (x, nfe).
   """
   rsde = sde.reverse(score_fn, probability_flow)
-  x = sde.prior_sampling(shape).to(device)
-  t = torch.full((shape[0],), sde.T, device=device)
-  h = torch.full((shape[0],), h_init, device=device)
-  iterations = 0
+  t = torch.full((x.shape[0],), sde.T, device=x.device)
+  h = torch.full((x.shape[0],), h_init, device=x.device)
+  nfe = 0
   while torch.any(torch.abs(t - eps) > 1e-6):
-    x, x_prev = corrector_update(x, t)
+    x, x_prev, corrector_nfe = corrector_update(x, t, t)  # the next time is not known before the step
     x, t, h = _adaptive_step(rsde, x, x_prev, t, h, eps, abstol, reltol, safety, exp)
-    iterations += 1
-  return x, iterations
+    nfe += corrector_nfe + 2
+  return x, nfe
 
 
 def _reverse_drift(rsde, x, t):
@@ -387,6 +498,28 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
   return ode_sampler
 
 
+def sde_with_steps(config, sde, num_steps):
+  """The SDE discretised with num_steps (sampling.num_steps) instead of model.num_scales, for the steps and tables
+  of the original predictors and correctors; continuous-time networks do not depend on it."""
+  if num_steps == sde.N:
+    return sde
+  if not config.training.continuous:
+    raise ValueError(f'sampling.num_steps = {num_steps} differs from model.num_scales = {sde.N}, which the '
+                     'discrete-time networks (training.continuous = False) are tied to')
+  resized = copy.deepcopy(config)
+  resized.model.num_scales = num_steps
+  return sde_lib.get_sde(resized)[0]
+
+
+def _predictor_options(sampling_config, predictor, num_steps):
+  """The config fields the predictor's builder takes: heun_churn's S_churn, S_tmin, S_tmax, S_noise."""
+  if predictor != 'heun_churn':
+    return {}
+  options = {name: float(sampling_config[name]) for name in ('S_churn', 'S_tmin', 'S_tmax', 'S_noise')}
+  options['num_steps'] = num_steps
+  return options
+
+
 def get_sampling_fn(config, sde, shape, inverse_scaler, eps):
   """Sampler from `config.sampling` (method 'pc' or 'ode'): fn(score_model, classifier_model=None,
   labels=None) -> (samples, nfe).
@@ -406,9 +539,13 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps):
     sampler = get_ode_sampler(sde, shape, inverse_scaler, denoise=s.noise_removal,
                               rtol=s.get('ode_rtol', 1e-5), atol=s.get('ode_atol', 1e-5), **common)
   elif method == 'pc':
-    sampler = get_pc_sampler(sde, shape, s.predictor.lower(), s.corrector.lower(), inverse_scaler,
-                             s.snr, n_steps=s.n_steps_each, probability_flow=s.probability_flow,
-                             denoise=s.noise_removal, **common)
+    num_steps = s.get('num_steps', 0) or sde.N
+    predictor = s.predictor.lower()
+    sampler = get_pc_sampler(sde_with_steps(config, sde, num_steps), shape, predictor, s.corrector.lower(),
+                             inverse_scaler, s.snr, n_steps=s.n_steps_each, probability_flow=s.probability_flow,
+                             denoise=s.noise_removal, grid=s.get('grid', 'linear'), num_steps=num_steps,
+                             rho=s.get('rho', 7.), predictor_options=_predictor_options(s, predictor, num_steps),
+                             **common)
   else:
     raise ValueError(f'unknown sampling.method {s.method!r}; use pc or ode')
 

@@ -89,6 +89,18 @@ class SDE(abc.ABC):
     """Per-sample factor α of the Langevin / annealed-Langevin step size 2α(snr·…)²: 1 unless a subclass says so."""
     return torch.ones_like(t)
 
+  def mean_coeff(self, t):
+    """s(t), the mean of p_t(x(t) | x(0)) being s(t)·x(0): 1 unless a subclass says so."""
+    return torch.ones_like(t)
+
+  def sigma(self, t):
+    """The noise-to-signal ratio σ(t) = std / s(t) the grid samplers step in (VE: its σ(t))."""
+    return self.marginal_std(t) / self.mean_coeff(t)
+
+  def time_of_sigma(self, sigma):
+    """The time t with σ(t) = sigma, the inverse of `sigma`."""
+    raise NotImplementedError(f'{type(self).__name__} does not invert σ(t)')
+
   def ancestral_step(self, x, score, t):
     """One ancestral-sampling step (x, x_mean) from x at t with the given score."""
     raise NotImplementedError(f'{type(self).__name__} has no ancestral step (VESDE and VPSDE have one)')
@@ -180,6 +192,14 @@ class LinearBetaSDE(SDE):
   def drift(self, x, t):
     return -0.5 * batch_broadcast(self.beta(t), x) * x
 
+  def mean_coeff(self, t):
+    return torch.exp(self.log_mean_coeff(t))
+
+  def time_of_log_mean_coeff(self, m):
+    """The t ≥ 0 with m(t) = m: t = (−β₀ + sqrt(β₀² − 4(β₁ − β₀)m)) / (β₁ − β₀)."""
+    spread = self.beta_1 - self.beta_0
+    return (torch.sqrt(self.beta_0 ** 2 - 4 * spread * m) - self.beta_0) / spread
+
   def marginal_prob(self, x, t):
     mean = batch_broadcast(torch.exp(self.log_mean_coeff(t)), x) * x
     return mean, self.marginal_std(t)
@@ -220,6 +240,10 @@ class VPSDE(LinearBetaSDE):
 
   def marginal_std(self, t):
     return torch.sqrt(1. - torch.exp(2. * self.log_mean_coeff(t)))
+
+  def time_of_sigma(self, sigma):
+    """σ² = e^{−2m(t)} − 1, so m = −½·ln(1 + σ²)."""
+    return self.time_of_log_mean_coeff(-0.5 * torch.log1p(sigma ** 2))
 
   def network_time(self, t, continuous=True):
     """999·t, or the float (not rounded) t·(N − 1) when discrete."""
@@ -263,6 +287,10 @@ class subVPSDE(LinearBetaSDE):
   def marginal_std(self, t):
     return 1 - torch.exp(2. * self.log_mean_coeff(t))
 
+  def time_of_sigma(self, sigma):
+    """σ = (1 − e^{2m}) / e^{m} = 2·sinh(−m), so m = −asinh(σ / 2)."""
+    return self.time_of_log_mean_coeff(-torch.asinh(sigma / 2))
+
 
 @register_sde('vesde')
 class VESDE(SDE):
@@ -293,6 +321,10 @@ class VESDE(SDE):
 
   def marginal_prob(self, x, t):
     return x, self.marginal_std(t)
+
+  def time_of_sigma(self, sigma):
+    """t = ln(σ / σ_min) / ln(σ_max / σ_min)."""
+    return torch.log(sigma / self.sigma_min) / np.log(self.sigma_max / self.sigma_min)
 
   def prior_sampling(self, shape):
     return torch.randn(*shape) * self.sigma_max

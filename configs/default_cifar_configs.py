@@ -32,6 +32,16 @@ def get_default_configs():
   sampling.dtype = 'float32'  # 'bfloat16' opts into reduced-precision sampling
   sampling.compile = False  # torch.compile the networks for sampling
   sampling.seed = 0  # base seed of the per-(class, round) sampling seeds
+  sampling.ode_rtol = 1e-5  # tolerances of the probability-flow ODE solver (sampling.method = 'ode')
+  sampling.ode_atol = 1e-5
+  sampling.allow_negative_scale = False  # a negative scaling_factor is refused unless this is set
+  sampling.grid = 'linear'  # time grid of method 'pc' (time_grids.py): 'linear' in t (the original) or 'rho'
+  sampling.num_steps = 0  # grid points; 0: model.num_scales (the original)
+  sampling.rho = 7.  # spacing of the 'rho' grid in σ
+  sampling.S_churn = 0.  # predictor heun_churn: total churn over the grid, noise raised by γ = min(S_churn/N, √2−1)
+  sampling.S_tmin = 0.  # heun_churn: churn only where S_tmin ≤ σ ≤ S_tmax
+  sampling.S_tmax = 1e9
+  sampling.S_noise = 1.  # heun_churn: scale of the added noise
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 9  # parity: the base repository's checkpoint-sweep evaluation, absent from DLSM
@@ -123,6 +133,23 @@ def set_ncsnpp_model(model):
   model.attention_type = 'ddpm'  # parity: one attention type exists
   model.init_scale = 0.
   model.conv_size = 3  # parity: 3x3 convolutions are fixed
+
+
+def set_sde(config, sde):
+  """training.sde and the model settings it needs: 'vesde' keeps the DLSM settings; 'vpsde' / 'subvpsde' take those
+  of score_sde's CIFAR-10 "ncsnpp_deep_continuous" VP / sub-VP configs (centred data, positional embedding, no σ
+  scaling, no FIR, EMA 0.9999, Euler-Maruyama sampling without corrector, N = 1000, β from 0.1 to 20)."""
+  config.training.sde = sde
+  if sde == 'vesde':
+    return config
+  if sde not in ('vpsde', 'subvpsde'):
+    raise ValueError(f'unknown SDE {sde!r} after the config file name: use vesde, vpsde or subvpsde')
+  config.data.centered = True
+  model = config.model
+  model.scale_by_sigma, model.embedding_type, model.fir, model.ema_rate = False, 'positional', False, 0.9999
+  model.num_scales, model.beta_min, model.beta_max = 1000, 0.1, 20.
+  config.sampling.predictor, config.sampling.corrector = 'euler_maruyama', 'none'
+  return config
 
 
 def set_pc_sampler(sampling):

@@ -1,22 +1,28 @@
-"""Checkpoint files: the one place that reads and writes them (spec §2.8, checkpoint-format.md).
+"""Checkpoint files: the one place that reads and writes them, in the layout of the original DLSM code.
 
 Layout written (the original's, so files move both ways):
   score model  {'optimizer', 'model', 'step', 'ema'}   model keys prefixed 'module.', EMA as a shadow list
   classifier   {'optimizer', 'model', 'step'}
   CAS / toy    {'model'}                               no prefix (save_weights)
 Reading is weights-only with NumPy scalars allow-listed (B39), always mapped to a chosen device (B22),
-prefix-tolerant but strict about keys and shapes (B23), and validates the EMA length (B24).
+prefix-tolerant but strict about keys and shapes (B23), and validates the EMA length (B24). Every file is checked
+against the CRC-32 checksums its zip archive carries before it is read: a corrupt, empty or truncated file is a
+one-line CorruptCheckpointError, and resuming falls back to the newest intact checkpoint.
 """
+import hashlib
 import importlib
 import logging
 import os
+import pickle
 import re
-import uuid
 import zipfile
+import zlib
 from collections import OrderedDict
 
 import numpy as np
 import torch
+
+import plumbing
 
 PREFIX = 'module.'
 CHECKPOINT_PATTERN = re.compile(r'^checkpoint_(\d+)\.pth$')
@@ -47,21 +53,12 @@ def prefixed_state_dict(model):
 
 
 def atomic_save(obj, path):
-  """torch.save to a temporary file in the same folder, then rename: `path` is never left half-written."""
-  folder, name = os.path.split(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  tmp_path = os.path.join(folder, f'.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
-  fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # permissions as torch.save (umask)
-  try:
-    with os.fdopen(fd, 'wb') as file:
-      torch.save(obj, file)
-      file.flush()
-      os.fsync(file.fileno())
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
+  """torch.save through plumbing.atomic_write: `path` is never left half-written.
+
+  torch.save writes a zip archive holding a CRC-32 of every record (the pickle and each tensor's bytes): that is the
+  checksum verify_checkpoint checks. The layout is unchanged, so the original code reads these files as before.
+  """
+  plumbing.atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def save_checkpoint(path, model, optimizer=None, step=0, ema=None):
@@ -105,9 +102,14 @@ def list_checkpoints(ckpt_dir):
 
 
 def latest_checkpoint(ckpt_dir):
-  """Path of the complete checkpoint with the highest step in ckpt_dir, or None."""
-  found = list_checkpoints(ckpt_dir)
-  return found[-1][1] if found else None
+  """Path of the newest checkpoint in ckpt_dir whose checksums hold, or None; corrupt ones are skipped, warned."""
+  for _, path in reversed(list_checkpoints(ckpt_dir)):
+    try:
+      verify_checkpoint(path)
+      return path
+    except CorruptCheckpointError as error:
+      logging.warning('%s; falling back to the previous checkpoint', error)
+  return None
 
 
 def prune_checkpoints(ckpt_dir, keep):
@@ -137,12 +139,69 @@ def _numpy_scalar_globals():
   return allowed + [(scalar, 'numpy.core.multiarray.scalar'), (scalar, 'numpy._core.multiarray.scalar')]
 
 
+class CorruptCheckpointError(ValueError):
+  """A checkpoint file that is empty, truncated or fails its checksums."""
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
+  """A checkpoint holding objects other than tensors and plain data: refused, never unpickled."""
+
+
+def verify_checkpoint(path):
+  """Check that `path` is a complete torch zip archive whose records match their CRC-32s; one-line error if not.
+
+  Files of the legacy (pre-zip) torch format carry no checksum and pass unchecked, as do archives written with
+  torch's CRC computation switched off (every CRC field 0).
+  """
+  size = os.path.getsize(path)
+  if size == 0:
+    raise CorruptCheckpointError(f'{path} is empty (0 bytes): not a checkpoint')
+  if not zipfile.is_zipfile(path):
+    with open(path, 'rb') as file:
+      if file.read(4) == b'PK\x03\x04':
+        raise CorruptCheckpointError(f'{path} is truncated ({size} bytes, no zip directory at its end)')
+    return
+  try:
+    with zipfile.ZipFile(path) as archive:
+      if all(info.CRC == 0 for info in archive.infolist()):
+        return
+      bad = archive.testzip()
+  except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as error:
+    raise CorruptCheckpointError(f'{path} is corrupt ({error})') from error
+  if bad is not None:
+    raise CorruptCheckpointError(f'{path} is corrupt: record {bad!r} does not match its CRC-32 checksum')
+
+
+def checkpoint_fingerprint(path):
+  """A short identity of a checkpoint's content: sha256 of its zip records' names, sizes and CRC-32s (no full read).
+
+  Legacy (pre-zip) files, which carry no checksums, are identified by their size and modification time.
+  """
+  digest = hashlib.sha256()
+  if zipfile.is_zipfile(path):
+    with zipfile.ZipFile(path) as archive:
+      for info in archive.infolist():
+        digest.update(f'{info.filename}:{info.file_size}:{info.CRC};'.split('/', 1)[-1].encode())
+  else:
+    stat = os.stat(path)
+    digest.update(f'{stat.st_size}:{stat.st_mtime_ns}'.encode())
+  return digest.hexdigest()[:16]
+
+
 def load_checkpoint_file(path, device='cpu'):
-  """torch.load(weights_only=True) with NumPy scalars allow-listed, every tensor mapped to `device`."""
+  """torch.load(weights_only=True) of a verified file, NumPy scalars allow-listed, every tensor mapped to `device`."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'Checkpoint file not found: {path}')
-  with torch.serialization.safe_globals(_numpy_scalar_globals()):
-    return torch.load(path, map_location=device, weights_only=True)
+  verify_checkpoint(path)
+  try:
+    with torch.serialization.safe_globals(_numpy_scalar_globals()):
+      return torch.load(path, map_location=device, weights_only=True)
+  except pickle.UnpicklingError as error:
+    raise UnsafeCheckpointError(f'{path} holds objects other than tensors and plain data; refused (torch.load '
+                                'weights_only)') from error
+  except Exception as error:  # torch.load of a damaged or foreign file raises anything from KeyError to RuntimeError
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise CorruptCheckpointError(f'{path} cannot be read as a checkpoint ({first_line})') from error
 
 
 def _require(checkpoint, keys, path, what):
@@ -194,7 +253,7 @@ def load_model_state(model, state_dict, what='score model', config_hint=None, so
       problems.append(f'mis-shaped keys (checkpoint vs model): {_listed(misshaped)}')
     raise ValueError(f'The {what} checkpoint{f" {source}" if source else ""} does not fit the model built from '
                      f'{config_hint or "the config"}: ' + '; '.join(problems) + '. '
-                     + layout_advice(state_dict, expected))
+                     + layout_advice(model, state_dict, expected))
   model.load_state_dict(state_dict, strict=True)
   return model
 
@@ -275,81 +334,15 @@ def restore_training_state(path, model, optimizer, ema=None, device='cpu', confi
 # ---------------------------------------------------------------------------------------------- advice
 
 
-def _module_indices(state_dict, suffix):
-  pattern = re.compile(r'^all_modules\.(\d+)\.' + re.escape(suffix) + '$')
-  return sorted(int(m.group(1)) for m in map(pattern.match, state_dict) if m)
-
-
-def describe_ncsnpp(state_dict):
-  """Config fields readable from an NCSN++ state_dict (BigGAN blocks; spec §2.3, §2.9.6)."""
-  fields = {}
-  if 'all_modules.0.W' in state_dict:
-    fields['model.embedding_type'] = 'fourier'
-    fields['model.nf'] = state_dict['all_modules.0.W'].shape[0]
-  blocks = _module_indices(state_dict, 'Conv_1.weight')
-  attention = _module_indices(state_dict, 'NIN_0.W')
-  if not blocks:
-    return fields
-  widths = [state_dict[f'all_modules.{i}.Conv_0.weight'].shape[:2] for i in blocks]
-  resampling = [i for i in blocks if f'all_modules.{i}.Conv_2.weight' in state_dict
-                and state_dict[f'all_modules.{i}.Conv_2.weight'].shape[0]
-                == state_dict[f'all_modules.{i}.Conv_2.weight'].shape[1]]
-  levels = len(resampling) // 2 + 1
-  repeats, remainder = divmod(len(blocks) - 3 * levels, 2 * levels)
-  fields['model.nf'] = fields.get('model.nf', widths[0][1])
-  if remainder == 0 and repeats > 0:
-    fields['model.num_res_blocks'] = repeats
-    nf = fields['model.nf']
-    fields['model.ch_mult'] = tuple(int(widths[level * (repeats + 1)][0]) // nf for level in range(levels))
-  fields['attention blocks'] = len(attention)
-  fields['state_dict entries'] = len(state_dict)
-  return fields
-
-
-def describe_resnet_cond(state_dict):
-  """Config fields readable from a `classifier` (resnet*_cond) state_dict (spec §2.5)."""
-  prefix = 'classifier.classifier.'
-  fields = {}
-  if 'classifier.condition_modules.0.W' in state_dict:
-    fields['classifier.nf'] = state_dict['classifier.condition_modules.0.W'].shape[0]
-  if prefix + 'conv1.weight' in state_dict:
-    fields['classifier.resnet_base_width'] = state_dict[prefix + 'conv1.weight'].shape[0]
-  if prefix + 'linear.weight' in state_dict:
-    fields['classifier.classes'] = state_dict[prefix + 'linear.weight'].shape[0]
-  pattern = re.compile(r'^' + re.escape(prefix) + r'layer(\d)\.(\d+)\.')
-  blocks = {}
-  for match in filter(None, map(pattern.match, state_dict)):
-    layer, index = int(match.group(1)), int(match.group(2))
-    blocks[layer] = max(blocks.get(layer, 0), index + 1)
-  counts = [blocks.get(layer, 0) for layer in (1, 2, 3, 4)]
-  known = {(2, 2, 2, 2): 'resnet18_cond', (3, 4, 6, 3): 'resnet34_cond'}
-  if any(counts):
-    fields['classifier.model'] = known.get(tuple(counts), f'blocks per layer {counts}')
-  fields['state_dict entries'] = len(state_dict)
-  return fields
-
-
-_SHAPE_FIELDS = {
-    'ncsnpp': 'model.nf, model.ch_mult, model.num_res_blocks, model.attn_resolutions, model.embedding_type, '
-              'model.conditional, model.resblock_type, model.progressive, model.progressive_input, '
-              'model.progressive_combine',
-    'classifier': 'classifier.model (blocks per layer), classifier.classes (linear.weight rows), classifier.nf '
-                  '(time embedding), classifier.resnet_base_width (stage widths)',
-}
-
-
-def layout_advice(checkpoint_state, model_state):
-  """Name the config values the checkpoint implies next to those of the built model."""
-  if any(key.startswith('all_modules.') for key in checkpoint_state):
-    kind, describe = 'ncsnpp', describe_ncsnpp
-  elif any(key.startswith('classifier.') for key in checkpoint_state):
-    kind, describe = 'classifier', describe_resnet_cond
-  else:
-    return 'The checkpoint does not look like an NCSN++ or resnet_cond state_dict.'
+def layout_advice(model, checkpoint_state, model_state):
+  """Name the config values the checkpoint implies next to those of the built model (the network describes both)."""
+  describe = getattr(type(model), 'describe_state_dict', None)
+  if describe is None:
+    return ''
   found, built = describe(checkpoint_state), describe(model_state)
   differing = [f'{key}={found[key]!r} (model: {built.get(key, "n/a")!r})'
                for key in found if found.get(key) != built.get(key)]
-  advice = f'Shapes are set by {_SHAPE_FIELDS[kind]}.'
+  advice = f'Shapes are set by {type(model).SHAPE_FIELDS}.'
   if differing:
     advice += ' The checkpoint fits a config with ' + ', '.join(differing) + '.'
   return advice

@@ -6,6 +6,7 @@ All sub-modules live in one `all_modules` list, appended in the order the forwar
 which fixes the checkpoint keys `all_modules.<i>.*` of the original.
 """
 import functools
+import re
 
 import numpy as np
 import torch
@@ -233,3 +234,46 @@ class NCSNpp(nn.Module):
       return h, pyramid + next(modules)(pyramid_h)
     pyramid = layers.residual_sum(next(modules)(pyramid), h, self.skip_rescale)
     return pyramid, pyramid
+
+  # ----------------------------------------------------------------------------------------------
+  # What a checkpoint's shapes say about the config (for the errors of models/checkpoint.py)
+
+  SHAPE_FIELDS = ('model.nf, model.ch_mult, model.num_res_blocks, model.attn_resolutions, model.embedding_type, '
+                  'model.num_scales (the sigmas buffer), model.conditional, model.resblock_type, model.progressive, '
+                  'model.progressive_input, model.progressive_combine')
+
+  @staticmethod
+  def describe_state_dict(state_dict):
+    """Config fields readable from an NCSN++ state_dict of BigGAN blocks ('module.' prefix stripped)."""
+    fields = {}
+    if 'sigmas' in state_dict:
+      fields['model.num_scales'] = state_dict['sigmas'].shape[0]
+    if 'all_modules.0.W' in state_dict:
+      fields['model.embedding_type'] = 'fourier'
+      fields['model.nf'] = state_dict['all_modules.0.W'].shape[0]
+    blocks = _module_indices(state_dict, 'Conv_1.weight')
+    if blocks:
+      fields.update(_block_layout(state_dict, blocks, fields.get('model.nf')))
+      fields['attention blocks'] = len(_module_indices(state_dict, 'NIN_0.W'))
+      fields['state_dict entries'] = len(state_dict)
+    return fields
+
+
+def _module_indices(state_dict, suffix):
+  pattern = re.compile(r'^all_modules\.(\d+)\.' + re.escape(suffix) + '$')
+  return sorted(int(m.group(1)) for m in map(pattern.match, state_dict) if m)
+
+
+def _block_layout(state_dict, blocks, nf):
+  """nf, num_res_blocks and ch_mult from the residual blocks: levels L hold 3L + 2L·repeats blocks."""
+  widths = [state_dict[f'all_modules.{i}.Conv_0.weight'].shape[:2] for i in blocks]
+  skip_shapes = [state_dict[f'all_modules.{i}.Conv_2.weight'].shape for i in blocks
+                 if f'all_modules.{i}.Conv_2.weight' in state_dict]
+  levels = sum(1 for shape in skip_shapes if shape[0] == shape[1]) // 2 + 1  # down + up resampling blocks
+  repeats, remainder = divmod(len(blocks) - 3 * levels, 2 * levels)
+  fields = {'model.nf': nf or widths[0][1]}
+  if remainder == 0 and repeats > 0:
+    fields['model.num_res_blocks'] = repeats
+    fields['model.ch_mult'] = tuple(int(widths[level * (repeats + 1)][0]) // fields['model.nf']
+                                    for level in range(levels))
+  return fields

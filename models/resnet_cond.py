@@ -1,5 +1,5 @@
-"""Time-conditioned ResNet classifiers of DLSM: `resnet18_cond`, `resnet34_cond` and the `classifier` wrapper
-registered for `config.classifier.name`, conditioned on log σ(t) (VE) or log(999·t) (VP) through a Fourier embedding.
+"""Time-conditioned ResNet classifiers of DLSM (the original's resnet_cond.py): `resnet18_cond`, `resnet34_cond` and the
+`classifier` wrapper registered for `config.classifier.name`, conditioned on log σ(t) (VE) or log(999·t) (VP).
 
 Module tree (= checkpoint keys): Classifier.classifier -> ResNetCond with `condition_modules` (Fourier
 time embedding MLP) and `classifier` (the ResNet_cond body). Stage widths are w, 2w, 4w, 8w with
@@ -7,6 +7,8 @@ w = config.classifier.resnet_base_width (64 = the original's fixed 64/128/256/51
 config.data.num_channels channels and any size; the last stage is averaged over all its positions (at 32x32 its
 4x4 map, exactly the original's avg_pool2d(out, 4)).
 """
+import re
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -142,3 +144,30 @@ class Classifier(nn.Module):
 
   def forward(self, x, time_cond):
     return self.classifier(x, time_cond)
+
+  SHAPE_FIELDS = ('classifier.model (blocks per layer), classifier.classes (linear.weight rows), classifier.nf '
+                  '(time embedding), classifier.resnet_base_width (stage widths)')
+
+  @staticmethod
+  def describe_state_dict(state_dict):
+    """Config fields readable from a `classifier` state_dict ('module.' prefix stripped)."""
+    prefix = 'classifier.classifier.'
+    shapes = {'classifier.nf': ('classifier.condition_modules.0.W', 0),
+              'classifier.resnet_base_width': (prefix + 'conv1.weight', 0),
+              'classifier.classes': (prefix + 'linear.weight', 0)}
+    fields = {field: state_dict[key].shape[dim] for field, (key, dim) in shapes.items() if key in state_dict}
+    counts = _blocks_per_layer(state_dict, prefix)
+    known = {(2, 2, 2, 2): 'resnet18_cond', (3, 4, 6, 3): 'resnet34_cond'}
+    if any(counts):
+      fields['classifier.model'] = known.get(tuple(counts), f'blocks per layer {counts}')
+    fields['state_dict entries'] = len(state_dict)
+    return fields
+
+
+def _blocks_per_layer(state_dict, prefix):
+  pattern = re.compile(r'^' + re.escape(prefix) + r'layer(\d)\.(\d+)\.')
+  blocks = {}
+  for match in filter(None, map(pattern.match, state_dict)):
+    layer, index = int(match.group(1)), int(match.group(2))
+    blocks[layer] = max(blocks.get(layer, 0), index + 1)
+  return [blocks.get(layer, 0) for layer in (1, 2, 3, 4)]

@@ -14,6 +14,7 @@ import torch
 from models import checkpoint as ckpt
 from models import layers
 from models.ema import ExponentialMovingAverage
+from models.ncsnpp import NCSNpp
 from models.utils import create_classifier, create_model
 from tests.conftest import resolve_golden_dir
 from tests.helpers import REPO_ROOT, config_from_flat, load_config
@@ -207,7 +208,7 @@ def test_classifier_layout_advice_names_the_fitting_config(golden, small_classif
 def test_describe_ncsnpp_reads_the_full_layout(golden_dir):
   shapes = manifest(golden_dir, 'score_cifar10')['state_dict']
   state = {k[len('module.'):]: torch.empty(v['shape'], device='meta') for k, v in shapes.items()}
-  fields = ckpt.describe_ncsnpp(state)
+  fields = NCSNpp.describe_state_dict(state)
   assert fields['model.nf'] == 128 and fields['model.num_res_blocks'] == 8
   assert fields['model.ch_mult'] == (1, 2, 2, 2) and fields['attention blocks'] == 10
   assert fields['model.embedding_type'] == 'fourier'

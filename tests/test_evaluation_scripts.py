@@ -271,7 +271,7 @@ def test_cas_trains_on_samples_reports_accuracy_keeps_bounded_checkpoints_and_re
   assert result['final_accuracy'] == accuracies[-1] and result['final_step'] == 8
   assert result['best_accuracy'] == max(accuracies) and result['num_train_samples'] == 90
   assert f"CAS final accuracy: {100 * accuracies[-1]:.2f}%" in second.stdout
-  assert any(name.startswith('events.out.tfevents') for name in os.listdir(os.path.join(workdir, 'tensorboard')))
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(os.path.join(workdir, 'tensorboard_cas')))
 
   from models import cas as cas_models
   from models import checkpoint

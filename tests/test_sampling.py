@@ -6,7 +6,8 @@ import torch
 
 import sampling
 import sde_lib
-from tests.helpers import assert_close_to_golden
+import time_grids
+from tests.helpers import assert_close_to_golden, sde_from_golden
 
 # ---------------------------------------------------------------------------------------------
 # A two-class Gaussian mixture in 2-D: exact scores and Bayes-optimal classifier logits at every t,
@@ -71,7 +72,7 @@ def test_guided_samplers_hit_the_class_conditionals(sde_name, predictor, correct
     pytest.skip('ancestral sampling is defined for VE and VP only')
   n = 1000 if predictor == 'none' else 200  # Langevin alone needs more steps
   x, nfe = _run_pc(sde_name, predictor, corrector, n=n)
-  assert nfe == 2 * n
+  assert nfe == n * ((predictor != 'none') + (corrector != 'none'))  # the true count: 'none' evaluates nothing
   means, std = _class_stats(x)
   assert torch.allclose(means, MEANS, atol=0.15), means
   assert abs(std - DATA_STD) < 0.1, std
@@ -102,7 +103,7 @@ def test_unsupported_combinations_fail_at_construction():
   with pytest.raises(ValueError, match='probability-flow'):
     sampling.get_predictor('ancestral_sampling')(sde_lib.VESDE(), None, probability_flow=True)
   with pytest.raises(ValueError, match='unknown predictor'):
-    sampling.get_predictor('heun')
+    sampling.get_predictor('leapfrog')
   with pytest.raises(ValueError, match='unknown corrector'):
     sampling.get_corrector('hmc')
 
@@ -192,6 +193,113 @@ def test_log_prob_grad_matches_the_closed_form():
 
 
 # ---------------------------------------------------------------------------------------------
+# Time grids and the grid samplers (heun, heun_churn, dpm_solver_2m).
+
+@pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
+def test_sigma_and_its_inverse(sde_name):
+  sde, eps = SDES[sde_name](1000)
+  t = torch.linspace(eps, 1, 50, dtype=torch.float64)
+  assert torch.allclose(sde.time_of_sigma(sde.sigma(t)), t, rtol=1e-9, atol=1e-12)
+  mean, std = sde.marginal_prob(torch.ones(50, 1, dtype=torch.float64), t)
+  assert torch.allclose(sde.sigma(t), std / mean[:, 0]) and torch.allclose(sde.mean_coeff(t), mean[:, 0])
+
+
+@pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
+def test_time_grids(sde_name):
+  sde, eps = SDES[sde_name](1000)
+  original = sampling._time_grid(sde, eps, 3, 'cpu')
+  assert torch.equal(original[:-1, 0], torch.linspace(sde.T, eps, sde.N))  # the original's grid, bit for bit
+  assert original.shape == (sde.N + 1, 3) and original[-1].eq(0).all()
+  times = time_grids.time_grid('rho', sde, 18, eps, rho=7.)
+  assert times.shape == (19,) and times[0] == sde.T and times[-2] == eps and times[-1] == 0
+  assert (times[1:] < times[:-1]).all()
+  root = sde.sigma(times[:-1].double()) ** (1 / 7.)
+  assert torch.allclose(root.diff(), root.diff().mean().expand(17), rtol=1e-4)  # σ^(1/ρ) evenly spaced
+  with pytest.raises(ValueError, match='unknown sampling.grid'):
+    time_grids.time_grid('cosine', sde, 18, eps)
+
+
+GRID_SAMPLERS = {  # name: (grid steps, predictor options) at the recommended settings
+    'heun': (18, None),
+    'heun_churn': (40, dict(S_churn=20., num_steps=40)),
+    'dpm_solver_2m': (20, None),
+}
+
+
+def _run_grid_sampler(sde_name, predictor, steps, options, count=None):
+  sde, eps = SDES[sde_name](1000)
+  if sde_name == 've':  # a deterministic flow keeps the prior's mismatch: make it negligible
+    sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=50., N=1000)
+  score_fn, logits_fn = mixture_fns(sde)
+  sampler = sampling.get_pc_sampler(sde, (BATCH, 2), predictor, 'none', lambda x: x, snr=0.16, eps=eps,
+                                    device='cpu', grid='rho', num_steps=steps, predictor_options=options)
+  torch.manual_seed(0)
+  return sampler(count or score_fn, logits_fn, LABELS)
+
+
+class _CountingScore:
+  """A score function counting its calls."""
+
+  def __init__(self, score_fn):
+    self.score_fn, self.calls = score_fn, 0
+
+  def __call__(self, x, t):
+    self.calls += 1
+    return self.score_fn(x, t)
+
+
+@pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
+@pytest.mark.parametrize('predictor', list(GRID_SAMPLERS))
+def test_grid_samplers_hit_the_class_conditionals(sde_name, predictor):
+  steps, options = GRID_SAMPLERS[predictor]
+  x, nfe = _run_grid_sampler(sde_name, predictor, steps, options)
+  assert nfe == (steps if predictor == 'dpm_solver_2m' else 2 * steps - 1)
+  means, std = _class_stats(x)
+  assert torch.allclose(means, MEANS, atol=0.15), means
+  assert abs(std - DATA_STD) < 0.1, std
+
+
+@pytest.mark.parametrize('predictor,corrector,grid', [
+    ('heun', 'none', 'rho'), ('heun_churn', 'none', 'rho'), ('dpm_solver_2m', 'none', 'linear'),
+    ('reverse_diffusion', 'langevin', 'linear'), ('none', 'ald', 'linear'), ('euler_maruyama', 'none', 'linear')])
+def test_reported_nfe_is_the_number_of_network_calls(predictor, corrector, grid):
+  sde, eps = SDES['vp'](7)
+  counting = _CountingScore(mixture_fns(sde)[0])
+  sampler = sampling.get_pc_sampler(sde, (4, 2), predictor, corrector, lambda x: x, snr=0.16, n_steps=2, eps=eps,
+                                    device='cpu', grid=grid, predictor_options=(
+                                        dict(S_churn=5., num_steps=7) if predictor == 'heun_churn' else None))
+  _, nfe = sampler(counting)
+  assert nfe == counting.calls > 0
+
+
+def test_stochastic_heun_without_churn_is_the_deterministic_heun():
+  x, _ = _run_grid_sampler('vp', 'heun', 10, None)
+  y, _ = _run_grid_sampler('vp', 'heun_churn', 10, dict(S_churn=0., num_steps=10))
+  z, _ = _run_grid_sampler('vp', 'heun_churn', 10, dict(S_churn=5., num_steps=10))
+  assert torch.equal(x, y) and not torch.allclose(x, z)
+
+
+def test_table_predictors_refuse_other_grids():
+  sde, eps = SDES['ve'](100)
+  with pytest.raises(ValueError, match="'reverse_diffusion' steps by the SDE's own discretisation"):
+    sampling.get_pc_sampler(sde, (4, 2), 'reverse_diffusion', 'langevin', lambda x: x, snr=0.16, eps=eps,
+                            device='cpu', grid='rho')
+
+
+def test_get_sampling_fn_builds_the_grid_samplers_from_the_config():
+  from tests.helpers import load_config
+  config = load_config('configs/eval/cifar10/eval_cifar10_configs.py')
+  config.device = 'cpu'  # σ_max = 50: the prior matches the marginal at T
+  config.sampling.update(dict(predictor='heun_churn', corrector='none', grid='rho', num_steps=40, S_churn=20.))
+  sde, eps = sde_lib.get_sde(config)
+  score_fn, logits_fn = mixture_fns(sde)
+  torch.manual_seed(0)
+  x, nfe = sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)(score_fn, logits_fn, LABELS)
+  assert nfe == 79
+  assert torch.allclose(_class_stats(x)[0], MEANS, atol=0.15)
+
+
+# ---------------------------------------------------------------------------------------------
 # Golden files of the original (pc_step_small_{ve,vp}.pt): one guided Langevin + reverse-diffusion step
 # with the captured noise, and complete seeded runs of the original get_pc_sampler.
 
@@ -217,16 +325,16 @@ def golden_networks(golden, record):
   return golden_network(golden, record['score_model_file']), golden_network(golden, record['classifier_model_file'])
 
 
-def _sde_from_record(record):
-  kwargs = {key: value for key, value in record.items() if key != 'type'}
-  return getattr(sde_lib, record['type'])(**kwargs)
+def _as_captured(update):
+  """A step as the golden files captured it, (x, t) -> (x, x_mean): these steps do not use the next time."""
+  return lambda x, t: update(x, t, None)[:2]
 
 
 def _golden_step_components(record, guided_score_fn):
-  sde = _sde_from_record(record['sde'])
+  sde = sde_from_golden(record['sde'])
   corrector = sampling.get_corrector('langevin')(sde, guided_score_fn, record['snr'], record['n_steps_each'])
   predictor = sampling.get_predictor('reverse_diffusion')(sde, guided_score_fn, record['probability_flow'])
-  return corrector, predictor
+  return _as_captured(corrector), _as_captured(predictor)
 
 
 def _check_golden_step(name, case, corrector, predictor, rtol):
@@ -255,7 +363,7 @@ def test_golden_step_updates_from_the_stored_scores(golden, sde_name):
 @pytest.mark.parametrize('sde_name', ['ve', 'vp'])
 def test_golden_step_with_the_networks(golden, sde_name):
   record = golden(f'pc_step_small_{sde_name}')
-  sde = _sde_from_record(record['sde'])
+  sde = sde_from_golden(record['sde'])
   score_model, classifier = golden_networks(golden, record)
   score_fn = sampling.as_score_fn(sde, score_model, continuous=record['continuous'])
   classifier_fn = sampling.as_classifier_fn(sde, classifier, continuous=record['continuous'])
@@ -290,7 +398,7 @@ class _DrawRecorder:
 def test_golden_mini_sampler_reproduces_the_original(golden, monkeypatch, sde_name):
   record = golden(f'pc_step_small_{sde_name}')
   mini = record['mini_sampler']
-  sde = _sde_from_record(mini['sde'])
+  sde = sde_from_golden(mini['sde'])
   score_model, classifier = golden_networks(golden, record)
   centered = record['config']['data.centered']
   flags = [p.requires_grad for p in classifier.parameters()]
@@ -337,7 +445,7 @@ def test_golden_step_on_the_gpu(golden, monkeypatch, sde_name):
   device = torch.device('cuda')
   monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)  # what models.utils.use_exact_float32 sets
   monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
-  sde = _sde_from_record(record['sde'])
+  sde = sde_from_golden(record['sde'])
   score_model, classifier = (copy.deepcopy(network).to(device) for network in golden_networks(golden, record))
   guided = sampling.get_guided_score_fn(sampling.as_score_fn(sde, score_model),
                                         sampling.as_classifier_fn(sde, classifier), case['cond'].to(device),

@@ -1,4 +1,6 @@
-"""run_lib_sampling.py end to end on tiny checkpoints: class ranges, sharding, resumption, clear errors."""
+"""run_lib_sampling.py end to end on tiny checkpoints: class ranges, sharding, resumption, the settings record, refused
+settings, non-finite samples, clear errors."""
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import plumbing
 import run_lib_sampling as rls
 from tests.helpers import REPO_ROOT, load_config
 
@@ -49,8 +52,8 @@ def checkpoints(tmp_path_factory):
   return {'score': str(folder / 'score.pth'), 'classifier': str(folder / 'classifier.pth')}
 
 
-def run_sampler(cwd, checkpoints, *args, restore=True, env=None):
-  command = [sys.executable, str(REPO_ROOT / 'run_lib_sampling.py'), f'--config={REPO_ROOT / EVAL_CONFIG}',
+def run_sampler(cwd, checkpoints, *args, restore=True, env=None, config=EVAL_CONFIG):
+  command = [sys.executable, str(REPO_ROOT / 'run_lib_sampling.py'), f'--config={REPO_ROOT / config}',
              *[f'--config.{key}={value}' for key, value in TINY.items()], '--workdir=tiny', *args]
   if restore:
     command += [f'--restore={checkpoints["score"]}', f'--restore_classifier={checkpoints["classifier"]}']
@@ -74,7 +77,8 @@ def one_run(tmp_path_factory, checkpoints):
 
 def test_class_range_is_end_exclusive_and_files_are_the_originals_format(one_run):
   files = sample_files(one_run)
-  assert sorted(files) == [f'{c}/samples_{r}.{ext}' for c in (3, 4) for r in (0, 1) for ext in ('npz', 'png')]
+  assert sorted(files) == [f'{c}/samples_{r}.{ext}' for c in (3, 4) for r in (0, 1) for ext in ('npz', 'png')] + [
+      rls.SETTINGS_FILE]
   for name in files:
     path = one_run / 'results' / 'tiny' / 'eval_samples' / name
     if name.endswith('.npz'):
@@ -83,7 +87,7 @@ def test_class_range_is_end_exclusive_and_files_are_the_originals_format(one_run
         samples = archive['samples']
       assert samples.dtype == np.uint8 and samples.shape == SAMPLE_SHAPE
       assert len(np.unique(samples)) > 10  # real images, not a constant
-    else:
+    elif name.endswith('.png'):
       assert Image.open(path).size == (32 + 2 * 2, 2 * 32 + 3 * 2)  # nrow = int(sqrt(2)) = 1, padding 2
   # Different (class, round) batches have different seeds.
   assert files['3/samples_0.npz'] != files['3/samples_1.npz'] != files['4/samples_0.npz']
@@ -144,6 +148,91 @@ def test_missing_or_wrong_checkpoints_fail_clearly(tmp_path, checkpoints):
   assert swapped.returncode == 1 and 'score model' in swapped.stderr and 'Traceback' not in swapped.stderr
 
 
+def one_error_line(result, *fragments):
+  assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  lines = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(lines) == 1 and all(fragment in lines[0] for fragment in fragments), result.stderr[-3000:]
+
+
+def copy_samples(source, cwd):
+  folder = cwd / 'results' / 'tiny' / 'eval_samples'
+  for name, content in sample_files(source).items():
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(content)
+  return folder
+
+
+def test_other_settings_are_refused_and_fresh_moves_the_old_samples_aside(tmp_path, checkpoints, one_run):
+  """The original README's two commands in one workdir: --scale 10 never passes the λ = 1 files off as its own."""
+  copy_samples(one_run, tmp_path)
+  before = sample_files(tmp_path)
+  refused = run_sampler(tmp_path, checkpoints, '--mode=class', '--classid=3', '--classidend=5', '--scale=10')
+  one_error_line(refused, 'sampling.scaling_factor 1.0 -> 10.0', 'another --workdir', '--fresh')
+  assert sample_files(tmp_path) == before
+  fresh = run_sampler(tmp_path, checkpoints, '--mode=class', '--classid=3', '--scale=10', '--fresh')
+  assert fresh.returncode == 0, fresh.stderr[-3000:]
+  run_dir = tmp_path / 'results' / 'tiny'
+  aside = [name for name in os.listdir(run_dir) if name.startswith('eval_samples.')]
+  assert len(aside) == 1
+  moved = run_dir / aside[0]
+  assert {str(p.relative_to(moved)): p.read_bytes() for p in moved.rglob('*') if p.is_file()} == before
+  after = sample_files(tmp_path)
+  assert sorted(after) == ['3/samples_0.npz', '3/samples_0.png', '3/samples_1.npz', '3/samples_1.png',
+                           rls.SETTINGS_FILE]
+  assert after['3/samples_0.npz'] != before['3/samples_0.npz']
+  assert json.loads(after[rls.SETTINGS_FILE])['sampling.scaling_factor'] == 10.0
+
+
+def test_non_finite_samples_are_never_written(tmp_path, checkpoints):
+  from models import checkpoint, utils as mutils
+  from models.ema import ExponentialMovingAverage
+  score_model = mutils.create_model(tiny_config())
+  with torch.no_grad():
+    next(score_model.parameters()).fill_(float('nan'))
+  nan_path = str(tmp_path / 'nan_score.pth')
+  checkpoint.save_checkpoint(nan_path, score_model, step=1, ema=ExponentialMovingAverage(score_model.parameters(), 0.9))
+  result = run_sampler(tmp_path, checkpoints, '--mode=class', '--classid=3', f'--restore={nan_path}',
+                       f'--restore_classifier={checkpoints["classifier"]}', restore=False)
+  one_error_line(result, 'class 3 round 0', 'non-finite', 'vesde N=3', 'nothing was written')
+  assert not list((tmp_path / 'results' / 'tiny' / 'eval_samples').rglob('*.np*'))
+
+
+REFUSED_SETTINGS = {
+    'ancestral + probability flow': (EVAL_CONFIG, ['--config.sampling.predictor=ancestral_sampling',
+                                                   '--config.sampling.probability_flow=True'], 'probability-flow'),
+    'ancestral + sub-VP': (f'{EVAL_CONFIG}:subvpsde', ['--config.sampling.predictor=ancestral_sampling',
+                                                       '--config.model.num_scales=1000'], 'vesde and vpsde only'),
+    'VP table reaching beta 1': (f'{EVAL_CONFIG}:vpsde', [
+        '--config.sampling.predictor=ancestral_sampling', '--config.model.num_scales=20',
+        '--config.training.continuous=False'], 'β = model.beta_max / num_scales = 1'),
+    'positional embedding, 20 scales': (f'{EVAL_CONFIG}:vpsde', ['--config.model.num_scales=20'], '999·t'),
+    'negative scale': (EVAL_CONFIG, ['--scale=-1'], 'sampling.scaling_factor=-1.0'),
+    'ODE tolerance': (EVAL_CONFIG, ['--config.sampling.method=ode', '--config.sampling.ode_rtol=0'],
+                      'sampling.ode_rtol=0'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(REFUSED_SETTINGS))
+def test_settings_that_cannot_work_are_refused_before_any_model_loads(tmp_path, checkpoints, case):
+  """No checkpoint is passed: a check after model loading would complain about the missing score checkpoint."""
+  config, args, fragment = REFUSED_SETTINGS[case]
+  result = run_sampler(tmp_path, checkpoints, '--mode=class', *args, restore=False, config=config)
+  one_error_line(result, fragment)
+  assert not (tmp_path / 'results').exists()
+
+
+def test_a_num_scales_mismatch_names_the_field(tmp_path, checkpoints):
+  result = run_sampler(tmp_path, checkpoints, '--mode=class', '--config.model.num_scales=5')
+  one_error_line(result, 'model.num_scales=3 (model: 5)')
+
+
+def test_a_busy_workdir_is_refused(tmp_path, checkpoints):
+  with plumbing.RunFolderLock(str(tmp_path / 'results' / 'tiny')):
+    result = run_sampler(tmp_path, checkpoints, '--mode=class')
+  one_error_line(result, 'results/tiny is in use by pid')
+  assert not (tmp_path / 'results' / 'tiny' / 'eval_samples').exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # In-process pieces.
 
@@ -182,7 +271,7 @@ def test_seeds_are_distinct_per_batch_and_stable():
 
 def test_quantisation_truncates_like_the_original():
   x = torch.tensor([0., 0.999, 0.5, 1.2, -0.1, 1. / 255 - 1e-6]).reshape(1, 1, 2, 3)
-  assert rls.to_uint8(x).reshape(-1).tolist() == [0, 254, 127, 255, 0, 0]
+  assert plumbing.to_uint8(x).reshape(-1).tolist() == [0, 254, 127, 255, 0, 0]
 
 
 def test_is_complete_rejects_broken_files(tmp_path):

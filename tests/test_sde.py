@@ -8,7 +8,7 @@ import torch
 
 import sde_lib
 from models.utils import get_classifier_fn, get_score_fn
-from tests.helpers import assert_close_to_golden, config_from_flat
+from tests.helpers import assert_close_to_golden, config_from_flat, sde_from_golden
 
 SHAPES = [(5, 2), (3, 3, 32, 32)]
 
@@ -16,12 +16,6 @@ SHAPES = [(5, 2), (3, 3, 32, 32)]
 def make_sde(name, N=1000):
   return {'ve': lambda: sde_lib.VESDE(0.01, 50, N), 'vp': lambda: sde_lib.VPSDE(0.1, 20., N),
           'subvp': lambda: sde_lib.subVPSDE(0.1, 20., N)}[name]()
-
-
-def sde_from_golden(spec):
-  if spec['type'] == 'VESDE':
-    return sde_lib.VESDE(spec['sigma_min'], spec['sigma_max'], spec['N'])
-  return sde_lib.VPSDE(spec['beta_min'], spec['beta_max'], spec['N'])
 
 
 # ------------------------------------------------------------------------------------------ tables and values

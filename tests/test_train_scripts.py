@@ -1,12 +1,17 @@
 """main.py end to end on a CIFAR-format folder the tests write: tiny score model -> checkpoint -> classifier with
---restore, resume after SIGKILL, a 2-process gloo torchrun run, and the clear errors (exit code 1)."""
+--restore, resume after SIGKILL, a 2-process gloo torchrun run, one run per workdir, corrupt checkpoints, a full disk,
+and the clear errors (exit code 1)."""
 import json
 import os
+import resource
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,9 +42,9 @@ def main_command(config, model, workdir, *extra, launcher=(sys.executable,)):
   return [*launcher, MAIN, f'--config={config}', f'--model={model}', f'--workdir={workdir}', *extra]
 
 
-def run_main(cwd, config, model, workdir, *extra, launcher=(sys.executable,), timeout=300):
+def run_main(cwd, config, model, workdir, *extra, launcher=(sys.executable,), timeout=300, preexec_fn=None):
   return subprocess.run(main_command(config, model, workdir, *extra, launcher=launcher), cwd=cwd, env=environment(),
-                        capture_output=True, text=True, timeout=timeout)
+                        capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
 
 
 def assert_ok(result):
@@ -87,8 +92,10 @@ def cifar_root(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def score_run(cifar_root):
-  """A 4-update tiny score run (n_iters=3): checkpoints after 2 and 4 updates."""
-  result = run_main(cifar_root, SCORE_CONFIG, 'score', 'score_tiny', '--data_dir=data', *TINY_SCORE,
+  """A 4-update tiny score run (n_iters=3): checkpoints after 2 and 4 updates. A repeated tuple override: the last
+  one wins (the classifier test below restores it with ch_mult (1, 2))."""
+  result = run_main(cifar_root, SCORE_CONFIG, 'score', 'score_tiny', '--data_dir=data',
+                    '--config.model.ch_mult=(1,1,1)', *TINY_SCORE,
                     *schedule(n_iters=3, snapshot_freq=2))
   assert_ok(result)
   return cifar_root / 'results' / 'score_tiny'
@@ -249,3 +256,132 @@ def test_toy_trains_through_the_same_trainers(tmp_path):
   assert final['step'] == 10 and adam_steps(final) == {10}
   log = (tmp_path / 'toy_total' / 'log.txt').read_text()
   assert 'Classifier training (total loss)' in log and 'step: 0, eval_acc:' in log
+
+
+# ---------------------------------------------------------------------------------------------
+# One run per workdir, corrupt checkpoints, a full disk, interrupted snapshots.
+
+
+def one_error_line(result, *fragments):
+  assert_clear_failure(result, *fragments)
+  lines = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(lines) == 1 and all(fragment in lines[0] for fragment in fragments), result.stderr[-3000:]
+
+
+def test_two_runs_started_together_on_one_workdir_one_fails_at_once_the_other_finishes(cifar_root):
+  args = ['--data_dir=data', *TINY_SCORE, *schedule(n_iters=30, snapshot_freq=100, log_freq=100, eval_freq=100)]
+  runs = [subprocess.Popen(main_command(SCORE_CONFIG, 'score', 'twice', *args), cwd=cifar_root, env=environment(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  results = [(run, run.communicate(timeout=600)[1]) for run in runs]
+  (winner, winner_stderr), = [(run, stderr) for run, stderr in results if run.returncode == 0]
+  (loser, loser_stderr), = [(run, stderr) for run, stderr in results if run is not winner]
+  one_error_line(subprocess.CompletedProcess(loser.args, loser.returncode, '', loser_stderr),
+                 'results/twice is in use by pid', f'pid {winner.pid} on host')
+  assert 'Resumed' not in winner_stderr and 'Nothing to do' not in winner_stderr
+  assert checkpoint_steps(cifar_root / 'results' / 'twice') == [31]
+  final = load(cifar_root / 'results' / 'twice' / 'checkpoints' / 'checkpoint_31.pth')
+  assert final['step'] == 31 and adam_steps(final) == {31} and final['ema']['num_updates'] == 31
+  assert not (cifar_root / 'results' / 'twice' / 'run.lock').exists()
+
+
+def flip_tensor_byte(path):
+  """Invert one byte inside the first tensor record of a torch zip archive."""
+  with zipfile.ZipFile(path) as archive:
+    info = next(i for i in archive.infolist() if '/data/' in i.filename and i.file_size > 64)
+  content = bytearray(path.read_bytes())
+  name_length, extra_length = (int.from_bytes(content[info.header_offset + o:info.header_offset + o + 2], 'little')
+                               for o in (26, 28))
+  content[info.header_offset + 30 + name_length + extra_length + info.file_size // 2] ^= 0xFF
+  path.write_bytes(bytes(content))
+
+
+def test_resume_skips_a_corrupt_checkpoint_cleans_temp_files_and_applies_a_changed_lr(score_run, cifar_root):
+  run_dir = cifar_root / 'results' / 'fallback'
+  shutil.copytree(score_run / 'checkpoints', run_dir / 'checkpoints')
+  (run_dir / 'config.txt').write_text('an earlier start\n')
+  flip_tensor_byte(run_dir / 'checkpoints' / 'checkpoint_4.pth')
+  leftover = run_dir / 'checkpoints' / '.checkpoint_6.pth.99999999.0123abcd.tmp'  # its writer is long gone
+  leftover.write_bytes(b'')
+  kept = (run_dir / 'checkpoints' / 'checkpoint_2.pth').read_bytes()
+  result = run_main(cifar_root, SCORE_CONFIG, 'score', 'fallback', '--data_dir=data', *TINY_SCORE,
+                    *schedule(n_iters=3, snapshot_freq=2), '--config.optim.warmup=0', '--config.optim.lr=1e-3')
+  assert_ok(result)
+  log = (run_dir / 'log.txt').read_text()
+  assert 'checkpoint_4.pth is corrupt' in log and 'CRC-32' in log and 'falling back' in log
+  assert 'checkpoint_2.pth (step 2)' in log and 'optim: lr was' in log
+  assert (run_dir / 'checkpoints' / 'checkpoint_2.pth').read_bytes() == kept and not leftover.exists()
+  final = load(run_dir / 'checkpoints' / 'checkpoint_4.pth')  # rewritten, verified by load
+  assert final['step'] == 4 and final['optimizer']['param_groups'][0]['lr'] == 1e-3
+  history = (run_dir / 'config.txt').read_text()
+  assert history.startswith('an earlier start\n') and history.count('# ---- start') == 1
+
+
+@pytest.mark.parametrize('damage', ['empty', 'truncated', 'bit flip', 'not a checkpoint'])
+def test_a_damaged_restore_checkpoint_is_one_line_naming_it(score_run, tmp_path, damage):
+  path = tmp_path / 'score.pth'
+  shutil.copy(score_run / 'checkpoints' / 'checkpoint_4.pth', path)
+  content = path.read_bytes()
+  if damage == 'bit flip':
+    flip_tensor_byte(path)
+  else:
+    path.write_bytes({'empty': b'', 'truncated': content[:len(content) // 3], 'not a checkpoint': b'hello'}[damage])
+  expected = {'empty': 'is empty', 'truncated': 'is truncated', 'bit flip': 'CRC-32',
+              'not a checkpoint': 'cannot be read as a checkpoint'}[damage]
+  result = run_main(tmp_path, CLASSIFIER_CONFIG, 'classifier', 'damaged', f'--restore={path}', *TINY_CLASSIFIER,
+                    *schedule(1, 1))
+  one_error_line(result, str(path), expected)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_checkpoints(score_run, cifar_root):
+  """RLIMIT_FSIZE stands in for a full disk: a write past the limit fails (EFBIG) as one past the free space would."""
+  run_dir = cifar_root / 'results' / 'full_disk'
+  shutil.copytree(score_run / 'checkpoints', run_dir / 'checkpoints')
+  before = {name: (run_dir / 'checkpoints' / name).read_bytes() for name in os.listdir(run_dir / 'checkpoints')}
+  limit = (run_dir / 'checkpoints' / 'checkpoint_4.pth').stat().st_size // 2
+  result = run_main(cifar_root, SCORE_CONFIG, 'score', 'full_disk', '--data_dir=data', *TINY_SCORE,
+                    *schedule(n_iters=5, snapshot_freq=2),
+                    preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+  one_error_line(result, 'checkpoint_6.pth', 'cannot write', 'File too large')
+  after = {name: (run_dir / 'checkpoints' / name).read_bytes() for name in os.listdir(run_dir / 'checkpoints')}
+  assert after == before
+
+
+def test_a_snapshot_lost_to_a_kill_is_made_on_restart(cifar_root):
+  args = ['--data_dir=data', *TINY_SCORE, '--config.training.snapshot_sampling=True', '--config.model.num_scales=4',
+          *schedule(n_iters=1, snapshot_freq=1, eval_freq=100)]
+  assert_ok(run_main(cifar_root, SCORE_CONFIG, 'score', 'snapshots', *args))
+  samples = cifar_root / 'results' / 'snapshots' / 'samples'
+  assert sorted(os.listdir(samples)) == ['iter_1', 'iter_2']
+  shutil.rmtree(samples / 'iter_2')  # as a kill between checkpoint_2.pth and its samples leaves it
+  result = run_main(cifar_root, SCORE_CONFIG, 'score', 'snapshots', *args)
+  assert_ok(result)
+  assert sorted(os.listdir(samples / 'iter_2')) == ['sample.npy', 'sample.png']
+  remade = np.load(samples / 'iter_2' / 'sample.npy')
+  assert remade.shape == (4, 32, 32, 3) and remade.dtype == np.uint8
+  assert 'Nothing to do' in (cifar_root / 'results' / 'snapshots' / 'log.txt').read_text()
+
+
+def test_vp_sde_trains_and_samples_from_the_command_line(tmp_path):
+  """The :vpsde configs for score, classifier and sampling (a Fourier embedding and N = 4 keep it tiny)."""
+  write_cifar_folder(tmp_path / 'data', 'CIFAR10', num_train=48, num_test=32)
+  small = ['--config.model.embedding_type=fourier', '--config.model.num_scales=4']
+  assert_ok(run_main(tmp_path, f'{SCORE_CONFIG}:vpsde', 'score', 'vp_score', '--data_dir=data', *TINY_SCORE, *small,
+                     *schedule(n_iters=1, snapshot_freq=2)))
+  score = tmp_path / 'results' / 'vp_score' / 'checkpoints' / 'checkpoint_2.pth'
+  assert_ok(run_main(tmp_path, f'{CLASSIFIER_CONFIG}:vpsde', 'classifier', 'vp_classifier', '--data_dir=data',
+                     f'--restore={score}', *TINY_CLASSIFIER, *small, *schedule(n_iters=1, snapshot_freq=2)))
+  classifier = tmp_path / 'results' / 'vp_classifier' / 'checkpoints' / 'checkpoint_2.pth'
+  tiny = ['--config.model.nf=8', '--config.model.num_res_blocks=1', '--config.model.ch_mult=(1,2)',
+          '--config.classifier.resnet_base_width=4', '--config.classifier.nf=8', '--config.training.batch_size=2',
+          '--config.eval.num_samples=20', '--config.device=cpu', *small]
+  result = subprocess.run([sys.executable, str(REPO_ROOT / 'run_lib_sampling.py'),
+                           f'--config={REPO_ROOT / "configs/eval/cifar10/eval_cifar10_configs.py"}:vpsde', *tiny,
+                           '--workdir=vp_samples', '--mode=class', '--classid=1', f'--restore={score}',
+                           f'--restore_classifier={classifier}'], cwd=tmp_path, env=environment(), capture_output=True,
+                          text=True, timeout=300)
+  assert_ok(result)
+  folder = tmp_path / 'results' / 'vp_samples' / 'eval_samples'
+  with np.load(folder / '1' / 'samples_0.npz') as archive:
+    assert archive['samples'].shape == (2, 32, 32, 3) and archive['samples'].dtype == np.uint8
+  settings = json.loads((folder / 'settings.json').read_text())
+  assert settings['training.sde'] == 'vpsde' and settings['sampling.predictor'] == 'euler_maruyama'

@@ -1,13 +1,13 @@
-"""Time-conditioned resnet18_cond classifier on CIFAR-10, trained with the DLSM total loss."""
-from configs.default_cifar_configs import (get_default_configs, set_ncsnpp_model, set_pc_sampler,
+"""Time-conditioned resnet18_cond classifier on CIFAR-10, trained with the DLSM total loss; `--config=<this file>:vpsde`
+or `:subvpsde` pairs it with the VP / sub-VP score model (default_cifar_configs.set_sde)."""
+from configs.default_cifar_configs import (get_default_configs, set_ncsnpp_model, set_pc_sampler, set_sde,
                                            set_resnet_cond_classifier)
 
 
-def get_config():
+def get_config(sde='vesde'):
   config = get_default_configs()
 
   training = config.training
-  training.sde = 'vesde'
   training.continuous = True
   training.batch_size = 150
   training.n_iters = 60000
@@ -36,4 +36,4 @@ def get_config():
   optim.gamma = 0.9  # parity
 
   set_resnet_cond_classifier(config.classifier, 'resnet18_cond', classes=10)
-  return config
+  return set_sde(config, sde)

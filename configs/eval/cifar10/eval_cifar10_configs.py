@@ -1,13 +1,13 @@
-"""Sampling and evaluation on CIFAR-10: NCSN++ score model guided by resnet18_cond."""
-from configs.default_cifar_configs import (get_default_configs, set_ncsnpp_model, set_pc_sampler,
+"""Sampling and evaluation on CIFAR-10: NCSN++ score model guided by resnet18_cond; `--config=<this file>:vpsde` or
+`:subvpsde` samples VP / sub-VP models (default_cifar_configs.set_sde)."""
+from configs.default_cifar_configs import (get_default_configs, set_ncsnpp_model, set_pc_sampler, set_sde,
                                            set_class_evaluation, set_resnet_cond_classifier)
 
 
-def get_config():
+def get_config(sde='vesde'):
   config = get_default_configs()
 
   training = config.training
-  training.sde = 'vesde'
   training.continuous = True
   training.batch_size = 100  # samples per round
   training.n_iters = 1000001  # parity: read by the trainers only
@@ -27,4 +27,4 @@ def get_config():
   set_ncsnpp_model(config.model)
 
   set_resnet_cond_classifier(config.classifier, 'resnet18_cond', classes=10)
-  return config
+  return set_sde(config, sde)

@@ -1,0 +1,113 @@
+"""Config validation, before any model loads or file is written: one ConfigError line naming the field, its value and
+what is allowed. Misspelt fields and wrong types are refused earlier, by the flag parser (plumbing.parse_flags)."""
+import sde_lib
+
+VP_FAMILY = ('vpsde', 'subvpsde')
+
+
+class ConfigError(ValueError):
+  """A config value outside its allowed range, or settings that cannot work together."""
+
+
+def _get(config, field):
+  node = config
+  for name in field.split('.'):
+    node = node[name]
+  return node
+
+
+def require(config, field, allowed, test):
+  """ConfigError '<field>=<value>: must be <allowed>' unless test(value)."""
+  value = _get(config, field)
+  if not test(value):
+    raise ConfigError(f'{field}={value!r}: must be {allowed}')
+
+
+def require_positive(config, *fields):
+  for field in fields:
+    require(config, field, 'a number > 0', lambda value: isinstance(value, (int, float)) and value > 0)
+
+
+def require_divisible(config, field, world_size):
+  require(config, field, f'divisible by the number of processes ({world_size})', lambda value: value % world_size == 0)
+
+
+def check_sde_and_model(config):
+  """SDE name, N, and the NCSN++ settings each SDE needs (VP / sub-VP: no σ scaling, enough positional indices)."""
+  require(config, 'model.num_scales', 'an integer >= 1', lambda n: isinstance(n, int) and n >= 1)
+  sde_lib.get_sde(config)  # a one-line ValueError naming training.sde and the known SDEs
+  if config.training.sde.lower() not in VP_FAMILY or config.model.get('name') != 'ncsnpp':
+    return
+  if config.model.get('scale_by_sigma', False):
+    raise ConfigError(f'model.scale_by_sigma=True is a VE setting (it divides by σ) but training.sde='
+                      f'{config.training.sde}: use the VP / sub-VP settings (--config=<config file>:'
+                      f'{config.training.sde})')
+  if (config.model.get('embedding_type') == 'positional' and config.training.continuous
+      and config.model.num_scales < 1000):
+    raise ConfigError(f'model.num_scales={config.model.num_scales}: must be >= 1000 with the positional embedding on '
+                      f'the continuous {config.training.sde} (the network looks up its σ table at 999·t)')
+
+
+def check_training(config, model, world_size=1):
+  """Fields read by the score / classifier trainers."""
+  check_sde_and_model(config)
+  require_positive(config, 'training.batch_size', 'training.snapshot_freq', 'training.log_freq',
+                   'training.eval_freq')
+  require_divisible(config, 'training.batch_size', world_size)
+  require(config, 'training.n_iters', 'an integer >= 0 (n_iters + 1 updates run)',
+          lambda n: isinstance(n, int) and n >= 0)
+  require(config, 'optim.lr', 'a number >= 0', lambda lr: lr >= 0)
+  require(config, 'optim.warmup', 'an integer >= 0', lambda warmup: warmup >= 0)
+  if model == 'classifier':
+    require_positive(config, 'eval.batch_size', 'classifier.classes')
+    require_divisible(config, 'eval.batch_size', world_size)
+    require(config, 'training.continuous', 'True for classifier training (as the original)', bool)
+
+
+def check_sampling(config):
+  """Fields read by run_lib_sampling.py, and sampler settings that cannot work together."""
+  check_sde_and_model(config)
+  require_positive(config, 'training.batch_size', 'eval.num_samples', 'classifier.classes')
+  sampling = config.sampling
+  require(config, 'sampling.dtype', "'float32' or 'bfloat16'", lambda dtype: dtype in ('float32', 'bfloat16'))
+  if sampling.scaling_factor < 0 and not sampling.get('allow_negative_scale', False):
+    raise ConfigError(f'sampling.scaling_factor={sampling.scaling_factor}: must be >= 0 (a negative guidance scale '
+                      'pushes samples away from their class; allow it with --config.sampling.allow_negative_scale)')
+  method = sampling.method.lower()
+  require(config, 'sampling.method', "'pc' or 'ode'", lambda name: name.lower() in ('pc', 'ode'))
+  if method == 'ode':
+    require_positive(config, 'sampling.ode_rtol', 'sampling.ode_atol')
+  else:
+    check_pc_sampler(config)
+
+
+def check_pc_sampler(config):
+  """Predictor / corrector pairs the SDE supports, and a VP step table that stays below β = 1."""
+  sampling, sde_name = config.sampling, config.training.sde.lower()
+  predictor, corrector = sampling.predictor.lower(), sampling.corrector.lower()
+  require_positive(config, 'sampling.n_steps_each', 'sampling.snr')
+  if predictor == 'ancestral_sampling' and sampling.probability_flow:
+    raise ConfigError('sampling.predictor=ancestral_sampling has no probability-flow form: set '
+                      'sampling.probability_flow=False or use sampling.predictor=reverse_diffusion')
+  if predictor == 'ancestral_sampling' and not sde_lib.get_sde(config)[0].has_ancestral_step:
+    raise ConfigError(f'sampling.predictor=ancestral_sampling: training.sde={sde_name} has no ancestral step (it '
+                      'exists for vesde and vpsde only); use reverse_diffusion or euler_maruyama')
+  table_steps = [step for step, reads_table in (
+      (predictor, sde_name == 'vpsde' and predictor in ('ancestral_sampling', 'reverse_diffusion')),
+      (corrector, sde_name in VP_FAMILY and corrector in ('langevin', 'ald'))) if reads_table]
+  last_beta = config.model.beta_max / config.model.num_scales
+  if table_steps and last_beta >= 1:
+    raise ConfigError(f'model.num_scales={config.model.num_scales}: the VP step table reaches β = model.beta_max / '
+                      f'num_scales = {last_beta:g} >= 1, where the {" and ".join(table_steps)} steps divide by or take '
+                      f'the root of 1 − β; use num_scales > {config.model.beta_max:g}')
+
+
+def check_cas(config):
+  """Fields read by run_lib_cas.py."""
+  require_positive(config, 'training.batch_size', 'training.log_freq', 'training.eval_freq', 'eval.batch_size')
+  require(config, 'training.n_iters', 'an integer >= 0', lambda n: isinstance(n, int) and n >= 0)
+
+
+def check_evaluation(config):
+  """Fields read by run_lib_evaluation.py."""
+  require_positive(config, 'eval.batch_size', 'eval.nearest_k', 'classifier.classes')

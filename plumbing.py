@@ -1,0 +1,300 @@
+"""Plumbing shared by main.py and the run_lib* scripts: flags, one-line errors, torchrun set-up, atomic writes,
+the run-folder lock and the uint8 conversion of samples.
+
+Every script follows one pattern:
+
+  def define_flags():            # flags exist only when the file runs as a script (tests import the modules)
+    plumbing.define_run_flags('Training configuration file.')
+    ...
+  if __name__ == '__main__':
+    define_flags()
+    plumbing.run_script(main)    # one line on stderr and exit status 1 for every expected failure
+"""
+import contextlib
+import datetime
+import errno
+import fcntl
+import os
+import re
+import shutil
+import socket
+import sys
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
+TEMP_FILE = re.compile(r'^\..+\.(\d+)(\.[0-9a-f]{8})?\.tmp$')  # .<name>.<pid>[.<random>].tmp, see atomic_write
+LOCK_NAME = 'run.lock'
+
+
+class ScriptError(Exception):
+  """A failure the user can fix (busy folder, bad samples, ...): reported in one line without a traceback."""
+
+
+# ---------------------------------------------------------------------------------------------- flags
+
+
+def define_run_flags(config_help, data_dir=False):
+  """--config (with --config.<field>=value overrides), --workdir and optionally --data_dir."""
+  from ml_collections.config_flags import config_flags
+  config_flags.DEFINE_config_file('config', None, config_help, lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Run folder name; the run lives in results/<workdir>.')
+  if data_dir:
+    flags.DEFINE_string('data_dir', None, 'Folder holding the data set (cifar-10-batches-py / cifar-100-python); '
+                        'overrides config.data.root only when given.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def apply_flag_overrides(config, overrides):
+  """config.<field> = value for every {'section.field': value} whose flag was given (value not None)."""
+  for field, value in overrides.items():
+    if value is None:
+      continue
+    *sections, name = field.split('.')
+    node = config
+    for section in sections:
+      node = node[section]
+    node[name] = value
+
+
+def _split_overrides(argv):
+  """argv as [(flag name or None, [tokens])]: '--config.f=v' and '--config.f v' each make one item."""
+  items, index = [], 0
+  while index < len(argv):
+    arg = argv[index]
+    separate_value = (arg.startswith('--config.') and '=' not in arg and index + 1 < len(argv)
+                      and not argv[index + 1].startswith('--'))
+    tokens = argv[index:index + 2] if separate_value else [arg]
+    items.append((arg.split('=', 1)[0] if arg.startswith('--config.') else None, tokens))
+    index += len(tokens)
+  return items
+
+
+def last_override_wins(argv):
+  """Drop all but the last --config.<field> of each field: ml_collections appends repeated tuple overrides."""
+  items = _split_overrides(argv)
+  last = {name: position for position, (name, _) in enumerate(items) if name}
+  return [token for position, (name, tokens) in enumerate(items) if name is None or last[name] == position
+          for token in tokens]
+
+
+def _unknown_field_message(argv, error):
+  """'--config.model.nff: no such config field (did you mean "nf"?)' from ml_collections' AttributeError."""
+  text = str(error).replace('\\n', '\n').replace("\\'", "'").strip('\'"')
+  name = text.split('\n')[0].strip('\'"')
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  flag = next((arg.split('=', 1)[0] for arg in argv if arg.startswith('--config.')
+               and arg.split('=', 1)[0].rsplit('.', 1)[-1] == name), f'--config.<...>.{name}')
+  return f'{flag}: no such config field' + (f' (did you mean "{hint.group(1)}"?)' if hint else '')
+
+
+def parse_flags(argv):
+  """absl's parser with one-line errors (unknown flag, misspelt config field, wrong type)."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as error:  # ml_collections: a --config.<field> that does not exist
+    fail(_unknown_field_message(argv, error))
+  except (flags.Error, ValueError, TypeError) as error:  # bad values, a missing or failing config file
+    fail(str(error))
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def one_line(text):
+  """`text` on one line; an embedded traceback (ml_collections quotes one for a failing config file) shrinks to its
+  last line, the exception itself."""
+  lines = str(text).strip().splitlines()
+  starts = [index for index, line in enumerate(lines) if line.startswith('Traceback (most recent call last)')]
+  if starts:
+    lines = lines[:starts[0]] + lines[-1:]
+  return ' '.join(' '.join(lines).split())
+
+
+def fail(message):
+  """The one-line error of every script: 'error: …' on stderr, exit status 1."""
+  print(f'error: {one_line(message)}', file=sys.stderr)
+  sys.exit(1)
+
+
+def expected_errors():
+  """What a user's input or machine can cause: missing/corrupt files, bad configs, full disks, busy folders."""
+  import losses
+  return (FileNotFoundError, ValueError, KeyError, OSError, ScriptError, losses.NonFiniteLossError)
+
+
+def _message(error):
+  if isinstance(error, KeyError) and error.args:
+    return error.args[0]
+  if isinstance(error, OSError) and error.filename and error.strerror:
+    return f'{error.filename}: {error.strerror}'
+  return str(error)
+
+
+def run_script(main):
+  """app.run(main) with the last of repeated --config overrides, --help exiting 0, and one-line errors."""
+  argv = last_override_wins(sys.argv)
+
+  def guarded_main(args):
+    try:
+      main(args)
+    except expected_errors() as error:
+      fail(_message(error))
+  try:
+    app.run(guarded_main, argv=argv, flags_parser=parse_flags)
+  except SystemExit as exit_:
+    if any(arg in HELP_FLAGS for arg in argv[1:]):  # absl ends --help with status 1
+      sys.exit(0)
+    raise
+
+
+# ---------------------------------------------------------------------------------------------- torchrun
+
+
+def torchrun_rank():
+  """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain run."""
+  env = os.environ
+  return int(env.get('RANK', 0)), int(env.get('WORLD_SIZE', 1)), int(env.get('LOCAL_RANK', 0))
+
+
+def process_device(config):
+  """config.device, or cuda:<LOCAL_RANK> for each torchrun process; written back into config.device."""
+  import torch
+  from models import utils as mutils
+  _, world_size, local_rank = torchrun_rank()
+  device = mutils.get_device(config)
+  if world_size > 1 and device.type == 'cuda' and device.index is None:
+    device = torch.device('cuda', local_rank)
+  if device.type == 'cuda' and device.index is not None:
+    torch.cuda.set_device(device)
+  config.device = str(device)  # so create_model / samplers place everything here
+  return device
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def _temp_path(path):
+  folder, name = os.path.split(os.path.abspath(path))
+  return os.path.join(folder, f'.{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp')
+
+
+def atomic_write(path, write, mode='wb'):
+  """write(file) into a temporary file beside `path`, fsync, rename: `path` is never left half-written.
+
+  A full disk or a read-only folder raises OSError naming `path` and the cause; nothing at `path` changes.
+  """
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp_path = _temp_path(path)
+  try:
+    with open(tmp_path, mode) as file:
+      write(file)
+      file.flush()
+      os.fsync(file.fileno())
+    os.replace(tmp_path, path)
+  except OSError as error:
+    raise OSError(error.errno, f'cannot write: {error.strerror or error}', path) from error
+  except RuntimeError as error:  # torch.save reports some write failures as RuntimeError
+    raise OSError(errno.EIO, f'cannot write: {_disk_cause(error, path)}', path) from error
+  finally:
+    if os.path.exists(tmp_path):
+      os.remove(tmp_path)
+
+
+def _disk_cause(error, path):
+  """The errno text inside torch's message, or 'No space left on device' when the disk is (nearly) full."""
+  text = str(error)
+  for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
+    if os.strerror(code) in text:
+      return os.strerror(code)
+  if shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < 2**20:
+    return os.strerror(errno.ENOSPC)
+  return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def write_text_atomic(path, text):
+  atomic_write(path, lambda file: file.write(text), mode='w')
+
+
+def _process_alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_temp_files(folder):
+  """Delete temporary files of atomic_write whose writer process is gone (left by kill -9); returns their paths."""
+  removed = []
+  for root, _, names in os.walk(folder):
+    for name in names:
+      match = TEMP_FILE.match(name)
+      if match and not _process_alive(int(match.group(1))):
+        os.remove(os.path.join(root, name))
+        removed.append(os.path.join(root, name))
+  return removed
+
+
+def to_uint8(images):
+  """NCHW floats in [0, 1] -> NHWC uint8 by clip(x·255, 0, 255) and truncation (the original's quantisation)."""
+  return np.clip(images.permute(0, 2, 3, 1).cpu().numpy() * 255., 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- run-folder lock
+
+
+class RunFolderLock:
+  """One run per folder: an exclusive flock on <folder>/run.lock, which records the holder's pid and host.
+
+  The kernel drops the flock when the holder dies (kill -9 included), so a stale lock file never blocks a new run.
+  """
+
+  def __init__(self, folder):
+    self.folder = folder
+    self.path = os.path.join(folder, LOCK_NAME)
+    self.file = None
+
+  def __enter__(self):
+    os.makedirs(self.folder, exist_ok=True)
+    while self.file is None:
+      file = open(self.path, 'a+')
+      try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        file.seek(0)
+        holder = file.read().strip() or 'another process'
+        file.close()
+        raise ScriptError(f'{self.folder} is in use by {holder}; wait for that run to end or use another --workdir')
+      if _same_file(file, self.path):  # not unlinked by a holder that finished meanwhile
+        self.file = file
+      else:
+        file.close()
+    self.file.truncate(0)
+    started = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')
+    self.file.write(f'pid {os.getpid()} on host {socket.gethostname()} (started {started})\n')
+    self.file.flush()
+    return self
+
+  def __exit__(self, *exc):
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(self.path)
+    self.file.close()
+    self.file = None
+    return False
+
+
+def _same_file(file, path):
+  try:
+    return os.stat(path).st_ino == os.fstat(file.fileno()).st_ino
+  except FileNotFoundError:
+    return False
+
+
+def lock_run_folder(folder, rank=0):
+  """RunFolderLock for torchrun's rank 0 (and plain runs); other ranks run inside their rank 0's lock."""
+  return RunFolderLock(folder) if rank == 0 else contextlib.nullcontext()

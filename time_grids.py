@@ -1,0 +1,48 @@
+"""Time grids of the samplers: N decreasing times t_0 = T > … > t_{N−1} = eps, then t_N = 0.
+
+Every sampler step goes from t_i to t_{i+1}. The final t_N = 0 is the noise-free end: the last step removes the
+remaining noise (σ → 0), as the original's last reverse-diffusion step does with its σ_{−1} = 0.
+Grids are float32 and computed on the CPU, so every device walks the same times.
+"""
+import torch
+
+_GRIDS = {}
+
+
+def register_grid(name):
+  """Registers `grid(sde, num_steps, eps, rho) -> the N times t_0 = T … t_{N−1} = eps` (float32, CPU)."""
+  def add(fn):
+    _GRIDS[name] = fn
+    return fn
+  return add
+
+
+@register_grid('linear')
+def linear_grid(sde, num_steps, eps, rho=None):
+  """t_i = linspace(T, eps, N): the original's grid (ρ unused)."""
+  return torch.linspace(sde.T, eps, num_steps)
+
+
+@register_grid('rho')
+def rho_grid(sde, num_steps, eps, rho=7.):
+  """σ_i = (σ_max^{1/ρ} + i/(N−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ between σ(T) and σ(eps), mapped back to time.
+
+  ρ = 7 spends the steps where σ is small (Karras et al. 2022); σ is the SDE's noise-to-signal ratio std/mean, the
+  σ of VE and its counterpart for VP / sub-VP."""
+  ends = torch.tensor([float(sde.T), eps], dtype=torch.float64)
+  sigma_max, sigma_min = sde.sigma(ends).tolist()
+  fraction = torch.linspace(0, 1, num_steps, dtype=torch.float64)
+  sigmas = (sigma_max ** (1 / rho) + fraction * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+  times = sde.time_of_sigma(sigmas)
+  times[0], times[-1] = ends  # exact endpoints despite the round trip through σ
+  return times.float()
+
+
+def time_grid(name, sde, num_steps, eps, rho=7.):
+  """The N + 1 times of grid `name`: its N times, then t_N = 0."""
+  if name not in _GRIDS:
+    raise ValueError(f'unknown sampling.grid {name!r}; known: {sorted(_GRIDS)}')
+  if num_steps < 2:
+    raise ValueError(f'sampling.num_steps = {num_steps}; use at least 2')
+  times = _GRIDS[name](sde, num_steps, eps, rho)
+  return torch.cat([times, torch.zeros(1)])
