@@ -1,4 +1,5 @@
-# Newcomer entry points: `make demo` (toy DLSM pipeline on CPU) and `make test`, on whichever python3 is installed.
+# Newcomer entry points: `make demo` (toy DLSM pipeline on CPU), `make test`, and `make digits` (the CIFAR
+# comparison redone on 8x8 handwritten digits, CPU), on whichever python3 is installed.
 PYTHON3 ?= python3
 VENV := .venv
 PYTHON := $(VENV)/bin/python
@@ -7,7 +8,7 @@ PYTHON_VERSION := $(shell $(PYTHON3) -c 'import sys; print("%d.%d" % sys.version
 CORE_STAMP := $(VENV)/.core-$(PYTHON_VERSION).stamp
 EVAL_STAMP := $(VENV)/.eval-$(PYTHON_VERSION).stamp
 
-.PHONY: venv venv-eval test demo bench
+.PHONY: venv venv-eval test demo digits bench
 
 venv: $(CORE_STAMP)
 
@@ -31,6 +32,9 @@ test: $(EVAL_STAMP)
 
 demo: $(CORE_STAMP)
 	$(PYTHON) run_lib_toy.py --config configs/toy/demo.py --workdir toy_demo
+
+digits: $(CORE_STAMP)
+	$(PYTHON) run_lib_digits.py --workdir digits_run
 
 bench: $(CORE_STAMP)
 	@set -e; for script in benchmarks/*.py; do \

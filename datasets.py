@@ -1,7 +1,11 @@
-"""Training data: CIFAR-10/100 from a local folder (never downloaded) and the toy moons (toy.data).
+"""Data sets behind one registry, `DATASETS`: config.data.dataset -> loader of (uint8 NHWC images, int64 labels).
 
-Batches are float32 in [0, 1] (CIFAR: NCHW; moons: [B, 2]) with int64 labels; the model-side scaler is applied by the
-trainer. Shuffling, flips and dequantisation noise come from seeded torch generators, so a run is reproducible (B30).
+CIFAR-10/100 come from a local folder (never downloaded); `digits` is scikit-learn's 8x8 handwritten digits (inside
+its wheel); `moons` is the toy's point set (float positions instead of images). Adding a data set means one loader
+and one registry line. Training, the evaluation's stat file and the CAS test split all read data through `load_split`.
+
+Batches are float32 in [0, 1] (images: NCHW; moons: [B, 2]) with int64 labels; the model-side scaler is applied by
+the trainer. Shuffling, flips and dequantisation noise come from seeded torch generators, so a run is reproducible (B30).
 
 MD5 policy (torchvision's own check refuses every folder but the official one): each file of the folder is hashed
 against torchvision's official MD5s. All match -> the official release, verified. None match -> a CIFAR-format folder
@@ -27,7 +31,7 @@ class DatasetIntegrityError(ValueError):
   """The dataset files exist but are damaged or not in the expected format."""
 
 
-class _CheckedBeforehand:
+class _WithoutTorchvisionMD5Check:
   """torchvision's CIFAR reader minus its MD5 checks, which `verify_cifar_folder` replaces."""
 
   def _check_integrity(self):
@@ -39,12 +43,12 @@ class _CheckedBeforehand:
     self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
 
 
-class LocalCIFAR10(_CheckedBeforehand, torchvision.datasets.CIFAR10):
+class LocalCIFAR10(_WithoutTorchvisionMD5Check, torchvision.datasets.CIFAR10):
   num_classes = 10
   display_name = 'CIFAR-10'
 
 
-class LocalCIFAR100(_CheckedBeforehand, torchvision.datasets.CIFAR100):
+class LocalCIFAR100(_WithoutTorchvisionMD5Check, torchvision.datasets.CIFAR100):
   num_classes = 100
   display_name = 'CIFAR-100'
 
@@ -54,7 +58,7 @@ CIFAR_READERS = {'CIFAR10': LocalCIFAR10, 'CIFAR100': LocalCIFAR100}
 
 def cifar_reader(dataset):
   if dataset not in CIFAR_READERS:
-    raise ValueError(f'config.data.dataset={dataset!r}; expected one of {sorted(CIFAR_READERS)} or moons.')
+    raise ValueError(f'{dataset!r} is not a CIFAR data set; expected one of {sorted(CIFAR_READERS)}.')
   return CIFAR_READERS[dataset]
 
 
@@ -110,11 +114,63 @@ def load_cifar(root, dataset, train):
   return images, labels
 
 
-def load_moons(config):
-  """The toy's inter-twinning moons (positions float64 [N, 2], labels int64 [N]) from toy.data."""
-  from toy import data as toy_data  # only the toy needs it
+def load_moons(config, train=True):
+  """The toy's inter-twinning moons (positions float64 [N, 2], labels int64 [N]); one split, used for both."""
+  del train
+  from toy import data as toy_data  # imported here: only the toy needs it
   positions, labels = toy_data.moons_dataset(subset=config.data.get('subset', 'all'))
   return np.asarray(positions), np.asarray(labels, dtype=np.int64)
+
+
+DIGITS_TEST_FRACTION = 0.2  # per class, round(0.2 * class size) test images: 1 438 train / 359 test in all
+DIGITS_SPLIT_SEED = 0
+
+
+def digits_split_indices(labels, test_fraction=DIGITS_TEST_FRACTION, seed=DIGITS_SPLIT_SEED):
+  """(train, test) indices of a stratified split: each class shuffled by a fixed NumPy generator, its head is test."""
+  rng = np.random.default_rng(seed)
+  train, test = [], []
+  for label in np.unique(labels):
+    members = rng.permutation(np.flatnonzero(labels == label))
+    num_test = int(round(test_fraction * len(members)))
+    test.append(members[:num_test])
+    train.append(members[num_test:])
+  return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def load_digits(config=None, train=True):
+  """scikit-learn's handwritten digits: uint8 [N, 8, 8, 1] (values 0..16 -> round(v * 255 / 16)), int64 labels 0..9."""
+  del config
+  from sklearn.datasets import load_digits as sklearn_digits  # ships inside the wheel: no download
+  digits = sklearn_digits()
+  images = np.round(digits.images * (255. / 16.)).astype(np.uint8)[..., None]
+  labels = digits.target.astype(np.int64)
+  train_index, test_index = digits_split_indices(labels)
+  index = train_index if train else test_index
+  return images[index], labels[index]
+
+
+def _cifar_loader(dataset):
+  return lambda config, train=True: load_cifar(config.data.root, dataset, train)
+
+
+# config.data.dataset -> loader(config, train) returning (images uint8 NHWC | points, labels int64)
+DATASETS = {
+    'CIFAR10': _cifar_loader('CIFAR10'),
+    'CIFAR100': _cifar_loader('CIFAR100'),
+    'digits': load_digits,
+    'moons': load_moons,
+}
+
+
+def load_split(config, split='train'):
+  """(data, labels) of `split` ('train' or 'test') of config.data.dataset, through the registry."""
+  name = config.data.dataset
+  if name not in DATASETS:
+    raise ValueError(f'config.data.dataset={name!r} is not a known data set; known: {", ".join(DATASETS)}')
+  if split not in ('train', 'test'):
+    raise ValueError(f'split must be train or test, got {split!r}')
+  return DATASETS[name](config, train=(split == 'train'))
 
 
 def get_data_scaler(config):
@@ -129,6 +185,13 @@ def get_data_inverse_scaler(config):
   if config.data.centered:
     return lambda x: (x + 1.) / 2.
   return lambda x: x
+
+
+def check_channels(config, images):
+  """A one-line error when the images' channel count is not config.data.num_channels."""
+  if images.shape[-1] != config.data.num_channels:
+    raise ValueError(f'{config.data.dataset} images have {images.shape[-1]} channel(s) but config.data.num_channels '
+                     f'is {config.data.num_channels}')
 
 
 class ImageBatches(torch.utils.data.Dataset):
@@ -223,12 +286,13 @@ def get_dataset(config, split='train', *, batch_size=None, repeat=True, shuffle=
   batch_size = batch_size or config.training.batch_size
   if batch_size % world_size:
     raise ValueError(f'The batch size {batch_size} must be divisible by the number of processes ({world_size}).')
-  if config.data.dataset == 'moons':
-    dataset = PointBatches(*load_moons(config))
+  data, labels = load_split(config, split)
+  if data.ndim == 2:  # points (the moons)
+    dataset = PointBatches(data, labels)
   else:
-    images, labels = load_cifar(config.data.root, config.data.dataset, train=(split == 'train'))
+    check_channels(config, data)
     flip = config.data.random_flip if random_flip is None else random_flip
-    dataset = ImageBatches(images, labels, config.data.image_size, flip, config.data.uniform_dequantization,
+    dataset = ImageBatches(data, labels, config.data.image_size, flip, config.data.uniform_dequantization,
                            seed=seed + 7919 * (rank + 1))
   if len(dataset) < batch_size:
     field = 'training.batch_size' if batch_size == config.training.batch_size else 'eval.batch_size'

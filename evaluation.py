@@ -1,10 +1,13 @@
-"""Evaluation metrics as the paper computed them: FID and Inception score on TF-GAN's Inception features, PRDC, CW.
+"""Evaluation metrics as the paper computed them, in a feature space chosen by `config.eval.features`.
 
-Inception features come from TF-GAN's Inception module run by TensorFlow in a process of its own (`evaluation_tf.py`),
-so this module, training and sampling never import TensorFlow. FID and IS come from tensorflow-gan's own functions
-where it is installed (TensorFlow 2.15, Python 3.11: the paper's combination), else from this module's transcription of
-the same formulas, equal to them within 1e-6 relative. Precision / recall / density / coverage use the `prdc`
-definitions, computed in memory-bounded chunks.
+Feature spaces share one interface (`InceptionFeatures`, `ReferenceFeatures`): called on uint8 NHWC images they
+return {'pool_3': features, 'logits': logits}, and they know their Fréchet distance. On CIFAR ('inception') the
+features come from TF-GAN's Inception module run by TensorFlow in a process of its own (`evaluation_tf.py`), so this
+module, training and sampling never import TensorFlow; FID and IS come from tensorflow-gan's own functions where it
+is installed (TensorFlow 2.15, Python 3.11: the paper's combination), else from this module's transcription of the
+same formulas, equal to them within 1e-6 relative. On the 8x8 digits ('reference_classifier') the features come from
+a small CNN trained here on the real training split, and the Fréchet distance (FD) uses the same formula.
+Precision / recall / density / coverage use the `prdc` definitions, computed in memory-bounded chunks, in either space.
 """
 
 import hashlib
@@ -19,6 +22,7 @@ import sys
 import numpy as np
 import scipy.special
 import torch
+import torch.nn.functional as F
 
 import evaluation_tf
 import plumbing
@@ -132,6 +136,128 @@ def get_inception_features(images, inception, batch_size=200):
     pools.append(outputs[INCEPTION_POOL][:len(batch)])
     logits.append(outputs[INCEPTION_LOGITS][:len(batch)])
   return np.concatenate(pools), np.concatenate(logits)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Feature spaces: one interface for Inception (CIFAR) and the reference classifier (digits)
+
+
+class InceptionFeatures:
+  """TF-GAN's Inception: pool_3 (2048-d) and 1008 ImageNet logits; FID and IS with tensorflow-gan, as the paper."""
+  name = 'inception'
+  distance_name = 'fid'
+  has_score = True  # the Inception score
+  classifies_data = False  # ImageNet logits say nothing about the data set's classes
+
+  def __init__(self, config):
+    self.inception_dir = find_inception_dir(config.eval.inception_dir)  # a missing module fails before any work
+    require_tensorflow()
+    self._run = None
+
+  def __call__(self, images):
+    return self._process()(images)
+
+  @property
+  def tensorflow_version(self):
+    return self._process().tensorflow_version
+
+  def _process(self):
+    if self._run is None:
+      self._run = load_inception(self.inception_dir)
+    return self._run
+
+  distance = staticmethod(lambda real, fake: fid_from_activations(real, fake))
+  score = staticmethod(lambda logits: inception_score_from_logits(logits))
+
+
+class ReferenceFeatures:
+  """The reference classifier (models/reference.py): penultimate 32-d features and the data set's logits.
+
+  Trained on the real training split on first use and stored at `eval.reference_classifier`; later runs load it.
+  """
+  name = 'reference_classifier'
+  distance_name = 'fd'
+  has_score = False
+  classifies_data = True  # argmax of the logits is the digit the classifier sees
+
+  def __init__(self, config, log=print):
+    self.model, self.test_accuracy = load_or_train_reference(config, log)
+
+  @torch.no_grad()
+  def __call__(self, images):
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.
+    features = self.model.features(x)
+    return {INCEPTION_POOL: features.numpy(), INCEPTION_LOGITS: self.model.head(features).numpy()}
+
+  distance = staticmethod(lambda real, fake: frechet_distance(real, fake))
+
+
+FEATURE_SPACES = {'inception': InceptionFeatures, 'reference_classifier': ReferenceFeatures}
+
+
+def feature_space(config):
+  """The feature-space class named by config.eval.features (default 'inception'); instantiate it to encode images.
+
+  Its `distance` (and `score` where `has_score`) need no instance: the metrics run from stored features.
+  """
+  name = config.eval.get('features', 'inception')
+  if name not in FEATURE_SPACES:
+    raise ValueError(f'config.eval.features={name!r} is not a feature space; known: {", ".join(FEATURE_SPACES)}')
+  return FEATURE_SPACES[name]
+
+
+def images_to_unit_nchw(images_uint8):
+  """uint8 NHWC tensor -> float NCHW in [0, 1], the input of the CAS and reference classifiers."""
+  return images_uint8.permute(0, 3, 1, 2).float() / 255.0
+
+
+@torch.no_grad()
+def classifier_accuracy(model, images, labels, batch_size=500):
+  """Top-1 accuracy of `model` (eval mode) over uint8 NHWC tensors and their labels."""
+  was_training = model.training
+  model.eval()
+  correct = sum((model(images_to_unit_nchw(images[i:i + batch_size])).argmax(1) == labels[i:i + batch_size])
+                .sum().item() for i in range(0, len(images), batch_size))
+  model.train(was_training)
+  return correct / len(images)
+
+
+def train_reference_classifier(config, log=print):
+  """The reference CNN trained with Adam (lr 1e-3, batch 64) on the real training split; (model, test accuracy)."""
+  import datasets
+  from models.reference import DigitsCNN
+  images, labels = (torch.from_numpy(a) for a in datasets.load_split(config, 'train'))
+  test_images, test_labels = (torch.from_numpy(a) for a in datasets.load_split(config, 'test'))
+  generator = torch.Generator().manual_seed(config.eval.get('reference_seed', 0))
+  torch.manual_seed(config.eval.get('reference_seed', 0))
+  model = DigitsCNN(config.data.num_channels, config.classifier.classes)
+  optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+  for _ in range(config.eval.reference_steps):
+    index = torch.randint(len(images), (64,), generator=generator)
+    loss = F.cross_entropy(model(images_to_unit_nchw(images[index])), labels[index])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+  accuracy = classifier_accuracy(model, test_images, test_labels)
+  log(f'Reference classifier: {config.eval.reference_steps} steps, test accuracy {100 * accuracy:.2f}% '
+      f'on {len(test_labels)} real test images')
+  return model.eval(), accuracy
+
+
+def load_or_train_reference(config, log=print):
+  """(model, test accuracy) from eval.reference_classifier, trained and written there first if it is missing."""
+  from models import checkpoint
+  from models.reference import DigitsCNN
+  path = config.eval.reference_classifier
+  if not os.path.isfile(path):
+    model, accuracy = train_reference_classifier(config, log)
+    checkpoint.atomic_save({'model': model.state_dict(), 'test_accuracy': accuracy}, path)
+    return model, accuracy
+  stored = checkpoint.load_checkpoint_file(path)
+  model = DigitsCNN(config.data.num_channels, config.classifier.classes)
+  model.load_state_dict(stored['model'])
+  log(f'Reference classifier: {path}, test accuracy {100 * stored["test_accuracy"]:.2f}%')
+  return model.eval(), stored['test_accuracy']
 
 
 # ---------------------------------------------------------------------------------------------------------------

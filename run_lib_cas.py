@@ -1,10 +1,11 @@
-"""Classification accuracy score (CAS, spec §4.5): a ResNet-50 trained only on generated samples, tested on real data.
+"""Classification accuracy score (CAS): a classifier trained only on generated samples, tested on the real test split.
 
     python run_lib_cas.py --config configs/eval/cifar10/eval_cifar10_configs_cas.py --workdir <run> \
         [--samples_dir results/<run>/eval_samples] [--data_dir data]
 
 Samples are read from <samples_dir>/<class>/samples_<r>.npz on every run (no cached dataset, B10-B12); all of them
-are used for training and the real test split for testing. The test accuracy is measured every
+are used for training and the real test split of config.data.dataset (through the data set registry) for testing.
+The network is eval.cas_arch: the paper's ResNet-50 on CIFAR, the reference CNN ('digits_cnn') on digits. The test accuracy is measured every
 training.eval_freq steps and after the last one; the final and the best accuracy are reported (B13). Only the newest
 eval.cas_keep_checkpoints checkpoints plus the best weights are kept in results/<workdir>/checkpoints_cas, and an
 interrupted run resumes from the newest one. TensorBoard tags as the original (loss_ce, eval_acc in percent), in
@@ -54,21 +55,6 @@ def batch_indices(update, batch_size, num_samples, seed):
                          for e in np.unique(epochs)])
 
 
-def to_model_input(images_uint8):
-  """uint8 NHWC -> float NCHW in [0, 1] (no normalisation, as the original)."""
-  return images_uint8.permute(0, 3, 1, 2).float() / 255.0
-
-
-@torch.no_grad()
-def test_accuracy(model, images, labels, batch_size):
-  """Top-1 accuracy over a whole labelled set, in eval mode."""
-  model.eval()
-  correct = sum((model(to_model_input(images[i:i + batch_size])).argmax(1) == labels[i:i + batch_size]).sum().item()
-                for i in range(0, len(images), batch_size))
-  model.train()
-  return correct / len(images)
-
-
 def save_progress(config, ckpt_dir, model, optimizer, step, history):
   """Checkpoint at `step`, the best weights when this accuracy is the best so far, and the accuracy history."""
   ckpt.save_checkpoint(ckpt.checkpoint_path(ckpt_dir, step), model, optimizer, step)
@@ -100,7 +86,7 @@ def train_cas(config, workdir, samples_dir):
   device = mutils.get_device(config)
   num_classes = config.classifier.classes
   images, labels = evaluation.load_class_samples(samples_dir, num_classes)
-  test_images, test_labels = datasets.load_cifar(config.data.root, config.data.dataset, train=False)
+  test_images, test_labels = datasets.load_split(config, 'test')
   images, labels = torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
   test_images, test_labels = torch.from_numpy(test_images).to(device), torch.from_numpy(test_labels).to(device)
 
@@ -121,7 +107,7 @@ def train_cas(config, workdir, samples_dir):
   progress = tqdm(range(start, n_iters), initial=start, total=n_iters, desc='CAS', mininterval=2)
   for step in progress:  # `step` updates done before this one; the original evaluates after updates 1, 201, ...
     index = torch.from_numpy(batch_indices(step, config.training.batch_size, len(images), config.seed)).to(device)
-    loss = F.cross_entropy(model(to_model_input(images[index])), labels[index])
+    loss = F.cross_entropy(model(evaluation.images_to_unit_nchw(images[index])), labels[index])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -129,7 +115,8 @@ def train_cas(config, workdir, samples_dir):
       progress.set_postfix(loss_ce=f'{loss.item():.4f}')
       writer.add_scalar('loss_ce', loss.item(), step)
     if step % eval_freq == 0 or step == n_iters - 1:
-      history.append((step + 1, test_accuracy(model, test_images, test_labels, config.eval.batch_size)))
+      accuracy = evaluation.classifier_accuracy(model, test_images, test_labels, config.eval.batch_size)
+      history.append((step + 1, accuracy))
       writer.add_scalar('eval_acc', 100 * history[-1][1], step)
       progress.write(f'Step {step + 1}: loss_ce {loss.item():.4f} || Accuracy: {100 * history[-1][1]:.2f}%')
       save_progress(config, ckpt_dir, model, optimizer, step + 1, history)

@@ -1,11 +1,13 @@
-"""Evaluate the samples of a work directory as the paper did: stat file, Inception latents, FID/IS, PRDC.
+"""Evaluate the samples of a work directory as the paper: stat file, latents, FID/IS (or FD), PRDC.
 
     python run_lib_evaluation.py --config configs/eval/cifar10/eval_cifar10_configs.py --workdir <run> \
         --stat --latent --fidis --prdc --mode full --inception_dir <TF-GAN Inception folder> --data_dir data
 
 Steps run in the original order --stat -> --latent -> --prdc -> --fidis, each only when its flag is set. Files live in
 results/<workdir>: stat/stat.npz, latent/<c>/samples_<r>_latent.npz, metrics.json and metrics.txt (plus the
-original's fid_is.txt / prdc.txt in class mode).
+original's fid_is.txt / prdc.txt in class mode). The latents are those of config.eval.features: TF-GAN's Inception
+(CIFAR, the paper's) or the reference classifier (digits: FD instead of FID, no IS, plus the reference classifier's
+accuracy on the samples; TensorFlow is not loaded).
 """
 
 import os
@@ -27,9 +29,9 @@ def define_flags():
   plumbing.define_run_flags('Evaluation config file.', data_dir=True)
   flags.DEFINE_enum('mode', 'full', ['full', 'class'], 'full: all samples at once; class: class-wise (CW) metrics.')
   flags.DEFINE_bool('stat', False, 'Build stat/stat.npz from the training split, grouped by class.')
-  flags.DEFINE_bool('latent', False, 'Inception-encode the dataset (into stat.npz) and every sample file (into '
-                    'latent/).')
-  flags.DEFINE_bool('fidis', False, 'Compute FID and Inception score.')
+  flags.DEFINE_bool('latent', False, 'Encode the dataset (into stat.npz) and every sample file (into latent/) with '
+                    'the feature space of eval.features (Inception, or the digits reference classifier).')
+  flags.DEFINE_bool('fidis', False, 'Compute FID and Inception score (digits: FD and the reference accuracy).')
   flags.DEFINE_bool('prdc', False, 'Compute precision, recall, density and coverage.')
   flags.DEFINE_string('inception_dir', None, "Folder of TF-GAN's Inception module (overrides "
                       'config.eval.inception_dir).')
@@ -41,7 +43,7 @@ def stat_file(workdir):
 
 def run_stat(config, workdir):
   """stat.npz from the exact training split, class-contiguous, in the original layout (B15)."""
-  images, labels = datasets.load_cifar(config.data.root, config.data.dataset, train=True)
+  images, labels = datasets.load_split(config, 'train')
   stat = evaluation.group_by_class(images, labels, config.classifier.classes)
   os.makedirs(os.path.dirname(stat_file(workdir)), exist_ok=True)
   np.savez(stat_file(workdir), **stat)
@@ -58,7 +60,7 @@ def check_samples(samples_dir, num_classes):
 
 
 def run_latent(config, workdir, inception):
-  """Inception features of the stat images (into stat.npz) and of every sample file (into latent/)."""
+  """Features (`inception`: any feature space) of the stat images (into stat.npz) and of every sample file."""
   num_classes, batch_size = config.classifier.classes, config.eval.batch_size
   stat = evaluation.load_stat(stat_file(workdir))
   pools, logits = [], []
@@ -81,7 +83,8 @@ def run_latent(config, workdir, inception):
     os.makedirs(os.path.dirname(out), exist_ok=True)
     np.savez_compressed(out, pool_3=pool, logits=logit)
   print(f'Latent: {len(stat["batch"])} dataset images and {len(files)} sample files encoded')
-  evaluation.update_metrics_file(workdir, 'latent', dict(inception_tensorflow=inception.tensorflow_version))
+  if hasattr(inception, 'tensorflow_version'):  # the Inception space names the TensorFlow that ran it
+    evaluation.update_metrics_file(workdir, 'latent', dict(inception_tensorflow=inception.tensorflow_version))
 
 
 def load_features(config, workdir):
@@ -111,30 +114,59 @@ def class_mode_sets(real, fake):
   return [(r, pool[:len(r)], logit[:len(r)]) for r, (pool, logit) in zip(real, fake)]
 
 
-def run_fidis(workdir, mode, sets):
+def run_fidis(config, workdir, mode, sets):
+  """FID and IS in Inception space; FD and the reference classifier's accuracy on the samples in the digits space."""
+  space = evaluation.feature_space(config)
+  if space.classifies_data:
+    run_accuracy(workdir, mode, sets)
   if mode == 'full':
     real_pool, fake_pool, fake_logits, per_class = sets
-    fid = evaluation.fid_from_activations(real_pool, fake_pool)
-    inception_score = evaluation.inception_score_from_logits(fake_logits)
-    print(f'FID: {fid:.2f} || IS: {inception_score:.2f}')
-    evaluation.update_metrics_file(workdir, 'full', dict(fid=fid, inception_score=inception_score,
-                                                         num_real=len(real_pool), num_fake=len(fake_pool),
-                                                         samples_per_class=per_class,
-                                                         fid_is_implementation=evaluation.fid_is_implementation()))
+    result = {space.distance_name: space.distance(real_pool, fake_pool)}
+    if space.has_score:
+      result['inception_score'] = space.score(fake_logits)
+    print(_scores_line(result))
+    if space.has_score:
+      result['fid_is_implementation'] = evaluation.fid_is_implementation()
+    evaluation.update_metrics_file(workdir, 'full', dict(result, num_real=len(real_pool), num_fake=len(fake_pool),
+                                                         samples_per_class=per_class, features=space.name))
     return
-  fids, scores = [], []
+  per_class = {space.distance_name: [], 'inception_score': []}
   for c, (real_pool, fake_pool, fake_logits) in enumerate(sets):
-    fids.append(evaluation.fid_from_activations(real_pool, fake_pool))
-    scores.append(evaluation.inception_score_from_logits(fake_logits))
-    print(f'Class {c} ({len(fake_pool)} samples vs {len(real_pool)} real) || FID: {fids[-1]:.2f} || '
-          f'IS: {scores[-1]:.2f}')
-  cw_fid, cw_is = evaluation.classwise_average(fids), evaluation.classwise_average(scores)
-  print(f'Avg CW FID: {cw_fid:.2f}\nAvg CW IS: {cw_is:.2f}')
-  write_lists(os.path.join(workdir, 'fid_is.txt'), [scores, fids])  # the original's layout: IS line, FID line (B7)
-  evaluation.update_metrics_file(workdir, 'class', dict(cw_fid=cw_fid, cw_inception_score=cw_is, fid=fids,
-                                                        inception_score=scores,
-                                                        num_fake=[len(pool) for _, pool, _ in sets],
-                                                        fid_is_implementation=evaluation.fid_is_implementation()))
+    per_class[space.distance_name].append(space.distance(real_pool, fake_pool))
+    if space.has_score:
+      per_class['inception_score'].append(space.score(fake_logits))
+    line = _scores_line({name: values[-1] for name, values in per_class.items() if values})
+    print(f'Class {c} ({len(fake_pool)} samples vs {len(real_pool)} real) || {line}')
+  per_class = {name: values for name, values in per_class.items() if values}
+  averages = {f'cw_{name}': evaluation.classwise_average(values) for name, values in per_class.items()}
+  print('\n'.join(f'Avg CW {_SHORT_NAMES[name[3:]]}: {value:.2f}' for name, value in averages.items()))
+  if space.has_score:  # the original's layout: IS line, FID line (B7)
+    write_lists(os.path.join(workdir, 'fid_is.txt'), [per_class['inception_score'], per_class['fid']])
+  implementation = dict(fid_is_implementation=evaluation.fid_is_implementation()) if space.has_score else {}
+  evaluation.update_metrics_file(workdir, 'class', dict(per_class, **averages, **implementation, features=space.name,
+                                                        num_fake=[len(pool) for _, pool, _ in sets]))
+
+
+_SHORT_NAMES = {'fid': 'FID', 'fd': 'FD', 'inception_score': 'IS'}
+
+
+def _scores_line(result):
+  return ' || '.join(f'{_SHORT_NAMES[name]}: {value:.2f}' for name, value in result.items())
+
+
+def run_accuracy(workdir, mode, sets):
+  """How often the reference classifier sees the asked-for class, over the samples the other metrics of `mode` use."""
+  if mode == 'full':
+    _, _, logits, per_class = sets
+    labels = np.repeat(np.arange(len(logits) // per_class), per_class)
+    accuracy = float(np.mean(logits.argmax(1) == labels))
+    print(f'Reference accuracy on the samples: {100 * accuracy:.2f}%')
+    evaluation.update_metrics_file(workdir, 'full', dict(sample_accuracy=accuracy))
+    return
+  accuracies = [float(np.mean(logits.argmax(1) == c)) for c, (_, _, logits) in enumerate(sets)]
+  print(f'Avg CW reference accuracy on the samples: {100 * np.mean(accuracies):.2f}%')
+  evaluation.update_metrics_file(workdir, 'class', dict(sample_accuracy=accuracies,
+                                                        cw_sample_accuracy=evaluation.classwise_average(accuracies)))
 
 
 def _percentages(result):
@@ -171,16 +203,18 @@ def write_lists(path, lists):
 
 def evaluate(config, workdir, mode, stat, latent, fidis, prdc):
   """Run the requested steps in the original order, checking every input before the slow parts start."""
+  space = evaluation.feature_space(config)
   if latent:
-    inception_dir = evaluation.find_inception_dir(config.eval.inception_dir)
-    evaluation.require_tensorflow()
     check_samples(os.path.join(workdir, 'eval_samples'), config.classifier.classes)
+    features = space(config)  # Inception: finds the module folder (fails early), TF loads on first use
+    if space.classifies_data:
+      evaluation.update_metrics_file(workdir, 'reference', dict(test_accuracy=features.test_accuracy))
   if not stat and not os.path.isfile(stat_file(workdir)):
     raise FileNotFoundError(f'stat file {stat_file(workdir)} not found; run with --stat first')
   if stat:
     run_stat(config, workdir)
   if latent:
-    run_latent(config, workdir, evaluation.load_inception(inception_dir))
+    run_latent(config, workdir, features)
   if not (prdc or fidis):
     return
   real, fake = load_features(config, workdir)
@@ -188,7 +222,7 @@ def evaluate(config, workdir, mode, stat, latent, fidis, prdc):
   if prdc:
     run_prdc(workdir, mode, sets, config.eval.nearest_k, mutils.get_device(config))
   if fidis:
-    run_fidis(workdir, mode, sets)
+    run_fidis(config, workdir, mode, sets)
   print(f'Results written to {os.path.join(workdir, "metrics.json")} and metrics.txt')
 
 

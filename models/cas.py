@@ -1,8 +1,10 @@
-"""The CAS classifier (classification accuracy score): a randomly initialised torchvision ResNet trained only on
-generated samples and tested on the real test split."""
+"""The CAS classifier (classification accuracy score): a randomly initialised network trained only on generated
+samples and tested on the real test split (a torchvision ResNet-50 in the paper; the small reference CNN on digits)."""
 
 import torch.nn as nn
 import torchvision
+
+from models.reference import DigitsCNN
 
 ARCHITECTURES = {
   'resnet50': torchvision.models.resnet50,  # the paper's CAS network
@@ -14,8 +16,10 @@ ARCHITECTURES = {
 
 def create_cas_classifier(num_classes, num_channels=3, arch='resnet50'):
   """ImageNet-layout ResNet whose conv1 is rebuilt for `num_channels` inputs with PyTorch's default init (B14)."""
+  if arch == 'digits_cnn':  # the reference classifier's architecture, for 8x8 digits
+    return DigitsCNN(num_channels, num_classes)
   if arch not in ARCHITECTURES:
-    raise ValueError(f'unknown CAS architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}')
+    raise ValueError(f'unknown CAS architecture {arch!r}; choose one of {sorted(ARCHITECTURES) + ["digits_cnn"]}')
   model = ARCHITECTURES[arch](num_classes=num_classes)
   model.conv1 = nn.Conv2d(num_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
   return model

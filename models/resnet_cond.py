@@ -1,9 +1,11 @@
 """Time-conditioned ResNet classifiers of DLSM (the original's resnet_cond.py): `resnet18_cond`, `resnet34_cond` and the
-`classifier` wrapper registered for `config.classifier.name`.
+`classifier` wrapper registered for `config.classifier.name`, conditioned on log σ(t) (VE) or log(999·t) (VP).
 
 Module tree (= checkpoint keys): Classifier.classifier -> ResNetCond with `condition_modules` (Fourier
 time embedding MLP) and `classifier` (the ResNet_cond body). Stage widths are w, 2w, 4w, 8w with
-w = config.classifier.resnet_base_width (64 = the original's fixed 64/128/256/512).
+w = config.classifier.resnet_base_width (64 = the original's fixed 64/128/256/512). Inputs have
+config.data.num_channels channels and any size; the last stage is averaged over all its positions (at 32x32 its
+4x4 map, exactly the original's avg_pool2d(out, 4)).
 """
 import re
 
@@ -63,11 +65,11 @@ def _shortcut(in_planes, out_planes, stride):
 class ResNet_cond(nn.Module):
   """CIFAR ResNet whose stage outputs each receive dense_i(SiLU(temb)), added out of place (B38)."""
 
-  def __init__(self, block, num_blocks, num_classes=10, temb_dim=128, base_width=64):
+  def __init__(self, block, num_blocks, num_classes=10, temb_dim=128, base_width=64, in_channels=3):
     super().__init__()
     widths = [base_width * 2 ** i for i in range(4)]
     self.in_planes = widths[0]
-    self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
+    self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
     self.bn1 = nn.BatchNorm2d(widths[0])
     self.dense_1 = nn.Linear(temb_dim, widths[0] * block.expansion)
     self.dense_2 = nn.Linear(temb_dim, widths[1] * block.expansion)
@@ -92,7 +94,7 @@ class ResNet_cond(nn.Module):
     for layer, inject in ((self.layer1, self.dense_1), (self.layer2, self.dense_2),
                           (self.layer3, self.dense_3), (self.layer4, self.dense_4)):
       out = layer(out) + inject(emb)[:, :, None, None]
-    out = F.avg_pool2d(out, 4)
+    out = F.adaptive_avg_pool2d(out, 1)
     return self.linear(out.flatten(1))
 
 
@@ -109,7 +111,8 @@ class ResNetCond(nn.Module):
         layers.dense(4 * nf, 4 * nf),
     ])
     self.classifier = ResNet_cond(block, num_blocks, num_classes=config.classifier.classes, temb_dim=4 * nf,
-                                  base_width=config.classifier.get('resnet_base_width', 64))
+                                  base_width=config.classifier.get('resnet_base_width', 64),
+                                  in_channels=config.data.num_channels)
 
   def forward(self, x, time_cond):
     fourier, linear_1, linear_2 = self.condition_modules

@@ -1,4 +1,4 @@
-"""datasets.py: local CIFAR folders (no download, MD5 policy, clear errors), batching, flips, seeding, scalers."""
+"""datasets.py: the registry, the digits split, local CIFAR folders (MD5 policy, clear errors), batching, seeding."""
 import hashlib
 import os
 
@@ -15,7 +15,7 @@ from tests.cifar_fixture import LAYOUT, write_cifar_folder
 def data_config(root, dataset='CIFAR10', batch_size=8, random_flip=False, dequantize=False, centered=False):
   return ml_collections.ConfigDict({
       'training': {'batch_size': batch_size},
-      'data': {'dataset': dataset, 'root': str(root), 'image_size': 32, 'random_flip': random_flip,
+      'data': {'dataset': dataset, 'root': str(root), 'image_size': 32, 'num_channels': 3, 'random_flip': random_flip,
                'centered': centered, 'uniform_dequantization': dequantize}})
 
 
@@ -190,3 +190,82 @@ def test_moons_come_from_toy_data():
   assert torch.equal(x, torch.as_tensor(np.asarray(positions[:100])).float())
   assert torch.equal(y, torch.as_tensor(np.asarray(labels[:100])).long())
 
+
+
+# ------------------------------------------------------------------------------------------------
+# The registry and the digits
+
+
+def digits_config(batch_size=8):
+  config = data_config('unused', dataset='digits', batch_size=batch_size)
+  config.data.update(image_size=8, num_channels=1)
+  return config
+
+
+def test_digits_splits_sizes_dtypes_labels_and_scaling():
+  from sklearn.datasets import load_digits
+  raw = load_digits()
+  train_images, train_labels = datasets.load_split(digits_config(), 'train')
+  test_images, test_labels = datasets.load_split(digits_config(), 'test')
+  assert train_images.shape == (1438, 8, 8, 1) and test_images.shape == (359, 8, 8, 1)
+  assert train_images.dtype == test_images.dtype == np.uint8
+  assert train_labels.dtype == test_labels.dtype == np.int64
+  assert set(train_labels.tolist()) == set(test_labels.tolist()) == set(range(10))
+  train_index, test_index = datasets.digits_split_indices(raw.target)
+  assert len(np.intersect1d(train_index, test_index)) == 0 and len(train_index) + len(test_index) == 1797
+  np.testing.assert_array_equal(test_images[..., 0], np.round(raw.images[test_index] * 255 / 16).astype(np.uint8))
+  np.testing.assert_array_equal(train_labels, raw.target[train_index])
+  assert train_images.max() == 255 and train_images.min() == 0
+
+
+def test_digits_split_is_stratified_and_deterministic():
+  _, train_labels = datasets.load_split(digits_config(), 'train')
+  _, test_labels = datasets.load_split(digits_config(), 'test')
+  fraction = np.bincount(test_labels) / (np.bincount(test_labels) + np.bincount(train_labels))
+  assert np.all(np.abs(fraction - 0.2) < 0.01)
+  again = datasets.load_split(digits_config(), 'test')
+  np.testing.assert_array_equal(again[1], test_labels)
+  other_seed = datasets.digits_split_indices(np.concatenate([train_labels, test_labels]), seed=1)[1]
+  assert not np.array_equal(other_seed, datasets.digits_split_indices(
+      np.concatenate([train_labels, test_labels]))[1])
+
+
+def test_digits_batches_are_one_channel_8x8():
+  x, labels = next(iter(datasets.get_dataset(digits_config(batch_size=16), 'train', shuffle=False)))
+  images, expected = datasets.load_split(digits_config(), 'train')
+  assert x.shape == (16, 1, 8, 8) and x.dtype == torch.float32
+  assert torch.equal(x, torch.from_numpy(images[:16]).permute(0, 3, 1, 2).float() / 255.)
+  assert torch.equal(labels, torch.from_numpy(expected[:16]))
+
+
+def test_channel_mismatch_is_a_clear_error():
+  config = digits_config()
+  config.data.num_channels = 3
+  with pytest.raises(ValueError, match='1 channel.*num_channels is 3'):
+    datasets.get_dataset(config, 'train')
+
+
+def test_cifar_through_the_registry_equals_the_reader(cifar10):
+  root, written = cifar10
+  for split in ('train', 'test'):
+    images, labels = datasets.load_split(data_config(root), split)
+    np.testing.assert_array_equal(images, written[split][0])
+    np.testing.assert_array_equal(labels, written[split][1])
+
+
+def test_unknown_dataset_names_the_known_ones():
+  with pytest.raises(ValueError, match="'svhn' is not a known data set; known: CIFAR10, CIFAR100, digits, moons"):
+    datasets.load_split(data_config('unused', dataset='svhn'), 'train')
+
+
+def test_unknown_dataset_on_the_command_line_is_one_line(tmp_path):
+  import subprocess
+  import sys
+  from tests.helpers import REPO_ROOT
+  result = subprocess.run(
+      [sys.executable, str(REPO_ROOT / 'main.py'), '--config', str(REPO_ROOT / 'configs/digits/score.py'),
+       '--model', 'score', '--workdir', 'x', '--config.data.dataset=svhn', '--config.device=cpu'],
+      cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+  assert result.returncode != 0
+  assert 'Traceback' not in result.stderr
+  assert "'svhn' is not a known data set; known: CIFAR10, CIFAR100, digits, moons" in result.stderr

@@ -555,6 +555,34 @@ def test_bottleneck_body():
   assert isinstance(ResNet_cond(BasicBlock, [1, 1, 1, 1]).layer1[0].shortcut, nn.Sequential)
 
 
+@pytest.mark.parametrize('size', [8, 16])
+def test_classifier_at_one_channel_and_small_sizes(size):
+  config = classifier_config(width=4)
+  config.data.update(image_size=size, num_channels=1)
+  model = Classifier(config).train()
+  x = torch.rand(3, 1, size, size, requires_grad=True)
+  logits = model(x, torch.tensor([0.1, 1.0, 5.0]))
+  grad, = torch.autograd.grad(torch.log_softmax(logits, -1)[:, 0].sum(), x, create_graph=True)
+  assert logits.shape == (3, 10) and grad.shape == x.shape and torch.isfinite(grad).all()
+  colour = Classifier(classifier_config(width=4)).state_dict()
+  grey = model.state_dict()
+  assert list(grey) == list(colour)  # same checkpoint keys; only conv1 reads one channel
+  assert [k for k in grey if grey[k].shape != colour[k].shape] == ['classifier.classifier.conv1.weight']
+  assert grey['classifier.classifier.conv1.weight'].shape == (4, 1, 3, 3)
+
+
+def test_classifier_at_32x32x3_keeps_the_golden_keys_shapes_and_logits(golden):
+  record = golden('classifier_resnet18_cond_small')
+  config = config_from_flat(record['config'])
+  model = get_model('classifier')(config)
+  golden_state = strip_module(record['state_dict'])
+  assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {k: tuple(v.shape)
+                                                                        for k, v in golden_state.items()}
+  for case in record['by_sde'].values():  # fresh weights per case: train-mode passes move the BatchNorm statistics
+    model.load_state_dict(golden_state)
+    check_classifier_case(model, case)
+
+
 def test_unknown_classifier_model_is_rejected():
   with pytest.raises(ValueError, match='resnet50_cond'):
     Classifier(classifier_config('resnet50_cond'))

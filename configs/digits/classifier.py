@@ -1,0 +1,20 @@
+"""Classifier of the digits experiment (shared by the three losses): resnet18_cond, base width 16, at 8x8x1.
+
+classifier_ce.py, classifier_dlsm.py and classifier_total.py only set model.loss_type.
+"""
+from configs.digits.default_digits_configs import get_digits_configs
+
+
+def get_classifier_config(loss_type):
+  config = get_digits_configs()
+  training = config.training
+  training.batch_size = 96
+  training.n_iters = 400
+  training.snapshot_freq = 200
+  training.eval_freq = 200
+  config.eval.batch_size = 256  # test-accuracy batches (full batches only; the test split has 359 images)
+  config.model.loss_type = loss_type  # 'ce', 'dlsm' or 'total' (DLSM + coef * CE, the paper's "ours")
+  config.optim.lr = 1e-3
+  config.optim.warmup = 0
+  config.model.score_restore_path = None  # --restore gives the score checkpoint
+  return config

@@ -1,0 +1,6 @@
+"""The digits classifier trained with the 'ce' loss."""
+from configs.digits.classifier import get_classifier_config
+
+
+def get_config():
+  return get_classifier_config('ce')

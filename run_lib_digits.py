@@ -1,0 +1,234 @@
+"""The digits experiment end to end (`make digits`): the paper's CIFAR comparison redone on 8x8 handwritten digits.
+
+  python run_lib_digits.py [--workdir digits_run] [--seeds 0,1,2]
+
+A thin driver over the real command lines, one process per stage, as a user would type them:
+  main.py --model score                                   (one score model, shared by every seed)
+  main.py --model classifier --restore <score>            (CE, DLSM and total loss, per seed)
+  run_lib_sampling.py --mode full [--scale λ]             (base: CE λ=1, scaling: CE λ=eval.scaling_baseline,
+                                                           dlsm, ours: total loss, per seed)
+  run_lib_evaluation.py --stat --latent --fidis --prdc    (full mode, then class mode; reference-classifier space)
+  run_lib_cas.py                                          (the reference CNN trained on the samples only)
+Runs live in results/digits/; the table (digits_table.md / .json) and one sample grid per method (rows = classes)
+go to --workdir. A stage whose output exists is skipped, so a rerun reuses finished stages; delete results/digits
+to start afresh. Child processes run torch on --num_threads threads (1 by default: on a shared 2-core machine a
+second thread mostly waits for the first).
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+from tqdm.auto import tqdm
+
+import evaluation
+import plumbing
+from configs.digits import eval as digits_eval
+from models import checkpoint as ckpt
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', 'digits_run', 'Folder of the table and the sample grids.')
+flags.DEFINE_string('seeds', '0,1,2', 'Comma-separated seeds of the classifier, sampling and CAS stages.')
+flags.DEFINE_integer('score_seed', 42, 'config.seed of the one score model shared by every seed.')
+flags.DEFINE_integer('num_threads', 1, 'torch threads of every stage (OMP_NUM_THREADS of the child processes).')
+flags.DEFINE_bool('tiny', False, 'A few updates, steps and samples per stage: checks the plumbing in seconds.')
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = os.path.join(REPO, 'configs', 'digits')
+RUN_ROOT = 'digits'  # under results/
+METHODS = (  # table row, classifier loss, guidance scale (None: eval.scaling_baseline)
+    ('base', 'ce', 1.0),
+    ('scaling', 'ce', None),
+    ('dlsm', 'dlsm', 1.0),
+    ('ours', 'total', 1.0),
+)
+SCALING_BASELINE = digits_eval.get_config().eval.scaling_baseline  # λ of the scaled-CE row
+TINY_STEPS = ['--config.training.n_iters=3', '--config.training.batch_size=16', '--config.training.eval_freq=2',
+              '--config.model.num_scales=3']  # num_scales sizes the score model's σ table
+TINY = {  # --tiny: overrides per script
+    'score': TINY_STEPS,
+    'classifier': TINY_STEPS,
+    'sampling': ['--config.model.num_scales=3', '--config.training.batch_size=10', '--config.eval.num_samples=100'],
+    'evaluation': ['--config.eval.reference_steps=20', '--config.eval.nearest_k=2'],
+    'cas': ['--config.training.n_iters=3', '--config.training.eval_freq=2', '--config.training.batch_size=10',
+            '--config.eval.reference_steps=20'],
+}
+
+
+def results(*parts):
+  return os.path.join('results', RUN_ROOT, *parts)
+
+
+REFERENCE = results('reference_classifier.pth')  # shared by every seed and method: one feature space
+
+
+def run_stage(script, args, kind, timings, name):
+  """One real command line in a child process; its progress bars go to the terminal, its time to `timings`."""
+  command = [sys.executable, os.path.join(REPO, script)] + args + (TINY[kind] if FLAGS.tiny else [])
+  environment = dict(os.environ, OMP_NUM_THREADS=str(FLAGS.num_threads), MKL_NUM_THREADS=str(FLAGS.num_threads))
+  tqdm.write(f'== {name}: {" ".join(os.path.relpath(a, REPO) if a.startswith(REPO) else a for a in command[1:])}')
+  sys.stdout.flush()  # the header before the child's own output, also when stdout is a pipe
+  start = time.time()
+  if subprocess.run(command, env=environment).returncode:
+    sys.exit(f'run_lib_digits.py: error: stage {name!r} failed; its message is above')
+  timings[name] = round(time.time() - start, 1)
+
+
+def final_checkpoint(workdir):
+  return ckpt.latest_checkpoint(os.path.join('results', workdir, 'checkpoints'))
+
+
+def train(kind, config, workdir, seed, timings, restore=None):
+  """main.py for the score model or a classifier, skipped when the run already holds a checkpoint."""
+  if final_checkpoint(workdir) is None:
+    args = ['--config', config, '--model', kind, '--workdir', workdir, f'--config.seed={seed}']
+    run_stage('main.py', args + (['--restore', restore] if restore else []), kind, timings, workdir)
+  return final_checkpoint(workdir)
+
+
+def sample(workdir, scale, classifier, score, seed, timings):
+  """run_lib_sampling.py for one method; files already complete are skipped by the script itself."""
+  args = ['--config', os.path.join(CONFIGS, 'eval.py'), '--mode', 'full', '--workdir', workdir,
+          '--restore', score, '--restore_classifier', classifier, f'--scale={scale}', f'--config.sampling.seed={seed}']
+  run_stage('run_lib_sampling.py', args, 'sampling', timings, f'{workdir} sampling')
+
+
+
+def evaluate(workdir, seed, timings):
+  """run_lib_evaluation.py in full then class mode, and run_lib_cas.py; skipped when metrics.json has them."""
+  metrics = read_metrics(workdir)
+  common = [f'--config.eval.reference_classifier={REFERENCE}', '--workdir', workdir]
+  eval_config = ['--config', os.path.join(CONFIGS, 'eval.py')]
+  if 'fd' not in metrics.get('full', {}):
+    run_stage('run_lib_evaluation.py', eval_config + common + ['--stat', '--latent', '--fidis', '--prdc',
+                                                               '--mode', 'full'], 'evaluation', timings,
+              f'{workdir} evaluation (full)')
+  if 'cw_fd' not in metrics.get('class', {}):
+    run_stage('run_lib_evaluation.py', eval_config + common + ['--fidis', '--prdc', '--mode', 'class'],
+              'evaluation', timings, f'{workdir} evaluation (class)')
+  if 'cas' not in metrics:
+    run_stage('run_lib_cas.py', ['--config', os.path.join(CONFIGS, 'cas.py'), f'--config.seed={seed}'] + common,
+              'cas', timings, f'{workdir} CAS')
+  return read_metrics(workdir)
+
+
+def read_metrics(workdir):
+  path = os.path.join('results', workdir, 'metrics.json')
+  if not os.path.exists(path):
+    return {}
+  with open(path) as file:
+    return json.load(file)
+
+
+def run_seed(seed, score_checkpoint, timings):
+  """Classifiers, sampling, evaluation and CAS of one seed; returns {method: metrics}."""
+  checkpoints = {'score': score_checkpoint}
+  for method, loss, _ in METHODS:
+    if loss not in checkpoints:
+      checkpoints[loss] = train('classifier', os.path.join(CONFIGS, f'classifier_{loss}.py'),
+                                f'{RUN_ROOT}/seed{seed}/classifier_{loss}', seed, timings, score_checkpoint)
+    checkpoints[method] = checkpoints[loss]
+  per_method = {}
+  for method, _, scale in METHODS:
+    workdir = f'{RUN_ROOT}/seed{seed}/{method}'
+    if not evaluated(read_metrics(workdir)):
+      sample(workdir, SCALING_BASELINE if scale is None else scale, checkpoints[method], checkpoints['score'], seed,
+             timings)
+    per_method[method] = evaluate(workdir, seed, timings)
+  return per_method
+
+
+def evaluated(metrics):
+  """True when a method's evaluation is complete (its samples are then not looked at again)."""
+  return 'fd' in metrics.get('full', {}) and 'cw_fd' in metrics.get('class', {}) and 'cas' in metrics
+
+
+# ---------------------------------------------------------------------------------------------- table and grids
+
+# (column, metrics.json section, key, format); numbers are fractions except FD
+COLUMNS = (
+    ('recognised (CW)', 'class', 'cw_sample_accuracy', '.3f'),
+    ('FD', 'full', 'fd', '.2f'),
+    ('CW FD', 'class', 'cw_fd', '.2f'),
+    ('precision', 'full', 'precision', '.3f'),
+    ('recall', 'full', 'recall', '.3f'),
+    ('density', 'full', 'density', '.3f'),
+    ('coverage', 'full', 'coverage', '.3f'),
+    ('CW precision', 'class', 'cw_precision', '.3f'),
+    ('CW recall', 'class', 'cw_recall', '.3f'),
+    ('CW density', 'class', 'cw_density', '.3f'),
+    ('CW coverage', 'class', 'cw_coverage', '.3f'),
+    ('CAS', 'cas', 'final_accuracy', '.3f'),
+)
+ROW_NAMES = {'base': '(a) Base (CE, λ = 1)', 'scaling': f'(b) Scaling (CE, λ = {SCALING_BASELINE:g})',
+             'dlsm': "(d') DLSM only", 'ours': '(d) Ours (total loss)'}
+
+
+def summarize(per_seed):
+  """{method: {column: {'mean', 'std', 'values'}}} over the seeds (std with ddof 0)."""
+  table = {}
+  for method, _, _ in METHODS:
+    table[method] = {}
+    for column, section, key, _ in COLUMNS:
+      values = [float(per_seed[seed][method][section][key]) for seed in per_seed]
+      table[method][column] = dict(mean=float(np.mean(values)), std=float(np.std(values)), values=values)
+  return table
+
+
+def markdown_table(table, num_seeds):
+  header = '| method | ' + ' | '.join(column for column, *_ in COLUMNS) + ' |'
+  lines = [header, '|' + '---|' * (len(COLUMNS) + 1)]
+  for method, _, _ in METHODS:
+    cells = [f'{table[method][c]["mean"]:{fmt}} ± {table[method][c]["std"]:{fmt}}' if num_seeds > 1
+             else f'{table[method][c]["mean"]:{fmt}}' for c, _, _, fmt in COLUMNS]
+    lines.append(f'| {ROW_NAMES[method]} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def write_grids(workdir, seed):
+  """One PNG per method: row c holds the first 10 samples of class c (nearest-neighbour upscaled x4)."""
+  import torch
+  from torchvision.utils import save_image
+  for method, _, _ in METHODS:
+    samples_dir = os.path.join('results', RUN_ROOT, f'seed{seed}', method, 'eval_samples')
+    images, labels = evaluation.load_class_samples(samples_dir, 10)
+    rows = np.concatenate([images[labels == c][:10] for c in range(10)])
+    x = torch.from_numpy(rows).permute(0, 3, 1, 2).float() / 255.
+    x = torch.nn.functional.interpolate(x, scale_factor=4, mode='nearest')
+    save_image(x, os.path.join(workdir, f'samples_{method}.png'), nrow=len(rows) // 10, padding=2)
+
+
+def write_table(workdir, per_seed, timings, total_seconds):
+  table = summarize(per_seed)
+  first = per_seed[next(iter(per_seed))]['ours']
+  report = dict(table=table, seeds=list(per_seed), timings_s=timings, total_s=round(total_seconds, 1),
+                reference_test_accuracy=first['reference']['test_accuracy'],
+                load_average=os.getloadavg(), per_seed=per_seed)
+  evaluation.write_json_atomic(os.path.join(workdir, 'digits_table.json'), report)
+  text = (f'# Digits: CE vs DLSM vs total (seeds {", ".join(map(str, per_seed))}; mean ± std over seeds)\n\n'
+          + markdown_table(table, len(per_seed))
+          + f'\nReference classifier test accuracy: {100 * report["reference_test_accuracy"]:.2f}%. '
+          f'Wall time {total_seconds / 60:.1f} min.\n')
+  plumbing.write_text_atomic(os.path.join(workdir, 'digits_table.md'), text)
+  return text
+
+
+def main(argv):
+  del argv
+  start = time.time()
+  seeds = [int(s) for s in FLAGS.seeds.split(',')]
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  timings = {}
+  score = train('score', os.path.join(CONFIGS, 'score.py'), f'{RUN_ROOT}/score', FLAGS.score_seed, timings)
+  per_seed = {}
+  for seed in tqdm(seeds, desc='digits seeds', position=0):
+    per_seed[seed] = run_seed(seed, score, timings)
+  write_grids(FLAGS.workdir, seeds[0])
+  print(write_table(FLAGS.workdir, per_seed, timings, time.time() - start))
+
+
+if __name__ == '__main__':
+  app.run(main)

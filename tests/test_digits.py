@@ -1,0 +1,113 @@
+"""The digits experiment: the reference-classifier feature space, its Fréchet distance, and a tiny `make digits`
+run through the real command lines (run_lib_digits.py --tiny) that must produce every table field without
+TensorFlow (a stand-in `tensorflow` package that refuses to import is put on the path)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import evaluation
+from tests.helpers import REPO_ROOT, load_config
+
+DIGITS_EVAL = 'configs/digits/eval.py'
+
+
+def digits_eval_config(tmp_path, steps=30):
+  config = load_config(DIGITS_EVAL)
+  config.eval.reference_classifier = str(tmp_path / 'reference.pth')
+  config.eval.reference_steps = steps
+  return config
+
+
+def test_frechet_distance_equals_the_closed_form():
+  rng = np.random.default_rng(0)
+  real, fake = rng.normal(size=(400, 5)), 2. * rng.normal(size=(300, 5)) + 0.5
+  cov_real, cov_fake = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+  root_real = scipy.linalg.sqrtm(cov_real).real  # tr((Σr Σf)^½) = tr((Σr^½ Σf Σr^½)^½), a symmetric root
+  cross = scipy.linalg.sqrtm(root_real @ cov_fake @ root_real).real
+  gap = real.mean(0) - fake.mean(0)
+  expected = gap @ gap + np.trace(cov_real) + np.trace(cov_fake) - 2 * np.trace(cross)
+  assert evaluation.frechet_distance(real, fake) == pytest.approx(expected, rel=1e-9)
+  assert evaluation.frechet_distance(real, real) == pytest.approx(0., abs=1e-9)
+
+
+def test_feature_spaces_are_named_by_the_config(tmp_path):
+  config = digits_eval_config(tmp_path)
+  assert evaluation.feature_space(config) is evaluation.ReferenceFeatures
+  config.eval.features = 'inception'
+  assert evaluation.feature_space(config) is evaluation.InceptionFeatures
+  config.eval.features = 'clip'
+  with pytest.raises(ValueError, match="'clip' is not a feature space; known: inception, reference_classifier"):
+    evaluation.feature_space(config)
+
+
+def test_reference_features_train_once_then_load(tmp_path):
+  config = digits_eval_config(tmp_path)
+  messages = []
+  trained = evaluation.ReferenceFeatures(config, log=messages.append)
+  assert os.path.isfile(config.eval.reference_classifier) and 'test accuracy' in messages[0]
+  loaded = evaluation.ReferenceFeatures(config, log=messages.append)
+  assert loaded.test_accuracy == trained.test_accuracy and config.eval.reference_classifier in messages[1]
+  images = np.random.default_rng(0).integers(0, 256, size=(7, 8, 8, 1), dtype=np.uint8)
+  features = evaluation.get_inception_features(images, loaded, batch_size=4)
+  again = evaluation.get_inception_features(images, trained, batch_size=7)
+  assert features[0].shape == (7, 32) and features[1].shape == (7, 10)
+  np.testing.assert_allclose(features[0], again[0], rtol=1e-5, atol=1e-6)
+
+
+def test_classifier_accuracy_counts_top1():
+  model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+  with torch.no_grad():
+    model[1].weight.copy_(torch.tensor([[1., 0, 0, 0], [0, 1., 0, 0]]))
+    model[1].bias.zero_()
+  images = torch.tensor([[255, 0, 0, 0], [0, 255, 0, 0], [255, 0, 0, 0]], dtype=torch.uint8).reshape(3, 2, 2, 1)
+  assert evaluation.classifier_accuracy(model, images, torch.tensor([0, 1, 1]), batch_size=2) == pytest.approx(2 / 3)
+
+
+@pytest.fixture(scope='module')
+def tiny_digits_run(tmp_path_factory):
+  """run_lib_digits.py --tiny with one seed in a fresh folder (every stage is a real script in its own process)."""
+  cwd = tmp_path_factory.mktemp('digits')
+  result = run_tiny_digits(cwd)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return cwd, result
+
+
+def run_tiny_digits(cwd):
+  """The tiny pipeline with a `tensorflow` package on the path that refuses to import: no stage may load it."""
+  blocker = cwd / 'no_tensorflow' / 'tensorflow'
+  blocker.mkdir(parents=True, exist_ok=True)
+  (blocker / '__init__.py').write_text('raise ImportError("the digits pipeline must not import tensorflow")\n')
+  env = dict(os.environ, PYTHONPATH=str(blocker.parent), OMP_NUM_THREADS='1')
+  return subprocess.run([sys.executable, str(REPO_ROOT / 'run_lib_digits.py'), '--tiny', '--seeds', '3'],
+                        cwd=cwd, capture_output=True, text=True, timeout=2400, env=env)
+
+
+def test_tiny_digits_run_writes_every_table_field_and_the_grids(tiny_digits_run):
+  from run_lib_digits import COLUMNS, METHODS
+  cwd, result = tiny_digits_run
+  with open(cwd / 'digits_run' / 'digits_table.json') as file:
+    report = json.load(file)
+  assert report['seeds'] == [3] and 0. <= report['reference_test_accuracy'] <= 1.
+  for method, _, _ in METHODS:
+    assert set(report['table'][method]) == {column for column, *_ in COLUMNS}
+    assert all(np.isfinite(entry['mean']) for entry in report['table'][method].values())
+    assert (cwd / 'digits_run' / f'samples_{method}.png').is_file()
+  table = (cwd / 'digits_run' / 'digits_table.md').read_text()
+  assert all(column in table for column, *_ in COLUMNS) and '(d) Ours (total loss)' in table
+  assert 'digits/score' in report['timings_s'] and report['total_s'] > 0
+
+
+def test_tiny_digits_rerun_reuses_every_finished_stage(tiny_digits_run):
+  cwd, first = tiny_digits_run
+  assert first.stdout.count('== digits/') == 1 + 3 + 4 * 4  # score, 3 classifiers, 4 methods x 4 stages
+  table = (cwd / 'digits_run' / 'digits_table.md').read_text()
+  again = run_tiny_digits(cwd)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert '== digits/' not in again.stdout  # no stage starts again
+  assert (cwd / 'digits_run' / 'digits_table.md').read_text().split('Wall time')[0] == table.split('Wall time')[0]
