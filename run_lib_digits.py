@@ -148,19 +148,14 @@ def evaluated(metrics):
 
 # ---------------------------------------------------------------------------------------------- table and grids
 
+PRDC = ('precision', 'recall', 'density', 'coverage')
 # (column, metrics.json section, key, format); numbers are fractions except FD
 COLUMNS = (
     ('recognised (CW)', 'class', 'cw_sample_accuracy', '.3f'),
     ('FD', 'full', 'fd', '.2f'),
     ('CW FD', 'class', 'cw_fd', '.2f'),
-    ('precision', 'full', 'precision', '.3f'),
-    ('recall', 'full', 'recall', '.3f'),
-    ('density', 'full', 'density', '.3f'),
-    ('coverage', 'full', 'coverage', '.3f'),
-    ('CW precision', 'class', 'cw_precision', '.3f'),
-    ('CW recall', 'class', 'cw_recall', '.3f'),
-    ('CW density', 'class', 'cw_density', '.3f'),
-    ('CW coverage', 'class', 'cw_coverage', '.3f'),
+    *((name, 'full', name, '.3f') for name in PRDC),
+    *((f'CW {name}', 'class', f'cw_{name}', '.3f') for name in PRDC),
     ('CAS', 'cas', 'final_accuracy', '.3f'),
 )
 ROW_NAMES = {'base': '(a) Base (CE, λ = 1)', 'scaling': f'(b) Scaling (CE, λ = {SCALING_BASELINE:g})',

@@ -17,6 +17,7 @@ import torch
 from scipy import integrate
 
 import sde_lib
+import registry
 import time_grids
 from models import utils as mutils
 from sde_lib import batch_broadcast
@@ -25,20 +26,10 @@ _PREDICTORS = {}
 _CORRECTORS = {}
 
 
-def register_predictor(name):
-  """Registers a predictor builder `builder(sde, score_fn, probability_flow) -> update`."""
-  def add(builder):
-    _PREDICTORS[name] = builder
-    return builder
-  return add
-
-
-def register_corrector(name):
-  """Registers a corrector builder `builder(sde, score_fn, snr, n_steps) -> update`."""
-  def add(builder):
-    _CORRECTORS[name] = builder
-    return builder
-  return add
+# A predictor builder is `builder(sde, score_fn, probability_flow) -> update`.
+register_predictor = registry.decorator_for(_PREDICTORS)
+# A corrector builder is `builder(sde, score_fn, snr, n_steps) -> update`.
+register_corrector = registry.decorator_for(_CORRECTORS)
 
 
 def get_predictor(name):

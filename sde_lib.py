@@ -13,15 +13,13 @@ import abc
 import numpy as np
 import torch
 
+import registry
+
 _SDES = {}
 
 
-def register_sde(name):
-  """Class decorator: makes the SDE available as config.training.sde = name (built by its `from_config`)."""
-  def add(cls):
-    _SDES[name] = cls
-    return cls
-  return add
+# Class decorator: makes the SDE available as config.training.sde = name (built by its `from_config`).
+register_sde = registry.decorator_for(_SDES)
 
 
 def batch_broadcast(values, x):

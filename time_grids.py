@@ -6,15 +6,13 @@ Grids are float32 and computed on the CPU, so every device walks the same times.
 """
 import torch
 
+import registry
+
 _GRIDS = {}
 
 
-def register_grid(name):
-  """Registers `grid(sde, num_steps, eps, rho) -> the N times t_0 = T … t_{N−1} = eps` (float32, CPU)."""
-  def add(fn):
-    _GRIDS[name] = fn
-    return fn
-  return add
+# A grid is `grid(sde, num_steps, eps, rho) -> the N times t_0 = T … t_{N−1} = eps` (float32, CPU).
+register_grid = registry.decorator_for(_GRIDS)
 
 
 @register_grid('linear')
