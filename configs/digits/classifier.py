@@ -1,4 +1,6 @@
-"""Classifier of the digits experiment (shared by the three losses): resnet18_cond, base width 8 (classifier.resnet_base_width in default_digits_configs.py), at 8x8x1.
+"""Classifier of the digits experiment (shared by the three losses): resnet18_cond, base width 8, at 8x8x1.
+
+The width is classifier.resnet_base_width in default_digits_configs.py.
 
 classifier_ce.py, classifier_dlsm.py and classifier_total.py only set model.loss_type.
 """
