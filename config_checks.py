@@ -95,11 +95,20 @@ def check_pc_sampler(config):
   table_steps = [step for step, reads_table in (
       (predictor, sde_name == 'vpsde' and predictor in ('ancestral_sampling', 'reverse_diffusion')),
       (corrector, sde_name in VP_FAMILY and corrector in ('langevin', 'ald'))) if reads_table]
-  last_beta = config.model.beta_max / config.model.num_scales
+  field, steps = table_size(config)
+  last_beta = config.model.beta_max / steps
   if table_steps and last_beta >= 1:
-    raise ConfigError(f'model.num_scales={config.model.num_scales}: the VP step table reaches β = model.beta_max / '
-                      f'num_scales = {last_beta:g} >= 1, where the {" and ".join(table_steps)} steps divide by or take '
-                      f'the root of 1 − β; use num_scales > {config.model.beta_max:g}')
+    raise ConfigError(f'{field}={steps}: the VP step table reaches β = model.beta_max / {field.split(".")[1]} = '
+                      f'{last_beta:g} >= 1, where the {" and ".join(table_steps)} steps divide by or take the root of '
+                      f'1 − β; use {field} > {config.model.beta_max:g}')
+
+
+def table_size(config):
+  """(field, value) of the number of grid points the sampler steps on: sampling.num_steps when set (non-zero), else
+  model.num_scales."""
+  if config.sampling.get('num_steps', 0):
+    return 'sampling.num_steps', config.sampling.num_steps
+  return 'model.num_scales', config.model.num_scales
 
 
 def check_cas(config):

@@ -205,6 +205,10 @@ REFUSED_SETTINGS = {
     'VP table reaching beta 1': (f'{EVAL_CONFIG}:vpsde', [
         '--config.sampling.predictor=ancestral_sampling', '--config.model.num_scales=20',
         '--config.training.continuous=False'], 'β = model.beta_max / num_scales = 1'),
+    'VP grid of sampling.num_steps reaching beta 1': (f'{EVAL_CONFIG}:vpsde', [
+        '--config.sampling.predictor=reverse_diffusion', '--config.model.num_scales=1000',
+        '--config.sampling.num_steps=20'], 'sampling.num_steps=20: the VP step table reaches β = model.beta_max / '
+                                           'num_steps = 1'),
     'positional embedding, 20 scales': (f'{EVAL_CONFIG}:vpsde', ['--config.model.num_scales=20'], '999·t'),
     'negative scale': (EVAL_CONFIG, ['--scale=-1'], 'sampling.scaling_factor=-1.0'),
     'ODE tolerance': (EVAL_CONFIG, ['--config.sampling.method=ode', '--config.sampling.ode_rtol=0'],
@@ -219,6 +223,20 @@ def test_settings_that_cannot_work_are_refused_before_any_model_loads(tmp_path, 
   result = run_sampler(tmp_path, checkpoints, '--mode=class', *args, restore=False, config=config)
   one_error_line(result, fragment)
   assert not (tmp_path / 'results').exists()
+
+
+def test_the_vp_beta_limit_counts_the_grid_points_the_sampler_uses():
+  import config_checks
+  from configs.eval.cifar10.eval_cifar10_configs import get_config
+  config = get_config('vpsde')
+  config.sampling.predictor, config.model.num_scales = 'reverse_diffusion', 20  # β_max / 20 = 1
+  with pytest.raises(config_checks.ConfigError, match='model.num_scales=20'):
+    config_checks.check_pc_sampler(config)
+  config.sampling.num_steps = 1000  # the sampler's SDE is discretised with 1 000 steps: β = 0.02
+  config_checks.check_pc_sampler(config)
+  config.model.num_scales, config.sampling.num_steps = 1000, 19
+  with pytest.raises(config_checks.ConfigError, match='sampling.num_steps=19'):
+    config_checks.check_pc_sampler(config)
 
 
 def test_a_num_scales_mismatch_names_the_field(tmp_path, checkpoints):
