@@ -1,8 +1,8 @@
 """Sample quality against network evaluations (NFE) of the guided samplers: PC and the grid samplers.
 
   python benchmarks/bench_sampler_nfe.py --toy        # the moons against their exact target (≤ 10 min on 2 cores)
-  python benchmarks/bench_sampler_nfe.py --images     # guided images: digits once `make digits` exists, else the
-                                                      # synthetic 3-class images of bench_sampling.py
+  python benchmarks/bench_sampler_nfe.py --digits     # the networks of `make digits` against the real digits
+  python benchmarks/bench_sampler_nfe.py --toy_from A.json B.json   # report earlier rows again (no sampling)
 
 Toy: for each class, the sliced-Wasserstein distance (and class-wise PRDC) between 1 000 samples and 1 000 exact
 draws of the target p_σ(x|y), (a) with the exact posterior score of the target (a Gaussian mixture: this isolates the
@@ -11,13 +11,25 @@ toy's σ_end = 7.5 and at σ_end = 1.0. Every sampler starts from exact draws of
 N(0, σ_max²) is not that marginal (the moons span about ±20), which a deterministic sampler cannot hide.
 The oracle's target is the mixture on every 50th point of a class (100 per class, 0.63 apart on the arc): at σ ≥ 1 it
 is the same crescent as the full set, and its exact score costs 50× less.
-Writes <out>/sampler_nfe_<part>.json — rows {sampler, grid, nfe, seed, class, sigma_end, score, metric: value} — and a
-plot of the metric against NFE beside it, and prints the table.
+
+Digits: the score model and the total-loss classifier of a `make digits` run sample --digits_samples digits
+(balanced over the 10 classes) at guidance scale --digits_scale from the VE prior. Each run is measured in the
+feature space of the run's reference classifier: `recognised`, its class-wise averaged accuracy on the samples
+(how often it sees the asked-for digit), `fd`, the Fréchet distance between the samples' features and those of the
+real training split (1 438 digits, datasets.load_split(config, 'train')), and `cw_fd`, the class-wise averaged FD
+(a tenth of the samples against each class's ~144 training digits: large and noisy). `exact` rows are real test
+digits (the same number per class, drawn per seed) measured the same way: the floor at this sample size.
+
+Runs are independent jobs, each seeded by its own seed: --workers processes (one torch thread each) share them,
+the largest NFE first, and the rows come back in the jobs' order, the same as with --workers 1.
+Writes <out>/sampler_nfe_<part>.json — rows {sampler, grid, nfe, seed, class, ..., metric: value} — and a plot of
+the metric against NFE beside it, and prints the table.
 """
 import argparse
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
@@ -27,13 +39,17 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import datasets  # noqa: E402
+import evaluation  # noqa: E402
+import plumbing  # noqa: E402
+import run_lib_sampling  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
 import toy  # noqa: E402
+from models import checkpoint as ckpt  # noqa: E402
 from toy import data as toy_data  # noqa: E402
 from toy import metrics as toy_metrics  # noqa: E402
 from toy import samplers as toy_samplers  # noqa: E402
-from models import utils as mutils  # noqa: E402
 
 # name: (predictor, corrector, grid, grid steps for an NFE budget). PC evaluates twice per step; Heun twice but once
 # on its last step (2N − 1); DPM-Solver++(2M) once.
@@ -46,6 +62,8 @@ SAMPLERS = {
 CHURN = dict(S_churn=10., S_tmin=0., S_tmax=1e9, S_noise=1.)
 PC_NFES = (10, 20, 50, 100, 200, 500, 1000, 2000)
 GRID_NFES = (10, 20, 50, 100, 200, 500)
+DIGITS_PC_NFES = (20, 50, 100, 200, 500, 2000)
+DIGITS_NFES = (10, 20, 50, 100, 200)
 
 
 def build_sampler(name, sde_of_steps, nfe, shape, eps, device='cpu', scale=1., snr=0.16):
@@ -177,32 +195,206 @@ def floor_rows(seeds, setting, sigma_end, target, references):
   return rows
 
 
+def toy_job(job, state):
+  """The rows of one toy sampler run (both classes)."""
+  setting, sigma_end = job['setting'], job['sigma_end']
+  return toy_rows_of_run(job['sampler'], job['nfe'], job['seed'], setting, sigma_end, state['targets'][setting],
+                         state['networks'], state['config'], state['references'][setting, sigma_end])
+
+
+def toy_line(job, rows):
+  sw = np.mean([row['sw'] for row in rows])
+  return (f'{job["setting"]:8} σ_end {job["sigma_end"]:<4g} {job["sampler"]:14} NFE {rows[0]["nfe"]:5} '
+          f'seed {job["seed"]}: SW {sw:.3f}')
+
+
+def panel_references(target, sigma_end):
+  """Per class two independent exact sets at σ_end (the SW reference, the PRDC reference), from a fixed seed."""
+  generator = torch.Generator().manual_seed(123)
+  return list(zip(target.draws(sigma_end, generator), target.draws(sigma_end, generator)))
+
+
 def toy_part(args):
+  """The exact-draw floor rows, then one job per (setting, σ_end, sampler, NFE, seed)."""
   from configs.toy.demo import get_config
-  config = get_config()
-  networks = trained_networks(args.toy_networks)
+  networks = trained_networks(args.toy_networks) if 'trained' in args.settings else None
   targets = {'oracle': ToyTarget(class_centres(every=50), args.toy_samples),
              'trained': ToyTarget(class_centres(), args.toy_samples)}
-  rows, begin = [], time.perf_counter()
-  for setting in args.settings:
-    for sigma_end in args.sigma_ends:
-      target = targets[setting]
-      generator = torch.Generator().manual_seed(123)
-      references = list(zip(target.draws(sigma_end, generator), target.draws(sigma_end, generator)))
-      rows += floor_rows(args.seeds, setting, sigma_end, target, references)
-      for name in args.samplers:
-        for nfe in (PC_NFES if name == 'pc' else args.grid_nfes):
-          for seed in args.seeds:
-            rows += toy_rows_of_run(name, nfe, seed, setting, sigma_end, target, networks, config, references)
-        print(f'  {setting:8} σ_end {sigma_end:<4g} {name:14} done at {time.perf_counter() - begin:5.0f} s',
-              flush=True)
+  panels = list(itertools.product(args.settings, args.sigma_ends))
+  references = {(setting, sigma_end): panel_references(targets[setting], sigma_end) for setting, sigma_end in panels}
+  rows = [row for setting, sigma_end in panels
+          for row in floor_rows(args.seeds, setting, sigma_end, targets[setting], references[setting, sigma_end])]
+  jobs = [dict(setting=setting, sigma_end=sigma_end, sampler=name, nfe=nfe, seed=seed)
+          for setting, sigma_end in panels for name in args.samplers
+          for nfe in (PC_NFES if name == 'pc' else args.grid_nfes) for seed in args.seeds]
+  state = dict(targets=targets, networks=networks, config=get_config(), references=references)
+  return rows + run_jobs(jobs, toy_job, state, args.workers, toy_line)
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+
+_STATE = {}  # a pool worker's copy of the part's state and job function
+
+
+def _enter_worker(job_fn, state):
+  torch.set_num_threads(1)
+  _STATE.update(state, job_fn=job_fn)
+
+
+def _run_indexed(indexed):
+  index, job = indexed
+  return index, _STATE['job_fn'](job, _STATE)
+
+
+def run_jobs(jobs, job_fn, state, workers, line_of):
+  """job_fn(job, state) -> rows, for every job; the rows of all jobs in the jobs' order.
+
+  workers ≤ 1: in this process; else in a pool of `workers` processes on one torch thread each. The largest NFE
+  goes first (the pool's last jobs are then short). Each job prints line_of(job, rows) and the elapsed seconds as
+  it ends.
+  """
+  order = sorted(range(len(jobs)), key=lambda index: -jobs[index]['nfe'])
+  indexed = [(index, jobs[index]) for index in order]
+  if workers <= 1:
+    return collect(jobs, ((index, job_fn(job, state)) for index, job in indexed), line_of)
+  with multiprocessing.Pool(workers, _enter_worker, (job_fn, state)) as pool:
+    return collect(jobs, pool.imap_unordered(_run_indexed, indexed), line_of)
+
+
+def collect(jobs, finished, line_of):
+  """The rows of the (job index, rows) pairs in `finished`, printed as they come, returned in the jobs' order."""
+  results, begin = [None] * len(jobs), time.perf_counter()
+  for index, rows in finished:
+    results[index] = rows
+    print(f'  {line_of(jobs[index], rows)} ({time.perf_counter() - begin:.0f} s)', flush=True)
+  return [row for rows in results for row in rows]
+
+
+# ---------------------------------------------------------------------------------------------- digits
+
+DIGITS_RUNS = {'score model': 'score', 'total-loss classifier': '{seed_dir}/classifier_total'}  # under --digits_root
+
+
+def digits_files(root, seed_dir):
+  """{what: path} of a digits run: the newest intact checkpoint of each training run and the reference classifier;
+  exits with one line naming the first that is missing."""
+  paths = {}
+  for what, run in DIGITS_RUNS.items():
+    folder = os.path.join(root, run.format(seed_dir=seed_dir), 'checkpoints')
+    paths[what] = ckpt.latest_checkpoint(folder) or missing(what, os.path.join(folder, 'checkpoint_<step>.pth'))
+  reference = os.path.join(root, 'reference_classifier.pth')
+  paths['reference classifier'] = reference if os.path.isfile(reference) else missing('reference classifier',
+                                                                                      reference)
+  return paths
+
+
+def missing(what, path):
+  sys.exit(f'bench_sampler_nfe.py: error: no {what} at {path}: run make digits first')
+
+
+def digits_config(paths, device):
+  """configs/digits/eval.py with the run's checkpoints and reference classifier."""
+  from configs.digits import eval as digits_eval
+  config = digits_eval.get_config()
+  config.model.score_restore_path = paths['score model']
+  config.model.classifier_restore_path = paths['total-loss classifier']
+  config.eval.reference_classifier = paths['reference classifier']
+  config.device = device
+  return config
+
+
+def digits_state(args, paths):
+  """Everything a digits job reads: networks, SDE, labels, the reference classifier and the real features."""
+  config = digits_config(paths, args.device)
+  networks = run_lib_sampling.load_models(config, torch.device(args.device))
+  reference = evaluation.ReferenceFeatures(config)
+  real_images, real_labels = datasets.load_split(config, 'train')
+  test_images, test_labels = datasets.load_split(config, 'test')
+  sde, eps = sde_lib.get_sde(config)
+  return dict(config=config, networks=networks, sde=sde, eps=eps, scale=args.digits_scale, reference=reference,
+              labels=np.arange(args.digits_samples) % config.classifier.classes,
+              real=class_features(reference, real_images, real_labels, config.classifier.classes),
+              test=(test_images, test_labels))
+
+
+def class_features(reference, images, labels, num_classes):
+  """(features of all images, [features of class c]) in the reference classifier's space."""
+  features = evaluation.get_inception_features(images, reference, batch_size=500)[0]
+  return features, [features[labels == c] for c in range(num_classes)]
+
+
+def digits_metrics(images, labels, state):
+  """{'recognised', 'fd', 'cw_fd'} of uint8 NHWC images asked to show `labels`."""
+  features, logits = evaluation.get_inception_features(images, state['reference'], batch_size=500)
+  real_all, real_per_class = state['real']
+  classes = range(len(real_per_class))
+  recognised = [np.mean(logits[labels == c].argmax(1) == c) for c in classes]
+  class_fd = [evaluation.frechet_distance(real_per_class[c], features[labels == c]) for c in classes]
+  return dict(recognised=evaluation.classwise_average(recognised),
+              fd=evaluation.frechet_distance(real_all, features), cw_fd=evaluation.classwise_average(class_fd))
+
+
+def digits_samples(name, nfe, seed, state):
+  """(uint8 NHWC samples, true NFE, seconds) of one guided run on the digits networks."""
+  config, sde = state['config'], state['sde']
+  shape = (len(state['labels']), config.data.num_channels, config.data.image_size, config.data.image_size)
+  sampler = build_sampler(name, lambda steps: sampling.sde_with_steps(config, sde, steps), nfe, shape, state['eps'],
+                          device=config.device, scale=state['scale'], snr=config.sampling.snr)[0]
+  labels = torch.as_tensor(state['labels'], device=config.device)
+  torch.manual_seed(seed)
+  begin = time.perf_counter()
+  x, true_nfe = sampler(*state['networks'], labels)
+  seconds = time.perf_counter() - begin
+  return plumbing.to_uint8(datasets.get_data_inverse_scaler(config)(x)), true_nfe, seconds
+
+
+def digits_job(job, state):
+  images, nfe, seconds = digits_samples(job['sampler'], job['nfe'], job['seed'], state)
+  row = dict(sampler=job['sampler'], grid=SAMPLERS[job['sampler']][2], nfe=nfe, seed=job['seed'],
+             **{'class': 'all'}, scale=state['scale'], samples=len(images), seconds=seconds)
+  row.update(digits_metrics(images, state['labels'], state))
+  return [row]
+
+
+def digits_floor_rows(seeds, state):
+  """Real test digits, as many per class as the samples have, drawn per seed and measured like samples."""
+  images, labels = state['test']
+  per_class = np.bincount(state['labels'])
+  rows = []
+  for seed in seeds:
+    rng = np.random.default_rng(10_000 + seed)
+    chosen = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in enumerate(per_class)])
+    row = dict(sampler='exact', grid='-', nfe=0, seed=seed, **{'class': 'all'}, scale=state['scale'],
+               samples=len(chosen))
+    row.update(digits_metrics(images[chosen], labels[chosen], state))
+    rows.append(row)
   return rows
+
+
+def digits_line(job, rows):
+  row = rows[0]
+  return (f'digits {job["sampler"]:14} NFE {row["nfe"]:5} seed {job["seed"]}: recognised {row["recognised"]:.3f}, '
+          f'FD {row["fd"]:.2f}, CW FD {row["cw_fd"]:.1f}, sampling {row["seconds"]:.1f} s')
+
+
+def digits_workers(args):
+  """--workers on the CPU; one process where it owns an accelerator."""
+  return args.workers if args.device == 'cpu' else 1
+
+
+def digits_part(args, paths):
+  """(the real-digit floor rows then one row per (sampler, NFE, seed) job, the jobs' state)."""
+  state = digits_state(args, paths)
+  jobs = [dict(sampler=name, nfe=nfe, seed=seed) for name in args.samplers
+          for nfe in (args.digits_pc_nfes if name == 'pc' else args.digits_nfes) for seed in args.seeds]
+  rows = run_jobs(jobs, digits_job, state, digits_workers(args), digits_line)
+  return digits_floor_rows(args.seeds, state) + rows, state
 
 
 # ---------------------------------------------------------------------------------------------- report
 
 TOY_GROUPS = ('score', 'sigma_end', 'sampler', 'nfe')
-IMAGE_GROUPS = ('scale', 'sampler', 'nfe')
+DIGITS_GROUPS = ('scale', 'sampler', 'nfe')
 
 
 def summarise(rows, metric, group_keys):
@@ -224,16 +416,19 @@ def print_table(rows, metrics, group_keys):
     print(''.join(f'{v:>14}' for v in key) + cells)
 
 
-def markdown_table(rows, metric, group_keys):
-  """A Markdown table of the metric (mean ± std over seeds): one row per (sampler, NFE), one column per panel."""
-  stats = summarise(rows, metric, group_keys)
-  panels = sorted({k[:-2] for k in stats})
-  lines = ['| sampler | NFE | ' + ' | '.join(', '.join(map(str, p)) for p in panels) + ' |',
-           '|---|---|' + '---|' * len(panels)]
-  for name, nfe in sorted({k[-2:] for k in stats}, key=lambda k: (k[0] != 'exact', k[0] != 'pc', k[0], k[1])):
-    cells = [stats.get(p + (name, nfe)) for p in panels]
-    lines.append(f'| {name} | {nfe} | ' + ' | '.join('' if c is None else f'{c[0]:.2f} ± {c[1]:.2f}' for c in cells)
-                 + ' |')
+def markdown_table(rows, metrics, group_keys, decimals=2):
+  """A Markdown table of the metrics (mean ± std over seeds): one row per (sampler, NFE), one column per panel and
+  metric (headed by the panel with one metric, by the metric with one panel)."""
+  stats = {metric: summarise(rows, metric, group_keys) for metric in metrics}
+  panels = sorted({k[:-2] for k in stats[metrics[0]]})
+  columns = [(p, m) for p in panels for m in metrics]
+  heads = [', '.join(map(str, p)) if len(metrics) == 1 else m if len(panels) == 1 else f'{", ".join(map(str, p))} {m}'
+           for p, m in columns]
+  lines = ['| sampler | NFE | ' + ' | '.join(heads) + ' |', '|---|---|' + '---|' * len(columns)]
+  for name, nfe in sorted({k[-2:] for k in stats[metrics[0]]}, key=lambda k: (k[0] != 'exact', k[0] != 'pc', *k)):
+    cells = [stats[m].get(p + (name, nfe)) for p, m in columns]
+    lines.append(f'| {name} | {nfe} | ' + ' | '.join('' if c is None else f'{c[0]:.{decimals}f} ± {c[1]:.{decimals}f}'
+                                                       for c in cells) + ' |')
   return '\n'.join(lines)
 
 
@@ -244,7 +439,7 @@ def verdicts(rows, metric, group_keys, higher_is_better=False, budget=200, refer
   for panel in sorted({k[:-2] for k in stats}):
     pc = stats.get(panel + ('pc', reference_nfe))
     candidates = [(sign * v[0], v[1], k[-2], k[-1]) for k, v in stats.items()
-                  if k[:-2] == panel and k[-2] not in ('pc', 'exact', 'ode_rk45') and k[-1] <= budget]
+                  if k[:-2] == panel and k[-2] not in ('pc', 'exact') and k[-1] <= budget]
     if pc is None or not candidates:
       continue
     best = min(candidates)
@@ -254,22 +449,17 @@ def verdicts(rows, metric, group_keys, higher_is_better=False, budget=200, refer
   return lines
 
 
-def plot(rows, path, metric, group_keys, ylabel, log_y=True):
+def plot(rows, path, group_keys, curves, floor_label='exact draws'):
+  """One panel per (group panel, curve); curves are (metric, y label, log y). NFE on a log axis, one line per
+  sampler (the same colour in every panel), the `exact` rows as a dashed floor."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  stats = summarise(rows, metric, group_keys)
-  panels = sorted({k[:-2] for k in stats})
+  stats = {metric: summarise(rows, metric, group_keys) for metric, _, _ in curves}
+  panels = [(p, curve) for p in sorted({k[:-2] for k in stats[curves[0][0]]}) for curve in curves]
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-  for ax, panel in zip(axes[0], panels):
-    for name in sorted({k[-2] for k in stats if k[:-2] == panel} - {'exact'}):
-      points = sorted((k[-1], *v) for k, v in stats.items() if k[:-2] + (k[-2],) == panel + (name,))
-      nfe, mean, std = np.array(points).T
-      colour = f'C{(list(SAMPLERS) + ["ode_rk45"]).index(name)}'  # one colour per sampler in every panel
-      ax.errorbar(nfe, mean, yerr=std, marker='o', ms=3, capsize=2, label=name, color=colour)
-    floor = stats.get(panel + ('exact', 0))
-    if floor:
-      ax.axhline(floor[0], color='grey', ls='--', lw=1, label='exact draws')
+  for ax, (panel, (metric, ylabel, log_y)) in zip(axes[0], panels):
+    plot_panel(ax, stats[metric], panel, floor_label)
     ax.set_xscale('log')
     if log_y:
       ax.set_yscale('log')
@@ -282,6 +472,17 @@ def plot(rows, path, metric, group_keys, ylabel, log_y=True):
   return path
 
 
+def plot_panel(ax, stats, panel, floor_label):
+  for name in sorted({k[-2] for k in stats if k[:-2] == panel} - {'exact'}):
+    points = sorted((k[-1], *v) for k, v in stats.items() if k[:-2] + (k[-2],) == panel + (name,))
+    nfe, mean, std = np.array(points).T
+    colour = f'C{list(SAMPLERS).index(name)}'
+    ax.errorbar(nfe, mean, yerr=std, marker='o', ms=3, capsize=2, label=name, color=colour)
+  floor = stats.get(panel + ('exact', 0))
+  if floor:
+    ax.axhline(floor[0], color='grey', ls='--', lw=1, label=floor_label)
+
+
 def write_json(rows, out_dir, part, extra):
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f'sampler_nfe_{part}.json')
@@ -290,141 +491,109 @@ def write_json(rows, out_dir, part, extra):
   return path
 
 
-# ---------------------------------------------------------------------------------------------- images
-
-IMAGE_NFES = (20, 50, 100, 200)
-
-
-def image_networks(args, config, sde, data, device):
-  """The small NCSN++ and classifier of bench_sampling's quality experiment, trained once and kept in args.out."""
-  import bench_sampling
-  path = os.path.join(args.out, f'image_networks_{args.train_steps}.pt')
-  if os.path.exists(path):
-    score_model, classifier = mutils.create_model(config), mutils.create_classifier(config)
-    states = torch.load(path, map_location=device, weights_only=True)
-    score_model.load_state_dict(states['score']), classifier.load_state_dict(states['classifier'])
-  else:
-    score_model, classifier = bench_sampling.train_small_models(config, sde, data, args.train_steps, 32, device)
-    os.makedirs(args.out, exist_ok=True)
-    torch.save({'score': score_model.state_dict(), 'classifier': classifier.state_dict()}, path)
-  return sampling.to_channels_last(score_model.eval(), classifier.eval())
-
-
-def image_run(name, nfe, seed, scale, sde, eps, networks, labels, device):
-  """(samples, true NFE): `name` is a key of SAMPLERS, or 'ode_rk45' (nfe: its tolerance exponent, e.g. 5)."""
-  shape = (len(labels), 3, 32, 32)
-  if name == 'ode_rk45':
-    sampler = sampling.get_ode_sampler(sde, shape, lambda x: x, denoise=True, rtol=10. ** -nfe, atol=10. ** -nfe,
-                                       eps=eps, device=device, scale=scale)
-  else:
-    sampler = build_sampler(name, lambda steps: sde_lib.VESDE(sde.sigma_min, sde.sigma_max, N=steps), nfe, shape,
-                            eps, device=device, scale=scale)[0]
-  torch.manual_seed(seed)
-  return sampler(*networks, labels)
-
-
-def image_part(args):
-  """Guided samples of the synthetic 3-class images: colour-oracle accuracy and class Fréchet distance per
-  sampler and NFE (bench_sampling.quality_metrics), PC at 2 000 NFE as the reference."""
-  import bench_sampling
-  device = torch.device(args.device)
-  data = bench_sampling.synthetic_images(3000, torch.Generator().manual_seed(0))
-  config = bench_sampling.small_training_config(device)
-  sde, eps = sde_lib.get_sde(config)
-  networks = image_networks(args, config, sde, data, device)
-  labels = torch.arange(args.image_batch, device=device) % 3
-  runs = [('pc', nfe) for nfe in args.image_pc_nfes] + [(name, nfe) for name in args.samplers if name != 'pc'
-                                                 for nfe in args.image_nfes] + [('ode_rk45', 5)]
-  rows, begin = [], time.perf_counter()
-  for scale in args.image_scales:
-    for (name, nfe), seed in itertools.product(runs, args.seeds):
-      samples, true_nfe = image_run(name, nfe, seed, scale, sde, eps, networks, labels, device)
-      accuracy, fd, mean = bench_sampling.quality_metrics(samples, labels, data)
-      rows.append(dict(sampler=name, grid=SAMPLERS.get(name, ('', '', 'adaptive'))[2], nfe=true_nfe, seed=seed,
-                       scale=scale, accuracy=accuracy, fd=fd, mean_pixel=mean, **{'class': 'all'}))
-      print(f'  scale {scale:g} {name:14} NFE {true_nfe:5} seed {seed}: accuracy {accuracy:.3f}, class FD {fd:.3f} '
-            f'({time.perf_counter() - begin:.0f} s)', flush=True)
-  return rows
-
-
-def report_images(args):
-  begin = time.perf_counter()
-  rows = image_part(args)
-  seconds = time.perf_counter() - begin
-  print_table(rows, ('accuracy', 'fd'), IMAGE_GROUPS)
-  print('\n' + '\n'.join(verdicts(rows, 'accuracy', IMAGE_GROUPS, higher_is_better=True)
-                          + verdicts(rows, 'fd', IMAGE_GROUPS)))
-  paths = [write_json(rows, args.out, 'images', dict(seconds=seconds, load=os.getloadavg(), churn=CHURN,
-                                                     train_steps=args.train_steps)),
-           plot(rows, os.path.join(args.out, 'sampler_nfe_images.png'), 'fd', IMAGE_GROUPS, 'class Fréchet distance')]
-  print(f'\nimage part: {seconds:.0f} s (load average {os.getloadavg()[0]:.1f}); ' + ', '.join(paths))
-
-
-def report_toy(args):
-  begin, cpu = time.perf_counter(), time.process_time()
-  rows = toy_part(args)
-  seconds, cpu = time.perf_counter() - begin, time.process_time() - cpu
-  print_toy(rows, args.out, dict(seconds=seconds, cpu_seconds=cpu, load=os.getloadavg(), churn=CHURN))
-  print(f'\ntoy part: {seconds:.0f} s wall, {cpu:.0f} s CPU (load average {os.getloadavg()[0]:.1f})')
-
-
 def print_toy(rows, out, extra):
   """Table, verdicts, JSON and plot of toy rows."""
   print_table(rows, ('sw', 'precision', 'recall'), TOY_GROUPS)
   print('\n' + '\n'.join(verdicts(rows, 'sw', TOY_GROUPS)))
-  print('\n' + markdown_table(rows, 'sw', TOY_GROUPS))
+  print('\n' + markdown_table(rows, ('sw',), TOY_GROUPS))
   paths = [write_json(rows, out, 'toy', extra),
-           plot(rows, os.path.join(out, 'sampler_nfe_toy.png'), 'sw', TOY_GROUPS, 'sliced Wasserstein to exact draws')]
+           plot(rows, os.path.join(out, 'sampler_nfe_toy.png'), TOY_GROUPS,
+                [('sw', 'sliced Wasserstein to exact draws', True)])]
   print('written: ' + ', '.join(paths))
 
 
-def report_toy_files(paths, out):
-  """The toy report of rows from earlier runs' JSON files (e.g. the settings run as separate processes)."""
+def print_digits(rows, out, extra):
+  """Table, verdicts, JSON and plot of digits rows."""
+  print_table(rows, ('recognised', 'fd', 'cw_fd'), DIGITS_GROUPS)
+  print('\n' + '\n'.join(verdicts(rows, 'recognised', DIGITS_GROUPS, higher_is_better=True)
+                          + verdicts(rows, 'fd', DIGITS_GROUPS)))
+  print('\n' + markdown_table(rows, ('recognised', 'fd', 'cw_fd'), DIGITS_GROUPS, decimals=3))
+  paths = [write_json(rows, out, 'digits', extra),
+           plot(rows, os.path.join(out, 'sampler_nfe_digits.png'), DIGITS_GROUPS,
+                [('recognised', 'recognised (class-wise)', False), ('fd', 'FD to the real training digits', True)],
+                floor_label='real test digits')]
+  print('written: ' + ', '.join(paths))
+
+
+def timed(part):
+  """(rows and anything else part() returns, {'seconds', 'cpu_seconds', 'load'}); CPU time of this process only."""
+  begin, cpu = time.perf_counter(), time.process_time()
+  result = part()
+  return result, dict(seconds=time.perf_counter() - begin, cpu_seconds=time.process_time() - cpu,
+                      load=os.getloadavg())
+
+
+def report_toy(args):
+  rows, timing = timed(lambda: toy_part(args))
+  print_toy(rows, args.out, dict(timing, workers=args.workers, churn=CHURN))
+  print(f'\ntoy part: {timing["seconds"]:.0f} s wall with {args.workers} worker(s) (load average '
+        f'{os.getloadavg()[0]:.1f})')
+
+
+def report_digits(args, paths):
+  (rows, state), timing = timed(lambda: digits_part(args, paths))
+  files = {what: dict(path=path, fingerprint=ckpt.checkpoint_fingerprint(path)) for what, path in paths.items()}
+  workers = digits_workers(args)
+  print_digits(rows, args.out, dict(timing, workers=workers, churn=CHURN, files=files, real_split='train',
+                                    reference_test_accuracy=state['reference'].test_accuracy, device=args.device))
+  print(f'\ndigits part: {timing["seconds"]:.0f} s wall with {workers} worker(s) (load average '
+        f'{os.getloadavg()[0]:.1f})')
+
+
+def report_files(paths, out, print_part):
+  """The report of rows from earlier runs' JSON files (e.g. parts run as separate processes)."""
   rows, parts = [], []
   for path in paths:
     with open(path) as f:
       part = json.load(f)
     rows += part.pop('rows')
     parts.append(dict(part, file=path))
-  print_toy(rows, out, dict(parts=parts))
+  print_part(rows, out, dict(parts=parts))
 
 
-def parse_args():
+def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--toy', action='store_true', help='the moons part')
-  parser.add_argument('--images', action='store_true', help='the guided-image part')
+  parser.add_argument('--digits', action='store_true', help='the digits part (needs the checkpoints of make digits)')
   parser.add_argument('--toy_from', nargs='+', help='toy: report the rows of these JSON files (no sampling)')
+  parser.add_argument('--digits_from', nargs='+', help='digits: report the rows of these JSON files (no sampling)')
   parser.add_argument('--out', default='results/bench_sampler_nfe', help='folder of the JSON files and plots')
+  parser.add_argument('--workers', type=int, default=2, help='processes sharing the runs (1: this process)')
+  parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+  parser.add_argument('--samplers', nargs='+', default=list(SAMPLERS), choices=list(SAMPLERS))
+  parser.add_argument('--num_threads', type=int, default=1, help='torch CPU threads of this process (workers: 1)')
   parser.add_argument('--toy_networks', default='results/bench_sampler_nfe/toy_networks',
                       help='run_lib_toy workdir with the demo score and total-loss stages (trained if missing; '
                            'the toy_demo of `make demo` works)')
-  parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-  parser.add_argument('--samplers', nargs='+', default=list(SAMPLERS), choices=list(SAMPLERS))
-  parser.add_argument('--grid_nfes', type=int, nargs='+', default=list(GRID_NFES), help='NFEs of the non-PC samplers')
+  parser.add_argument('--grid_nfes', type=int, nargs='+', default=list(GRID_NFES), help='toy: non-PC NFEs')
   parser.add_argument('--settings', nargs='+', default=['oracle', 'trained'], choices=['oracle', 'trained'])
   parser.add_argument('--sigma_ends', type=float, nargs='+', default=[7.5, 1.0])
   parser.add_argument('--toy_samples', type=int, default=1000, help='samples per class and run')
-  parser.add_argument('--num_threads', type=int, default=1, help='torch CPU threads (the toy nets gain little)')
-  parser.add_argument('--device', default='cpu', help='images: torch device')
-  parser.add_argument('--train_steps', type=int, default=800, help='images: training steps per network')
-  parser.add_argument('--image_batch', type=int, default=96, help='images: samples per run')
-  parser.add_argument('--image_pc_nfes', type=int, nargs='+', default=[200, 2000], help='images: PC NFEs')
-  parser.add_argument('--image_nfes', type=int, nargs='+', default=list(IMAGE_NFES), help='images: non-PC NFEs')
-  parser.add_argument('--image_scales', type=float, nargs='+', default=[4.], help='images: guidance scales')
-  return parser.parse_args()
+  parser.add_argument('--digits_root', default='results/digits', help='digits: the run folder of make digits')
+  parser.add_argument('--digits_seed_dir', default='seed0', help='digits: the seed folder of the classifier')
+  parser.add_argument('--digits_samples', type=int, default=250, help='digits: samples per run (class = index % 10)')
+  parser.add_argument('--digits_scale', type=float, default=1., help='digits: guidance scale λ')
+  parser.add_argument('--digits_pc_nfes', type=int, nargs='+', default=list(DIGITS_PC_NFES), help='digits: PC NFEs')
+  parser.add_argument('--digits_nfes', type=int, nargs='+', default=list(DIGITS_NFES), help='digits: non-PC NFEs')
+  parser.add_argument('--device', default='cpu', help='digits: torch device (not cpu: one worker)')
+  return parser.parse_args(argv)
 
 
-def main():
-  args = parse_args()
-  if args.toy_from:
-    return report_toy_files(args.toy_from, args.out)
-  if not (args.toy or args.images):
-    sys.exit('choose --toy and/or --images')
+def main(argv=None):
+  args = parse_args(argv)
+  if args.toy_from or args.digits_from:
+    for paths, print_part in ((args.toy_from, print_toy), (args.digits_from, print_digits)):
+      if paths:
+        report_files(paths, args.out, print_part)
+    return
+  if not (args.toy or args.digits):
+    sys.exit('bench_sampler_nfe.py: error: choose --toy and/or --digits (or --toy_from / --digits_from)')
+  digits_paths = digits_files(args.digits_root, args.digits_seed_dir) if args.digits else None
   torch.set_num_threads(args.num_threads)
   if args.toy:
     report_toy(args)
-  if args.images:
-    report_images(args)
+  if args.digits:
+    report_digits(args, digits_paths)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,91 @@
+"""benchmarks/bench_sampler_nfe.py: the digits part on untrained networks saved in the real checkpoint layout, its
+one-line error without them, and the worker pool giving the rows of the sequential run."""
+import argparse
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import REPO_ROOT
+
+DIGITS_ROW_FIELDS = {'sampler', 'grid', 'nfe', 'seed', 'class', 'scale', 'samples', 'recognised', 'fd', 'cw_fd'}
+
+
+def load_benchmark():
+  """The benchmark script as the module `bench_sampler_nfe` (pool workers find its functions by that name)."""
+  if 'bench_sampler_nfe' not in sys.modules:
+    spec = importlib.util.spec_from_file_location('bench_sampler_nfe',
+                                                  REPO_ROOT / 'benchmarks' / 'bench_sampler_nfe.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules['bench_sampler_nfe'] = module
+    spec.loader.exec_module(module)
+  return sys.modules['bench_sampler_nfe']
+
+
+@pytest.fixture(scope='module')
+def digits_root(tmp_path_factory):
+  """A `make digits` results folder holding untrained networks, written by the project's checkpoint writers."""
+  from configs.digits import eval as digits_eval
+  from models import checkpoint, utils as mutils
+  from models.ema import ExponentialMovingAverage
+  from models.reference import DigitsCNN
+  root = tmp_path_factory.mktemp('digits')
+  config = digits_eval.get_config()
+  config.device = 'cpu'
+  torch.manual_seed(0)
+  score_model = mutils.create_model(config)
+  for folder, model, ema in (('score', score_model, ExponentialMovingAverage(score_model.parameters(), 0.99)),
+                             ('seed0/classifier_total', mutils.create_classifier(config), None)):
+    (root / folder / 'checkpoints').mkdir(parents=True)
+    checkpoint.save_checkpoint(str(root / folder / 'checkpoints' / 'checkpoint_2.pth'), model, step=2, ema=ema)
+  reference = DigitsCNN(config.data.num_channels, config.classifier.classes)
+  checkpoint.atomic_save({'model': reference.state_dict(), 'test_accuracy': 0.1},
+                         str(root / 'reference_classifier.pth'))
+  return root
+
+
+def test_digits_rows_have_every_field_and_the_true_nfe(digits_root, tmp_path):
+  bench = load_benchmark()
+  out = tmp_path / 'out'
+  bench.main(['--digits', '--digits_root', str(digits_root), '--samplers', 'pc', 'heun', '--digits_pc_nfes', '4',
+              '--digits_nfes', '3', '--seeds', '0', '--digits_samples', '20', '--workers', '1', '--out', str(out)])
+  report = json.loads((out / 'sampler_nfe_digits.json').read_text())
+  rows = {row['sampler']: row for row in report['rows']}
+  assert sorted(rows) == ['exact', 'heun', 'pc']
+  assert all(DIGITS_ROW_FIELDS <= set(row) for row in rows.values())
+  assert (rows['pc']['nfe'], rows['heun']['nfe'], rows['exact']['nfe']) == (4, 3, 0)  # 2 PC steps; Heun 2·2 − 1
+  assert all(row['samples'] == 20 and row['class'] == 'all' and row['scale'] == 1. for row in rows.values())
+  assert all(np.isfinite([row['recognised'], row['fd'], row['cw_fd']]).all() for row in rows.values())
+  assert report['real_split'] == 'train' and report['reference_test_accuracy'] == 0.1
+  assert (out / 'sampler_nfe_digits.png').is_file()
+  again = tmp_path / 'again'
+  bench.main(['--digits_from', str(out / 'sampler_nfe_digits.json'), '--out', str(again)])
+  assert json.loads((again / 'sampler_nfe_digits.json').read_text())['rows'] == report['rows']
+
+
+@pytest.mark.parametrize('missing', ['score/checkpoints/checkpoint_2.pth', 'reference_classifier.pth'])
+def test_a_missing_digits_file_is_one_line_naming_it(digits_root, tmp_path, missing):
+  import shutil
+  root = tmp_path / 'digits'
+  shutil.copytree(digits_root, root)
+  (root / missing).unlink()
+  with pytest.raises(SystemExit) as exit_:
+    load_benchmark().main(['--digits', '--digits_root', str(root), '--out', str(tmp_path / 'out')])
+  message = str(exit_.value.code)
+  assert '\n' not in message and message.endswith('run make digits first')
+  assert str(root / missing.replace('checkpoint_2', 'checkpoint_<step>')) in message
+
+
+def toy_args(workers):
+  return argparse.Namespace(settings=['oracle'], sigma_ends=[1.0], toy_samples=20, seeds=[0, 1],
+                            samplers=['heun', 'heun_churn'], grid_nfes=[3, 6], workers=workers, toy_networks=None)
+
+
+def test_the_worker_pool_gives_the_rows_of_the_sequential_run():
+  bench = load_benchmark()
+  rows = [[{key: value for key, value in row.items() if key != 'seconds'} for row in bench.toy_part(toy_args(w))]
+          for w in (1, 2)]
+  assert rows[0] == rows[1] and len(rows[0]) == 2 * 2 + 2 * 2 * 2 * 2  # floor rows + sampler runs, 2 classes each
