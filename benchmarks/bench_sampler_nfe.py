@@ -571,7 +571,7 @@ def parse_args(argv=None):
   parser.add_argument('--toy_samples', type=int, default=1000, help='samples per class and run')
   parser.add_argument('--digits_root', default='results/digits', help='digits: the run folder of make digits')
   parser.add_argument('--digits_seed_dir', default='seed0', help='digits: the seed folder of the classifier')
-  parser.add_argument('--digits_samples', type=int, default=250, help='digits: samples per run (class = index % 10)')
+  parser.add_argument('--digits_samples', type=int, default=250, help='digits: samples per run (class = index mod 10)')
   parser.add_argument('--digits_scale', type=float, default=1., help='digits: guidance scale λ')
   parser.add_argument('--digits_pc_nfes', type=int, nargs='+', default=list(DIGITS_PC_NFES), help='digits: PC NFEs')
   parser.add_argument('--digits_nfes', type=int, nargs='+', default=list(DIGITS_NFES), help='digits: non-PC NFEs')

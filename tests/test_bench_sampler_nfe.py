@@ -89,3 +89,9 @@ def test_the_worker_pool_gives_the_rows_of_the_sequential_run():
   rows = [[{key: value for key, value in row.items() if key != 'seconds'} for row in bench.toy_part(toy_args(w))]
           for w in (1, 2)]
   assert rows[0] == rows[1] and len(rows[0]) == 2 * 2 + 2 * 2 * 2 * 2  # floor rows + sampler runs, 2 classes each
+
+
+def test_help_lists_every_flag(capsys):
+  with pytest.raises(SystemExit) as exit_:
+    load_benchmark().parse_args(['--help'])
+  assert exit_.value.code == 0 and '--digits_samples' in capsys.readouterr().out
