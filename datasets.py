@@ -12,6 +12,7 @@ against torchvision's official MD5s. All match -> the official release, verified
 made elsewhere (e.g. by the tests), accepted with a log line and checked for shape and labels. Some match and some
 do not -> a damaged copy of the official release, refused.
 """
+import functools
 import logging
 import os
 import pickle
@@ -19,8 +20,6 @@ import pickle
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
-from torchvision.datasets.utils import check_integrity
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -43,23 +42,19 @@ class _WithoutTorchvisionMD5Check:
     self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
 
 
-class LocalCIFAR10(_WithoutTorchvisionMD5Check, torchvision.datasets.CIFAR10):
-  num_classes = 10
-  display_name = 'CIFAR-10'
+CIFAR_NAMES = {'CIFAR10': ('CIFAR10', 10, 'CIFAR-10'), 'CIFAR100': ('CIFAR100', 100, 'CIFAR-100')}
 
 
-class LocalCIFAR100(_WithoutTorchvisionMD5Check, torchvision.datasets.CIFAR100):
-  num_classes = 100
-  display_name = 'CIFAR-100'
-
-
-CIFAR_READERS = {'CIFAR10': LocalCIFAR10, 'CIFAR100': LocalCIFAR100}
-
-
+@functools.cache
 def cifar_reader(dataset):
-  if dataset not in CIFAR_READERS:
-    raise ValueError(f'{dataset!r} is not a CIFAR data set; expected one of {sorted(CIFAR_READERS)}.')
-  return CIFAR_READERS[dataset]
+  """torchvision's CIFAR-10 or CIFAR-100 reader without its MD5 check. torchvision is imported here, on first use:
+  it costs every process 1.5 s of start-up (it loads torch._dynamo), which the digits and toy runs never need."""
+  if dataset not in CIFAR_NAMES:
+    raise ValueError(f'{dataset!r} is not a CIFAR data set; expected one of {sorted(CIFAR_NAMES)}.')
+  import torchvision
+  name, num_classes, display_name = CIFAR_NAMES[dataset]
+  return type(f'Local{name}', (_WithoutTorchvisionMD5Check, getattr(torchvision.datasets, name)),
+              dict(num_classes=num_classes, display_name=display_name))
 
 
 def cifar_files(reader):
@@ -81,6 +76,7 @@ def verify_cifar_folder(root, dataset):
         f'{", ".join(files)} (missing: {", ".join(missing)}). Nothing is downloaded: get {reader.filename} '
         f'({reader.url}) and extract it inside {os.path.abspath(root)} (it unpacks to {reader.base_folder}/), or '
         f'point --data_dir (config data.root) at the folder that contains {reader.base_folder}.')
+  from torchvision.datasets.utils import check_integrity
   official = [name for name, md5 in files.items() if check_integrity(os.path.join(folder, name), md5)]
   if len(official) == len(files):
     logging.info('%s: official files, MD5 verified (%s)', reader.display_name, folder)

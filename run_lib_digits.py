@@ -11,14 +11,16 @@ A thin driver over the real command lines, one process per stage, as a user woul
   run_lib_cas.py                                          (the reference CNN trained on the samples only)
 Runs live in results/digits/; the table (digits_table.md / .json) and one sample grid per method (rows = classes)
 go to --workdir. A stage whose output exists is skipped, so a rerun reuses finished stages; delete results/digits
-to start afresh. Child processes run torch on --num_threads threads (1 by default: on a shared 2-core machine a
-second thread mostly waits for the first).
+to start afresh. --jobs stages run at once, each a child process on one torch thread (the 8x8 networks gain little
+from a second thread; a second process doubles the throughput on 2 cores). With --jobs above 1 each child writes to
+results/digits/logs/<stage>.log and the driver shows one progress bar per phase.
 """
 import json
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 from absl import app, flags
@@ -33,7 +35,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', 'digits_run', 'Folder of the table and the sample grids.')
 flags.DEFINE_string('seeds', '0,1,2', 'Comma-separated seeds of the classifier, sampling and CAS stages.')
 flags.DEFINE_integer('score_seed', 42, 'config.seed of the one score model shared by every seed.')
-flags.DEFINE_integer('num_threads', 1, 'torch threads of every stage (OMP_NUM_THREADS of the child processes).')
+flags.DEFINE_integer('jobs', 2, 'stages run at once, one process and one torch thread each (the machine\'s cores).')
 flags.DEFINE_bool('tiny', False, 'A few updates, steps and samples per stage: checks the plumbing in seconds.')
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -51,7 +53,8 @@ TINY_STEPS = ['--config.training.n_iters=3', '--config.training.batch_size=16', 
 TINY = {  # --tiny: overrides per script
     'score': TINY_STEPS,
     'classifier': TINY_STEPS,
-    'sampling': ['--config.model.num_scales=3', '--config.training.batch_size=10', '--config.eval.num_samples=100'],
+    'sampling': ['--config.model.num_scales=3', '--config.sampling.num_steps=3', '--config.training.batch_size=10',
+                 '--config.eval.num_samples=100'],
     'evaluation': ['--config.eval.reference_steps=20', '--config.eval.nearest_k=2'],
     'cas': ['--config.training.n_iters=3', '--config.training.eval_freq=2', '--config.training.batch_size=10',
             '--config.eval.reference_steps=20'],
@@ -65,16 +68,42 @@ def results(*parts):
 REFERENCE = results('reference_classifier.pth')  # shared by every seed and method: one feature space
 
 
+class StageFailed(Exception):
+  """A child process exited with an error; the message says where its output is."""
+
+
+def stage_log(name):
+  return results('logs', name.replace('/', '_').replace(' ', '_') + '.log')
+
+
 def run_stage(script, args, kind, timings, name):
-  """One real command line in a child process; its progress bars go to the terminal, its time to `timings`."""
+  """One real command line in a child process, its wall time to `timings`. With --jobs 1 its progress bars go to
+  the terminal; otherwise its output goes to stage_log(name)."""
   command = [sys.executable, os.path.join(REPO, script)] + args + (TINY[kind] if FLAGS.tiny else [])
-  environment = dict(os.environ, OMP_NUM_THREADS=str(FLAGS.num_threads), MKL_NUM_THREADS=str(FLAGS.num_threads))
+  environment = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
   tqdm.write(f'== {name}: {" ".join(os.path.relpath(a, REPO) if a.startswith(REPO) else a for a in command[1:])}')
   sys.stdout.flush()  # the header before the child's own output, also when stdout is a pipe
   start = time.time()
-  if subprocess.run(command, env=environment).returncode:
-    sys.exit(f'run_lib_digits.py: error: stage {name!r} failed; its message is above')
+  if FLAGS.jobs == 1:
+    failed, where = subprocess.run(command, env=environment).returncode, 'its message is above'
+  else:
+    os.makedirs(os.path.dirname(stage_log(name)), exist_ok=True)
+    with open(stage_log(name), 'w') as log:
+      failed = subprocess.run(command, env=environment, stdout=log, stderr=subprocess.STDOUT).returncode
+    where = f'its output is in {stage_log(name)}'
+  if failed:
+    raise StageFailed(f'stage {name!r} failed; {where}')
   timings[name] = round(time.time() - start, 1)
+
+
+def run_jobs(jobs, phase):
+  """{key: result of the callable} for {key: callable}, --jobs at a time, one progress bar for the phase."""
+  outcome = {}
+  with ThreadPoolExecutor(max_workers=FLAGS.jobs) as pool:
+    futures = {pool.submit(job): key for key, job in jobs.items()}
+    for future in tqdm(as_completed(futures), total=len(futures), desc=phase, position=0):
+      outcome[futures[future]] = future.result()
+  return outcome
 
 
 def final_checkpoint(workdir):
@@ -89,12 +118,16 @@ def train(kind, config, workdir, seed, timings, restore=None):
   return final_checkpoint(workdir)
 
 
+def train_classifier(seed, loss, score, timings):
+  return train('classifier', os.path.join(CONFIGS, f'classifier_{loss}.py'),
+               f'{RUN_ROOT}/seed{seed}/classifier_{loss}', seed, timings, score)
+
+
 def sample(workdir, scale, classifier, score, seed, timings):
   """run_lib_sampling.py for one method; files already complete are skipped by the script itself."""
   args = ['--config', os.path.join(CONFIGS, 'eval.py'), '--mode', 'full', '--workdir', workdir,
           '--restore', score, '--restore_classifier', classifier, f'--scale={scale}', f'--config.sampling.seed={seed}']
   run_stage('run_lib_sampling.py', args, 'sampling', timings, f'{workdir} sampling')
-
 
 
 def evaluate(workdir, seed, timings):
@@ -123,27 +156,39 @@ def read_metrics(workdir):
     return json.load(file)
 
 
-def run_seed(seed, score_checkpoint, timings):
-  """Classifiers, sampling, evaluation and CAS of one seed; returns {method: metrics}."""
-  checkpoints = {'score': score_checkpoint}
-  for method, loss, _ in METHODS:
-    if loss not in checkpoints:
-      checkpoints[loss] = train('classifier', os.path.join(CONFIGS, f'classifier_{loss}.py'),
-                                f'{RUN_ROOT}/seed{seed}/classifier_{loss}', seed, timings, score_checkpoint)
-    checkpoints[method] = checkpoints[loss]
-  per_method = {}
-  for method, _, scale in METHODS:
-    workdir = f'{RUN_ROOT}/seed{seed}/{method}'
-    if not evaluated(read_metrics(workdir)):
-      sample(workdir, SCALING_BASELINE if scale is None else scale, checkpoints[method], checkpoints['score'], seed,
-             timings)
-    per_method[method] = evaluate(workdir, seed, timings)
-  return per_method
+def sample_and_evaluate(seed, method, scale, classifier, score, timings):
+  """Sampling, evaluation and CAS of one method and seed (a finished evaluation is not looked at again)."""
+  workdir = f'{RUN_ROOT}/seed{seed}/{method}'
+  if not evaluated(read_metrics(workdir)):
+    sample(workdir, SCALING_BASELINE if scale is None else scale, classifier, score, seed, timings)
+  return evaluate(workdir, seed, timings)
 
 
 def evaluated(metrics):
   """True when a method's evaluation is complete (its samples are then not looked at again)."""
   return 'fd' in metrics.get('full', {}) and 'cw_fd' in metrics.get('class', {}) and 'cas' in metrics
+
+
+def train_reference():
+  """The reference classifier, trained once here before the evaluations that share it run side by side."""
+  config = digits_eval.get_config()
+  config.eval.reference_classifier = REFERENCE
+  if FLAGS.tiny:
+    config.eval.reference_steps = 20
+  evaluation.load_or_train_reference(config, log=tqdm.write)
+
+
+def run_experiment(seeds, timings):
+  """The score model, then every classifier, then every method's samples and metrics: {seed: {method: metrics}}."""
+  score = train('score', os.path.join(CONFIGS, 'score.py'), f'{RUN_ROOT}/score', FLAGS.score_seed, timings)
+  train_reference()
+  losses = sorted({loss for _, loss, _ in METHODS})
+  classifiers = run_jobs({(seed, loss): lambda seed=seed, loss=loss: train_classifier(seed, loss, score, timings)
+                          for seed in seeds for loss in losses}, 'classifiers')
+  metrics = run_jobs({(seed, method): lambda seed=seed, method=method, loss=loss, scale=scale: sample_and_evaluate(
+                      seed, method, scale, classifiers[seed, loss], score, timings)
+                      for seed in seeds for method, loss, scale in METHODS}, 'sampling and evaluation')
+  return {seed: {method: metrics[seed, method] for method, _, _ in METHODS} for seed in seeds}
 
 
 # ---------------------------------------------------------------------------------------------- table and grids
@@ -217,10 +262,10 @@ def main(argv):
   seeds = [int(s) for s in FLAGS.seeds.split(',')]
   os.makedirs(FLAGS.workdir, exist_ok=True)
   timings = {}
-  score = train('score', os.path.join(CONFIGS, 'score.py'), f'{RUN_ROOT}/score', FLAGS.score_seed, timings)
-  per_seed = {}
-  for seed in tqdm(seeds, desc='digits seeds', position=0):
-    per_seed[seed] = run_seed(seed, score, timings)
+  try:
+    per_seed = run_experiment(seeds, timings)
+  except StageFailed as failure:
+    sys.exit(f'run_lib_digits.py: error: {failure}')
   write_grids(FLAGS.workdir, seeds[0])
   print(write_table(FLAGS.workdir, per_seed, timings, time.time() - start))
 

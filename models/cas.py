@@ -2,15 +2,15 @@
 samples and tested on the real test split (a torchvision ResNet-50 in the paper; the small reference CNN on digits)."""
 
 import torch.nn as nn
-import torchvision
 
 from models.reference import DigitsCNN
 
+# torchvision.models builders, imported on first use (torchvision adds 1.5 s to every process start)
 ARCHITECTURES = {
-  'resnet50': torchvision.models.resnet50,  # the paper's CAS network
-  'resnet18': torchvision.models.resnet18,
-  'resnet10': lambda num_classes: torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1],
-                                                            num_classes=num_classes),  # small, for quick tests
+  'resnet50': lambda models, num_classes: models.resnet50(num_classes=num_classes),  # the paper's CAS network
+  'resnet18': lambda models, num_classes: models.resnet18(num_classes=num_classes),
+  'resnet10': lambda models, num_classes: models.ResNet(models.resnet.BasicBlock, [1, 1, 1, 1],
+                                                        num_classes=num_classes),  # small, for quick tests
 }
 
 
@@ -20,6 +20,7 @@ def create_cas_classifier(num_classes, num_channels=3, arch='resnet50'):
     return DigitsCNN(num_channels, num_classes)
   if arch not in ARCHITECTURES:
     raise ValueError(f'unknown CAS architecture {arch!r}; choose one of {sorted(ARCHITECTURES) + ["digits_cnn"]}')
-  model = ARCHITECTURES[arch](num_classes=num_classes)
+  import torchvision
+  model = ARCHITECTURES[arch](torchvision.models, num_classes)
   model.conv1 = nn.Conv2d(num_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
   return model

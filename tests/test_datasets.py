@@ -80,7 +80,7 @@ def md5_of(path):
 def pretend_official(monkeypatch, root, names):
   """Make `names` of the written folder carry the 'official' MD5 (as if they came from the real archive)."""
   folder = os.path.join(root, 'cifar-10-batches-py')
-  reader = datasets.LocalCIFAR10
+  reader = datasets.cifar_reader('CIFAR10')
   official = {name: md5_of(os.path.join(folder, name)) for name in names}
   monkeypatch.setattr(reader, 'train_list', [[n, official.get(n, m)] for n, m in reader.train_list])
   monkeypatch.setattr(reader, 'test_list', [[n, official.get(n, m)] for n, m in reader.test_list])

@@ -11,11 +11,14 @@ def get_classifier_config(loss_type):
   config = get_digits_configs()
   training = config.training
   training.batch_size = 96
-  training.n_iters = 400
-  training.snapshot_freq = 200
-  training.eval_freq = 200
+  training.n_iters = 2000  # recognised (total loss, seed 0): 0.75 after 1 200 updates, 0.83 after 2 000
+  training.snapshot_freq = 1000
+  training.eval_freq = 500
   config.eval.batch_size = 256  # test-accuracy batches (full batches only; the test split has 359 images)
   config.model.loss_type = loss_type  # 'ce', 'dlsm' or 'total' (DLSM + coef * CE, the paper's "ours")
+  # DLSM residual weighted by σ² (the DSM weighting): CIFAR's 0 leaves it unweighted, so the pure-noise z/σ terms of
+  # the smallest σ (up to 100) dominate a short run
+  config.model.weighting_dlsm = 1
   config.optim.lr = 1e-3
   config.optim.warmup = 0
   config.model.score_restore_path = None  # --restore gives the score checkpoint
