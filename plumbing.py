@@ -245,6 +245,30 @@ def to_uint8(images):
   return np.clip(images.permute(0, 2, 3, 1).cpu().numpy() * 255., 0, 255).astype(np.uint8)
 
 
+def save_png_grid(images, file, nrow, padding=2):
+  """The PNG of torchvision.utils.save_image, without importing torchvision (2 s of every process's start-up).
+
+  images: NCHW floats in [0, 1] (tensor or array). Tiles `nrow` per row with `padding` black pixels around each
+  (one image: no padding), grey images as RGB; pixel = clip(255·x + 0.5, 0, 255) truncated, as save_image.
+  """
+  from PIL import Image
+  x = images.detach().cpu().numpy() if hasattr(images, 'detach') else np.asarray(images)
+  x = np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x
+  if len(x) == 1:
+    grid = x[0]
+  else:
+    count, channels, height, width = x.shape
+    columns = min(nrow, count)
+    rows = -(-count // columns)
+    grid = np.zeros((channels, rows * (height + padding) + padding, columns * (width + padding) + padding), x.dtype)
+    for index, image in enumerate(x):
+      top = (index // columns) * (height + padding) + padding
+      left = (index % columns) * (width + padding) + padding
+      grid[:, top:top + height, left:left + width] = image
+  pixels = np.clip(grid * 255 + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+  Image.fromarray(pixels).save(file, format='png')
+
+
 # ---------------------------------------------------------------------------------------------- run-folder lock
 
 

@@ -308,7 +308,6 @@ def snapshot_samples(run, config, sde, sampling_eps, score_model, ema, step):
   except ImportError as error:
     logging.warning('Snapshot sampling skipped (%s)', error)
     return
-  import torchvision
   shape = (config.training.batch_size // run.world_size, config.data.num_channels, config.data.image_size,
            config.data.image_size)
   sampling_fn = sampling.get_sampling_fn(config, sde, shape, datasets.get_data_inverse_scaler(config), sampling_eps)
@@ -324,8 +323,8 @@ def snapshot_samples(run, config, sde, sampling_eps, score_model, ema, step):
     return
   folder = snapshot_folder(run, step)
   images = samples.clamp(0, 1)
-  plumbing.atomic_write(os.path.join(folder, 'sample.png'), lambda file: torchvision.utils.save_image(
-      images, file, nrow=int(np.sqrt(len(images))), padding=2, format='png'))
+  plumbing.atomic_write(os.path.join(folder, 'sample.png'),
+                        lambda file: plumbing.save_png_grid(images, file, int(np.sqrt(len(images)))))
   plumbing.atomic_write(os.path.join(folder, 'sample.npy'), lambda file: np.save(file, plumbing.to_uint8(images)))
 
 

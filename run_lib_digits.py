@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -72,6 +73,46 @@ class StageFailed(Exception):
   """A child process exited with an error; the message says where its output is."""
 
 
+class Stages:
+  """At most --jobs child processes at once; after a failure no new stage starts and the running ones are stopped."""
+
+  def __init__(self, jobs):
+    self.slots = threading.BoundedSemaphore(jobs)
+    self.running = set()
+    self.failed = threading.Event()
+    self.first_failure = None  # the message of the stage that failed first
+    self.lock = threading.Lock()
+
+  def run(self, command, environment, log_path, header, failure):
+    """(the child's exit status, its seconds): its output goes to log_path, or to the terminal when log_path is None;
+    `header` is printed when it starts, `failure` is kept should it fail first. The status is negative when the
+    child was stopped, or not started, because another stage failed."""
+    with self.slots:
+      with self.lock:
+        if self.failed.is_set():
+          return -1, 0.
+        tqdm.write(header)
+        sys.stdout.flush()  # the header before the child's own output, also when stdout is a pipe
+        start = time.time()
+        log = open(log_path, 'w') if log_path else None
+        child = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT if log else None)
+        self.running.add(child)
+      status = child.wait()
+      with self.lock:
+        self.running.discard(child)
+        if log:
+          log.close()
+        if status and not self.failed.is_set():
+          self.failed.set()
+          self.first_failure = failure
+          for other in self.running:
+            other.terminate()
+      return status, time.time() - start
+
+
+STAGES = None  # the Stages of this run, made in main()
+
+
 def stage_log(name):
   return results('logs', name.replace('/', '_').replace(' ', '_') + '.log')
 
@@ -81,29 +122,24 @@ def run_stage(script, args, kind, timings, name):
   the terminal; otherwise its output goes to stage_log(name)."""
   command = [sys.executable, os.path.join(REPO, script)] + args + (TINY[kind] if FLAGS.tiny else [])
   environment = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-  tqdm.write(f'== {name}: {" ".join(os.path.relpath(a, REPO) if a.startswith(REPO) else a for a in command[1:])}')
-  sys.stdout.flush()  # the header before the child's own output, also when stdout is a pipe
-  start = time.time()
-  if FLAGS.jobs == 1:
-    failed, where = subprocess.run(command, env=environment).returncode, 'its message is above'
-  else:
-    os.makedirs(os.path.dirname(stage_log(name)), exist_ok=True)
-    with open(stage_log(name), 'w') as log:
-      failed = subprocess.run(command, env=environment, stdout=log, stderr=subprocess.STDOUT).returncode
-    where = f'its output is in {stage_log(name)}'
-  if failed:
-    raise StageFailed(f'stage {name!r} failed; {where}')
-  timings[name] = round(time.time() - start, 1)
+  log_path = None if FLAGS.jobs == 1 else stage_log(name)
+  if log_path:
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  header = f'== {name}: {" ".join(os.path.relpath(a, REPO) if a.startswith(REPO) else a for a in command[1:])}'
+  where = 'its message is above' if log_path is None else f'its output is in {log_path}'
+  status, seconds = STAGES.run(command, environment, log_path, header, f'stage {name!r} failed; {where}')
+  if status:
+    raise StageFailed(STAGES.first_failure)
+  timings[name] = round(seconds, 1)
 
 
-def run_jobs(jobs, phase):
-  """{key: result of the callable} for {key: callable}, --jobs at a time, one progress bar for the phase."""
-  outcome = {}
-  with ThreadPoolExecutor(max_workers=FLAGS.jobs) as pool:
-    futures = {pool.submit(job): key for key, job in jobs.items()}
-    for future in tqdm(as_completed(futures), total=len(futures), desc=phase, position=0):
-      outcome[futures[future]] = future.result()
-  return outcome
+def finish(futures, phase, position):
+  """{key: result} of {key: future}, with one progress bar for the phase; the first failure is raised."""
+  with tqdm(total=len(futures), desc=phase, position=position) as bar:
+    for future in as_completed(futures.values()):
+      future.result()
+      bar.update()
+  return {key: future.result() for key, future in futures.items()}
 
 
 def final_checkpoint(workdir):
@@ -179,15 +215,25 @@ def train_reference():
 
 
 def run_experiment(seeds, timings):
-  """The score model, then every classifier, then every method's samples and metrics: {seed: {method: metrics}}."""
-  score = train('score', os.path.join(CONFIGS, 'score.py'), f'{RUN_ROOT}/score', FLAGS.score_seed, timings)
-  train_reference()
+  """The score model (the reference classifier meanwhile), then every classifier and every method's samples and
+  metrics, each method as soon as its classifier exists: {seed: {method: metrics}}."""
   losses = sorted({loss for _, loss, _ in METHODS})
-  classifiers = run_jobs({(seed, loss): lambda seed=seed, loss=loss: train_classifier(seed, loss, score, timings)
-                          for seed in seeds for loss in losses}, 'classifiers')
-  metrics = run_jobs({(seed, method): lambda seed=seed, method=method, loss=loss, scale=scale: sample_and_evaluate(
-                      seed, method, scale, classifiers[seed, loss], score, timings)
-                      for seed in seeds for method, loss, scale in METHODS}, 'sampling and evaluation')
+  with ThreadPoolExecutor(max_workers=len(seeds) * (len(losses) + len(METHODS)) + 1) as threads:
+    score_job = threads.submit(train, 'score', os.path.join(CONFIGS, 'score.py'), f'{RUN_ROOT}/score',
+                               FLAGS.score_seed, timings)
+    train_reference()
+    score = score_job.result()
+    classifiers = {(seed, loss): threads.submit(train_classifier, seed, loss, score, timings)
+                   for seed in seeds for loss in losses}
+    methods = {(seed, method): threads.submit(lambda seed, method, loss, scale: sample_and_evaluate(
+                   seed, method, scale, classifiers[seed, loss].result(), score, timings), seed, method, loss, scale)
+               for seed in seeds for method, loss, scale in METHODS}
+    try:
+      finish(classifiers, 'classifiers', 0)
+      metrics = finish(methods, 'sampling and evaluation', 1)
+    except StageFailed:
+      STAGES.failed.set()  # the other threads start nothing more
+      raise
   return {seed: {method: metrics[seed, method] for method, _, _ in METHODS} for seed in seeds}
 
 
@@ -230,15 +276,12 @@ def markdown_table(table, num_seeds):
 
 def write_grids(workdir, seed):
   """One PNG per method: row c holds the first 10 samples of class c (nearest-neighbour upscaled x4)."""
-  import torch
-  from torchvision.utils import save_image
   for method, _, _ in METHODS:
     samples_dir = os.path.join('results', RUN_ROOT, f'seed{seed}', method, 'eval_samples')
     images, labels = evaluation.load_class_samples(samples_dir, 10)
     rows = np.concatenate([images[labels == c][:10] for c in range(10)])
-    x = torch.from_numpy(rows).permute(0, 3, 1, 2).float() / 255.
-    x = torch.nn.functional.interpolate(x, scale_factor=4, mode='nearest')
-    save_image(x, os.path.join(workdir, f'samples_{method}.png'), nrow=len(rows) // 10, padding=2)
+    x = rows.transpose(0, 3, 1, 2).repeat(4, axis=2).repeat(4, axis=3) / 255.
+    plumbing.save_png_grid(x, os.path.join(workdir, f'samples_{method}.png'), nrow=len(rows) // 10)
 
 
 def write_table(workdir, per_seed, timings, total_seconds):
@@ -262,6 +305,8 @@ def main(argv):
   seeds = [int(s) for s in FLAGS.seeds.split(',')]
   os.makedirs(FLAGS.workdir, exist_ok=True)
   timings = {}
+  global STAGES
+  STAGES = Stages(FLAGS.jobs)
   try:
     per_seed = run_experiment(seeds, timings)
   except StageFailed as failure:

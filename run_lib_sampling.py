@@ -101,11 +101,9 @@ def write_npz(file, **arrays):
 
 def write_samples(path, samples):
   """The PNG grid (nrow = int(sqrt(B)), padding 2) first, then the npz that marks the batch complete."""
-  from torchvision.utils import save_image
   os.makedirs(os.path.dirname(path), exist_ok=True)
   nrow = int(np.sqrt(samples.shape[0]))
-  plumbing.atomic_write(path[:-len('.npz')] + '.png',
-                        lambda file: save_image(samples.cpu(), file, nrow=nrow, padding=2, format='png'))
+  plumbing.atomic_write(path[:-len('.npz')] + '.png', lambda file: plumbing.save_png_grid(samples, file, nrow))
   plumbing.atomic_write(path, lambda file: write_npz(file, samples=plumbing.to_uint8(samples)))
 
 

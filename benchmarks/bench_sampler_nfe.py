@@ -12,13 +12,13 @@ N(0, σ_max²) is not that marginal (the moons span about ±20), which a determi
 The oracle's target is the mixture on every 50th point of a class (100 per class, 0.63 apart on the arc): at σ ≥ 1 it
 is the same crescent as the full set, and its exact score costs 50× less.
 
-Digits: the score model and the total-loss classifier of a `make digits` run sample --digits_samples digits
-(balanced over the 10 classes) at guidance scale --digits_scale from the VE prior. Each run is measured in the
-feature space of the run's reference classifier: `recognised`, its class-wise averaged accuracy on the samples
-(how often it sees the asked-for digit), `fd`, the Fréchet distance between the samples' features and those of the
-real training split (1 438 digits, datasets.load_split(config, 'train')), and `cw_fd`, the class-wise averaged FD
-(a tenth of the samples against each class's ~144 training digits: large and noisy). `exact` rows are real test
-digits (the same number per class, drawn per seed) measured the same way: the floor at this sample size.
+Digits: the score model and the total-loss classifier (--digits_classifier) of a `make digits` run sample
+--digits_samples digits (balanced over the 10 classes) at guidance scale --digits_scale from the VE prior. Each run
+is measured in the feature space of the run's reference classifier: `recognised`, its class-wise averaged accuracy
+on the samples (how often it sees the asked-for digit), `fd`, the Fréchet distance between the samples' features and
+those of the real training split (1 438 digits, datasets.load_split(config, 'train')), and `cw_fd`, the class-wise
+averaged FD (a tenth of the samples against each class's ~144 training digits: large and noisy). `exact` rows are
+real test digits (the same number per class, drawn per seed) measured the same way: the floor at this sample size.
 
 Runs are independent jobs, each seeded by its own seed: --workers processes (one torch thread each) share them,
 the largest NFE first, and the rows come back in the jobs' order, the same as with --workers 1.
@@ -59,19 +59,20 @@ SAMPLERS = {
     'heun_churn': ('heun_churn', 'none', 'rho', lambda nfe: (nfe + 1) // 2),
     'dpm_solver_2m': ('dpm_solver_2m', 'none', 'rho', lambda nfe: nfe),
 }
-CHURN = dict(S_churn=10., S_tmin=0., S_tmax=1e9, S_noise=1.)
+CHURN = dict(S_churn=10., S_tmin=0., S_tmax=1e9, S_noise=1.)  # the toy's; digits use configs/digits/eval.py's
 PC_NFES = (10, 20, 50, 100, 200, 500, 1000, 2000)
 GRID_NFES = (10, 20, 50, 100, 200, 500)
 DIGITS_PC_NFES = (20, 50, 100, 200, 500, 2000)
 DIGITS_NFES = (10, 20, 50, 100, 200)
 
 
-def build_sampler(name, sde_of_steps, nfe, shape, eps, device='cpu', scale=1., snr=0.16):
-  """(sampler, its SDE) of `name` for an NFE budget, on the SDE discretised with the grid's steps."""
+def build_sampler(name, sde_of_steps, nfe, shape, eps, device='cpu', scale=1., snr=0.16, churn=CHURN):
+  """(sampler, its SDE) of `name` for an NFE budget, on the SDE discretised with the grid's steps; `churn` holds
+  heun_churn's S_churn, S_tmin, S_tmax, S_noise."""
   predictor, corrector, grid, steps_of = SAMPLERS[name]
   steps = steps_of(nfe)
   sde = sde_of_steps(steps)
-  options = dict(CHURN, num_steps=steps) if predictor == 'heun_churn' else None
+  options = dict(churn, num_steps=steps) if predictor == 'heun_churn' else None
   sampler = sampling.get_pc_sampler(sde, shape, predictor, corrector, lambda x: x, snr, n_steps=1,
                                     continuous=True, denoise=True, eps=eps, device=device, scale=scale, grid=grid,
                                     num_steps=steps, predictor_options=options)
@@ -272,15 +273,15 @@ def collect(jobs, finished, line_of):
 
 # ---------------------------------------------------------------------------------------------- digits
 
-DIGITS_RUNS = {'score model': 'score', 'total-loss classifier': '{seed_dir}/classifier_total'}  # under --digits_root
+DIGITS_RUNS = {'score model': 'score', 'classifier': '{seed_dir}/classifier_{loss}'}  # under --digits_root
 
 
-def digits_files(root, seed_dir):
+def digits_files(root, seed_dir, loss='total'):
   """{what: path} of a digits run: the newest intact checkpoint of each training run and the reference classifier;
   exits with one line naming the first that is missing."""
   paths = {}
   for what, run in DIGITS_RUNS.items():
-    folder = os.path.join(root, run.format(seed_dir=seed_dir), 'checkpoints')
+    folder = os.path.join(root, run.format(seed_dir=seed_dir, loss=loss), 'checkpoints')
     paths[what] = ckpt.latest_checkpoint(folder) or missing(what, os.path.join(folder, 'checkpoint_<step>.pth'))
   reference = os.path.join(root, 'reference_classifier.pth')
   paths['reference classifier'] = reference if os.path.isfile(reference) else missing('reference classifier',
@@ -297,7 +298,7 @@ def digits_config(paths, device):
   from configs.digits import eval as digits_eval
   config = digits_eval.get_config()
   config.model.score_restore_path = paths['score model']
-  config.model.classifier_restore_path = paths['total-loss classifier']
+  config.model.classifier_restore_path = paths['classifier']
   config.eval.reference_classifier = paths['reference classifier']
   config.device = device
   return config
@@ -339,7 +340,8 @@ def digits_samples(name, nfe, seed, state):
   config, sde = state['config'], state['sde']
   shape = (len(state['labels']), config.data.num_channels, config.data.image_size, config.data.image_size)
   sampler = build_sampler(name, lambda steps: sampling.sde_with_steps(config, sde, steps), nfe, shape, state['eps'],
-                          device=config.device, scale=state['scale'], snr=config.sampling.snr)[0]
+                          device=config.device, scale=state['scale'], snr=config.sampling.snr,
+                          churn={name: float(config.sampling[name]) for name in CHURN})[0]
   labels = torch.as_tensor(state['labels'], device=config.device)
   torch.manual_seed(seed)
   begin = time.perf_counter()
@@ -534,7 +536,9 @@ def report_digits(args, paths):
   (rows, state), timing = timed(lambda: digits_part(args, paths))
   files = {what: dict(path=path, fingerprint=ckpt.checkpoint_fingerprint(path)) for what, path in paths.items()}
   workers = digits_workers(args)
-  print_digits(rows, args.out, dict(timing, workers=workers, churn=CHURN, files=files, real_split='train',
+  churn = {name: float(state['config'].sampling[name]) for name in CHURN}
+  print_digits(rows, args.out, dict(timing, workers=workers, churn=churn, files=files, real_split='train',
+                                    classifier=args.digits_classifier,
                                     reference_test_accuracy=state['reference'].test_accuracy, device=args.device))
   print(f'\ndigits part: {timing["seconds"]:.0f} s wall with {workers} worker(s) (load average '
         f'{os.getloadavg()[0]:.1f})')
@@ -571,6 +575,8 @@ def parse_args(argv=None):
   parser.add_argument('--toy_samples', type=int, default=1000, help='samples per class and run')
   parser.add_argument('--digits_root', default='results/digits', help='digits: the run folder of make digits')
   parser.add_argument('--digits_seed_dir', default='seed0', help='digits: the seed folder of the classifier')
+  parser.add_argument('--digits_classifier', default='total', choices=['total', 'ce', 'dlsm'],
+                      help='digits: the loss of the guiding classifier (classifier_<loss> of the seed folder)')
   parser.add_argument('--digits_samples', type=int, default=250, help='digits: samples per run (class = index mod 10)')
   parser.add_argument('--digits_scale', type=float, default=1., help='digits: guidance scale λ')
   parser.add_argument('--digits_pc_nfes', type=int, nargs='+', default=list(DIGITS_PC_NFES), help='digits: PC NFEs')
@@ -588,7 +594,7 @@ def main(argv=None):
     return
   if not (args.toy or args.digits):
     sys.exit('bench_sampler_nfe.py: error: choose --toy and/or --digits (or --toy_from / --digits_from)')
-  digits_paths = digits_files(args.digits_root, args.digits_seed_dir) if args.digits else None
+  digits_paths = digits_files(args.digits_root, args.digits_seed_dir, args.digits_classifier) if args.digits else None
   torch.set_num_threads(args.num_threads)
   if args.toy:
     report_toy(args)

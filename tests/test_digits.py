@@ -111,3 +111,26 @@ def test_tiny_digits_rerun_reuses_every_finished_stage(tiny_digits_run):
   assert again.returncode == 0, again.stderr[-3000:]
   assert '== digits/' not in again.stdout  # no stage starts again
   assert (cwd / 'digits_run' / 'digits_table.md').read_text().split('Wall time')[0] == table.split('Wall time')[0]
+
+
+def test_tiny_digits_run_logs_every_stage_it_ran_side_by_side(tiny_digits_run):
+  cwd, result = tiny_digits_run
+  logs = sorted(path.name for path in (cwd / 'results' / 'digits' / 'logs').iterdir())
+  assert len(logs) == 1 + 3 + 4 * 4 and 'digits_seed3_ours_sampling.log' in logs
+  sampling_log = (cwd / 'results' / 'digits' / 'logs' / 'digits_seed3_ours_sampling.log').read_text()
+  assert 'batches of 10 left to sample' in sampling_log
+
+
+def test_a_failed_stage_stops_with_one_line_naming_its_log(tmp_path):
+  """The score stage fails (another process holds its run folder): the driver ends with one line, no traceback,
+  naming the stage's log, which holds the stage's own one-line error."""
+  import plumbing
+  with plumbing.RunFolderLock(str(tmp_path / 'results' / 'digits' / 'score')):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / 'run_lib_digits.py'), '--tiny', '--seeds', '0'],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == ("run_lib_digits.py: error: stage 'digits/score' failed; its "
+                                                    "output is in results/digits/logs/digits_score.log")
+  log = (tmp_path / 'results' / 'digits' / 'logs' / 'digits_score.log').read_text()
+  assert 'is in use by pid' in log and 'Traceback' not in log

@@ -308,3 +308,14 @@ def test_is_complete_rejects_broken_files(tmp_path):
   with open(tmp_path / 'again.npz', 'wb') as file:
     rls.write_npz(file, samples=samples)
   assert (tmp_path / 'again.npz').read_bytes() == good.read_bytes()
+
+
+@pytest.mark.parametrize('count, channels, nrow', [(7, 1, 3), (4, 3, 2), (1, 3, 1), (5, 3, 8)])
+def test_png_grid_equals_torchvision_save_image(tmp_path, count, channels, nrow):
+  """plumbing.save_png_grid writes the pixels of torchvision's save_image (grey as RGB, padding, rounding, clipping)."""
+  import torchvision
+  images = torch.rand(count, channels, 5, 6, generator=torch.Generator().manual_seed(count)) * 1.2 - 0.1
+  plumbing.save_png_grid(images, tmp_path / 'ours.png', nrow)
+  torchvision.utils.save_image(images, tmp_path / 'torchvision.png', nrow=nrow, padding=2)
+  ours, theirs = (np.asarray(Image.open(tmp_path / name)) for name in ('ours.png', 'torchvision.png'))
+  assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
