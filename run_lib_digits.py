@@ -24,6 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
+import torch
 from absl import app, flags
 from tqdm.auto import tqdm
 
@@ -206,7 +207,9 @@ def evaluated(metrics):
 
 
 def train_reference():
-  """The reference classifier, trained once here before the evaluations that share it run side by side."""
+  """The reference classifier, trained once here (on one thread, beside the score model's stage) before the
+  evaluations that share it run side by side."""
+  torch.set_num_threads(1)
   config = digits_eval.get_config()
   config.eval.reference_classifier = REFERENCE
   if FLAGS.tiny:
