@@ -33,7 +33,7 @@ def set_digits_ncsnpp(model):
   model.num_res_blocks = 1
   model.attn_resolutions = (4,)
   model.sigma_max = 5  # about the largest distance between two training digits in [0, 1] units (4.8)
-  model.num_scales = 40  # PC sampling steps
+  model.num_scales = 40  # the σ table; PC steps when sampling.num_steps is 0 (eval.py samples with its own grid)
   model.dropout = 0.
 
 
