@@ -219,7 +219,8 @@ def train_reference():
 
 def run_experiment(seeds, timings):
   """The score model (the reference classifier meanwhile), then every classifier and every method's samples and
-  metrics, each method as soon as its classifier exists: {seed: {method: metrics}}."""
+  metrics; a method waits for its own classifier only, so it can take a slot that the last classifiers leave free:
+  {seed: {method: metrics}}."""
   losses = sorted({loss for _, loss, _ in METHODS})
   with ThreadPoolExecutor(max_workers=len(seeds) * (len(losses) + len(METHODS)) + 1) as threads:
     score_job = threads.submit(train, 'score', os.path.join(CONFIGS, 'score.py'), f'{RUN_ROOT}/score',
