@@ -335,13 +335,18 @@ def digits_metrics(images, labels, state):
               fd=evaluation.frechet_distance(real_all, features), cw_fd=evaluation.classwise_average(class_fd))
 
 
+def config_churn(config):
+  """heun_churn's S_churn, S_tmin, S_tmax, S_noise from config.sampling (the digits config's, not the toy's CHURN)."""
+  return {name: float(config.sampling[name]) for name in CHURN}
+
+
 def digits_samples(name, nfe, seed, state):
   """(uint8 NHWC samples, true NFE, seconds) of one guided run on the digits networks."""
   config, sde = state['config'], state['sde']
   shape = (len(state['labels']), config.data.num_channels, config.data.image_size, config.data.image_size)
   sampler = build_sampler(name, lambda steps: sampling.sde_with_steps(config, sde, steps), nfe, shape, state['eps'],
                           device=config.device, scale=state['scale'], snr=config.sampling.snr,
-                          churn={name: float(config.sampling[name]) for name in CHURN})[0]
+                          churn=config_churn(config))[0]
   labels = torch.as_tensor(state['labels'], device=config.device)
   torch.manual_seed(seed)
   begin = time.perf_counter()
@@ -536,7 +541,7 @@ def report_digits(args, paths):
   (rows, state), timing = timed(lambda: digits_part(args, paths))
   files = {what: dict(path=path, fingerprint=ckpt.checkpoint_fingerprint(path)) for what, path in paths.items()}
   workers = digits_workers(args)
-  churn = {name: float(state['config'].sampling[name]) for name in CHURN}
+  churn = config_churn(state['config'])
   print_digits(rows, args.out, dict(timing, workers=workers, churn=churn, files=files, real_split='train',
                                     classifier=args.digits_classifier,
                                     reference_test_accuracy=state['reference'].test_accuracy, device=args.device))
