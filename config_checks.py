@@ -86,6 +86,7 @@ def check_pc_sampler(config):
   sampling, sde_name = config.sampling, config.training.sde.lower()
   predictor, corrector = sampling.predictor.lower(), sampling.corrector.lower()
   require_positive(config, 'sampling.n_steps_each', 'sampling.snr')
+  require(config, 'sampling.eta', 'a number >= 0', lambda eta: isinstance(eta, (int, float)) and eta >= 0)
   if predictor == 'ancestral_sampling' and sampling.probability_flow:
     raise ConfigError('sampling.predictor=ancestral_sampling has no probability-flow form: set '
                       'sampling.probability_flow=False or use sampling.predictor=reverse_diffusion')

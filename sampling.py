@@ -222,10 +222,15 @@ def stochastic_heun_predictor(sde, score_fn, probability_flow=False, S_churn=0.,
 
 
 @register_predictor('dpm_solver_2m')
-def dpm_solver_2m_predictor(sde, score_fn, probability_flow=True):
-  """DPM-Solver++(2M) (Lu et al. 2022): the flow's exponential integrator in log σ on the denoised estimate
+def dpm_solver_2m_predictor(sde, score_fn, probability_flow=True, eta=0., S_noise=1.):
+  """DPM-Solver++(2M) (Lu et al. 2022): the exponential integrator in log σ on the denoised estimate
   D = x̂ + σ²·s·score, second order through the previous step's D; one evaluation per step, first order on the
-  first step and on the last (which returns D itself). Keeps the previous step: build one per sampling run."""
+  first step and on the last (which returns D itself). Keeps the previous step: build one per sampling run.
+
+  η ≥ 0 is the SDE form (SDE-DPM-Solver++(2M)): the reverse SDE whose Langevin part is η times that of the
+  original reverse SDE (Karras et al. 2022, eq. 6 with β = η·σ̇/σ): η = 0 is the probability-flow ODE, η = 1 the
+  reverse SDE, η > 1 mixes more at every noise level. Per step h = log(σ/σ'), x̂' = e^{−(1+η)h}·x̂ +
+  (1 − e^{−(1+η)h})·D₂ + σ'·√(1 − e^{−2ηh})·S_noise·z, exact when D is constant."""
   previous = {}
 
   def update(x, t, t_next):
@@ -238,9 +243,13 @@ def dpm_solver_2m_predictor(sde, score_fn, probability_flow=True):
       half_inverse_ratio = batch_broadcast(torch.log(sigma / sigma_next) / torch.log(previous['sigma'] / sigma) / 2, x)
       estimate = (1 + half_inverse_ratio) * denoised - half_inverse_ratio * previous['denoised']
     previous.update(sigma=sigma, denoised=denoised)
-    ratio = batch_broadcast(sigma_next / sigma, x)
-    x = (ratio * x_hat + (1 - ratio) * estimate) * batch_broadcast(s_next, x)
-    return x, x, 1
+    ratio = sigma_next / sigma
+    decay = batch_broadcast(ratio * ratio ** eta, x)  # e^{−(1+η)h}
+    x_mean = decay * x_hat + (1 - decay) * estimate
+    x = x_mean
+    if eta:
+      x = x + batch_broadcast(sigma_next * torch.sqrt(1 - ratio ** (2 * eta)), x) * S_noise * torch.randn_like(x)
+    return x * batch_broadcast(s_next, x), x_mean * batch_broadcast(s_next, x), 1
   return update
 
 
@@ -502,8 +511,11 @@ def sde_with_steps(config, sde, num_steps):
   return sde_lib.get_sde(resized)[0]
 
 
-def _predictor_options(sampling_config, predictor, num_steps):
-  """The config fields the predictor's builder takes: heun_churn's S_churn, S_tmin, S_tmax, S_noise."""
+def predictor_options(sampling_config, predictor, num_steps):
+  """The config fields the predictor's builder takes: heun_churn's S_churn, S_tmin, S_tmax, S_noise and
+  dpm_solver_2m's eta, S_noise."""
+  if predictor == 'dpm_solver_2m':
+    return {name: float(sampling_config.get(name, default)) for name, default in (('eta', 0.), ('S_noise', 1.))}
   if predictor != 'heun_churn':
     return {}
   options = {name: float(sampling_config[name]) for name in ('S_churn', 'S_tmin', 'S_tmax', 'S_noise')}
@@ -535,7 +547,7 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps):
     sampler = get_pc_sampler(sde_with_steps(config, sde, num_steps), shape, predictor, s.corrector.lower(),
                              inverse_scaler, s.snr, n_steps=s.n_steps_each, probability_flow=s.probability_flow,
                              denoise=s.noise_removal, grid=s.get('grid', 'linear'), num_steps=num_steps,
-                             rho=s.get('rho', 7.), predictor_options=_predictor_options(s, predictor, num_steps),
+                             rho=s.get('rho', 7.), predictor_options=predictor_options(s, predictor, num_steps),
                              **common)
   else:
     raise ValueError(f'unknown sampling.method {s.method!r}; use pc or ode')

@@ -52,30 +52,34 @@ from toy import metrics as toy_metrics  # noqa: E402
 from toy import samplers as toy_samplers  # noqa: E402
 
 # name: (predictor, corrector, grid, grid steps for an NFE budget). PC evaluates twice per step; Heun twice but once
-# on its last step (2N − 1); DPM-Solver++(2M) once.
+# on its last step (2N − 1); DPM-Solver++(2M) once, as the flow (η = 0) or as the SDE with the options' η.
 SAMPLERS = {
     'pc': ('reverse_diffusion', 'langevin', 'linear', lambda nfe: nfe // 2),
     'heun': ('heun', 'none', 'rho', lambda nfe: (nfe + 1) // 2),
     'heun_churn': ('heun_churn', 'none', 'rho', lambda nfe: (nfe + 1) // 2),
     'dpm_solver_2m': ('dpm_solver_2m', 'none', 'rho', lambda nfe: nfe),
+    'dpm_solver_2m_sde': ('dpm_solver_2m', 'none', 'rho', lambda nfe: nfe),
 }
-CHURN = dict(S_churn=10., S_tmin=0., S_tmax=1e9, S_noise=1.)  # the toy's; digits use configs/digits/eval.py's
+# The toy's heun_churn churn and SDE-DPM-Solver η; digits use configs/digits/eval.py's (config_options).
+TOY_OPTIONS = dict(S_churn=10., S_tmin=0., S_tmax=1e9, S_noise=1., eta=1.)
 PC_NFES = (10, 20, 50, 100, 200, 500, 1000, 2000)
 GRID_NFES = (10, 20, 50, 100, 200, 500)
 DIGITS_PC_NFES = (20, 50, 100, 200, 500, 2000)
 DIGITS_NFES = (10, 20, 50, 100, 200)
 
 
-def build_sampler(name, sde_of_steps, nfe, shape, eps, device='cpu', scale=1., snr=0.16, churn=CHURN):
-  """(sampler, its SDE) of `name` for an NFE budget, on the SDE discretised with the grid's steps; `churn` holds
-  heun_churn's S_churn, S_tmin, S_tmax, S_noise."""
+def build_sampler(name, sde_of_steps, nfe, shape, eps, device='cpu', scale=1., snr=0.16, options=TOY_OPTIONS):
+  """(sampler, its SDE) of `name` for an NFE budget, on the SDE discretised with the grid's steps; `options` holds
+  heun_churn's S_churn, S_tmin, S_tmax, S_noise and dpm_solver_2m_sde's eta, S_noise."""
   predictor, corrector, grid, steps_of = SAMPLERS[name]
   steps = steps_of(nfe)
   sde = sde_of_steps(steps)
-  options = dict(churn, num_steps=steps) if predictor == 'heun_churn' else None
+  if name == 'dpm_solver_2m':
+    options = dict(options, eta=0.)  # the flow
   sampler = sampling.get_pc_sampler(sde, shape, predictor, corrector, lambda x: x, snr, n_steps=1,
                                     continuous=True, denoise=True, eps=eps, device=device, scale=scale, grid=grid,
-                                    num_steps=steps, predictor_options=options)
+                                    num_steps=steps, predictor_options=sampling.predictor_options(options, predictor,
+                                                                                                  steps))
   return sampler, sde
 
 
@@ -335,9 +339,9 @@ def digits_metrics(images, labels, state):
               fd=evaluation.frechet_distance(real_all, features), cw_fd=evaluation.classwise_average(class_fd))
 
 
-def config_churn(config):
-  """heun_churn's S_churn, S_tmin, S_tmax, S_noise from config.sampling (the digits config's, not the toy's CHURN)."""
-  return {name: float(config.sampling[name]) for name in CHURN}
+def config_options(config):
+  """heun_churn's and dpm_solver_2m_sde's options from config.sampling (the digits config's, not TOY_OPTIONS)."""
+  return {name: float(config.sampling[name]) for name in TOY_OPTIONS}
 
 
 def digits_samples(name, nfe, seed, state):
@@ -346,7 +350,7 @@ def digits_samples(name, nfe, seed, state):
   shape = (len(state['labels']), config.data.num_channels, config.data.image_size, config.data.image_size)
   sampler = build_sampler(name, lambda steps: sampling.sde_with_steps(config, sde, steps), nfe, shape, state['eps'],
                           device=config.device, scale=state['scale'], snr=config.sampling.snr,
-                          churn=config_churn(config))[0]
+                          options=config_options(config))[0]
   labels = torch.as_tensor(state['labels'], device=config.device)
   torch.manual_seed(seed)
   begin = time.perf_counter()
@@ -417,10 +421,10 @@ def summarise(rows, metric, group_keys):
 
 def print_table(rows, metrics, group_keys):
   stats = {metric: summarise(rows, metric, group_keys) for metric in metrics}
-  print('\n' + ''.join(f'{k:>14}' for k in group_keys) + ''.join(f'{m:>19}' for m in metrics))
+  print('\n' + ''.join(f'{k:>18}' for k in group_keys) + ''.join(f'{m:>19}' for m in metrics))
   for key in sorted(stats[metrics[0]], key=lambda k: (k[:-2], k[-2] != 'exact', k[-2], k[-1])):
     cells = ''.join(f'{stats[m][key][0]:>11.3f} ± {stats[m][key][1]:<5.3f}' for m in metrics)
-    print(''.join(f'{v:>14}' for v in key) + cells)
+    print(''.join(f'{v:>18}' for v in key) + cells)
 
 
 def markdown_table(rows, metrics, group_keys, decimals=2):
@@ -532,7 +536,7 @@ def timed(part):
 
 def report_toy(args):
   rows, timing = timed(lambda: toy_part(args))
-  print_toy(rows, args.out, dict(timing, workers=args.workers, churn=CHURN))
+  print_toy(rows, args.out, dict(timing, workers=args.workers, options=TOY_OPTIONS))
   print(f'\ntoy part: {timing["seconds"]:.0f} s wall with {args.workers} worker(s) (load average '
         f'{os.getloadavg()[0]:.1f})')
 
@@ -541,8 +545,8 @@ def report_digits(args, paths):
   (rows, state), timing = timed(lambda: digits_part(args, paths))
   files = {what: dict(path=path, fingerprint=ckpt.checkpoint_fingerprint(path)) for what, path in paths.items()}
   workers = digits_workers(args)
-  churn = config_churn(state['config'])
-  print_digits(rows, args.out, dict(timing, workers=workers, churn=churn, files=files, real_split='train',
+  options = config_options(state['config'])
+  print_digits(rows, args.out, dict(timing, workers=workers, options=options, files=files, real_split='train',
                                     classifier=args.digits_classifier,
                                     reference_test_accuracy=state['reference'].test_accuracy, device=args.device))
   print(f'\ndigits part: {timing["seconds"]:.0f} s wall with {workers} worker(s) (load average '

@@ -41,7 +41,8 @@ def get_default_configs():
   sampling.S_churn = 0.  # predictor heun_churn: total churn over the grid, noise raised by γ = min(S_churn/N, √2−1)
   sampling.S_tmin = 0.  # heun_churn: churn only where S_tmin ≤ σ ≤ S_tmax
   sampling.S_tmax = 1e9
-  sampling.S_noise = 1.  # heun_churn: scale of the added noise
+  sampling.S_noise = 1.  # heun_churn, dpm_solver_2m: scale of the added noise
+  sampling.eta = 0.  # dpm_solver_2m: Langevin strength; 0 the probability-flow ODE, 1 the reverse SDE, > 1 more mixing
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 9  # parity: the base repository's checkpoint-sweep evaluation, absent from DLSM

@@ -95,3 +95,21 @@ def test_help_lists_every_flag(capsys):
   with pytest.raises(SystemExit) as exit_:
     load_benchmark().parse_args(['--help'])
   assert exit_.value.code == 0 and '--digits_samples' in capsys.readouterr().out
+
+
+def test_dpm_solver_2m_is_the_flow_and_its_sde_form_takes_eta():
+  import sde_lib
+  bench = load_benchmark()
+  sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=5., N=10)
+  z = torch.randn(8, 2) * 5
+
+  def sample(name, eta):
+    sampler, _ = bench.build_sampler(name, lambda steps: sde, 10, (8, 2), 1e-5,
+                                     options=dict(bench.TOY_OPTIONS, eta=eta))
+    torch.manual_seed(0)
+    return sampler(lambda x, t: -x / (1 + sde.sigma(t)[:, None] ** 2), z=z)
+
+  (flow, nfe), (flow_any_eta, _) = sample('dpm_solver_2m', 0.), sample('dpm_solver_2m', 10.)
+  (reverse_sde, sde_nfe), (more_mixing, _) = sample('dpm_solver_2m_sde', 1.), sample('dpm_solver_2m_sde', 10.)
+  assert nfe == sde_nfe == 10 and torch.equal(flow, flow_any_eta)
+  assert not torch.allclose(flow, reverse_sde) and not torch.allclose(reverse_sde, more_mixing)

@@ -30,6 +30,7 @@ EXTRAS = {
     'training.allow_tf32': False, 'sampling.ode_rtol': 1e-5, 'sampling.ode_atol': 1e-5,
     'sampling.allow_negative_scale': False, 'sampling.grid': 'linear', 'sampling.num_steps': 0, 'sampling.rho': 7.,
     'sampling.S_churn': 0., 'sampling.S_tmin': 0., 'sampling.S_tmax': 1e9, 'sampling.S_noise': 1.,
+    'sampling.eta': 0.,
 }
 
 DEFAULTS = {

@@ -259,6 +259,9 @@ def test_grid_samplers_hit_the_class_conditionals(sde_name, predictor):
   assert abs(std - DATA_STD) < 0.1, std
 
 
+PREDICTOR_OPTIONS = {'heun_churn': dict(S_churn=5., num_steps=7), 'dpm_solver_2m': dict(eta=10.)}
+
+
 @pytest.mark.parametrize('predictor,corrector,grid', [
     ('heun', 'none', 'rho'), ('heun_churn', 'none', 'rho'), ('dpm_solver_2m', 'none', 'linear'),
     ('reverse_diffusion', 'langevin', 'linear'), ('none', 'ald', 'linear'), ('euler_maruyama', 'none', 'linear')])
@@ -267,7 +270,7 @@ def test_reported_nfe_is_the_number_of_network_calls(predictor, corrector, grid)
   counting = _CountingScore(mixture_fns(sde)[0])
   sampler = sampling.get_pc_sampler(sde, (4, 2), predictor, corrector, lambda x: x, snr=0.16, n_steps=2, eps=eps,
                                     device='cpu', grid=grid, predictor_options=(
-                                        dict(S_churn=5., num_steps=7) if predictor == 'heun_churn' else None))
+                                        PREDICTOR_OPTIONS.get(predictor)))
   _, nfe = sampler(counting)
   assert nfe == counting.calls > 0
 
@@ -277,6 +280,37 @@ def test_stochastic_heun_without_churn_is_the_deterministic_heun():
   y, _ = _run_grid_sampler('vp', 'heun_churn', 10, dict(S_churn=0., num_steps=10))
   z, _ = _run_grid_sampler('vp', 'heun_churn', 10, dict(S_churn=5., num_steps=10))
   assert torch.equal(x, y) and not torch.allclose(x, z)
+
+
+@pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
+@pytest.mark.parametrize('eta', [1., 10.])
+def test_sde_dpm_solver_hits_the_class_conditionals(sde_name, eta):
+  x, nfe = _run_grid_sampler(sde_name, 'dpm_solver_2m', 40, dict(eta=eta))
+  means, std = _class_stats(x)
+  assert nfe == 40
+  assert torch.allclose(means, MEANS, atol=0.15), means
+  assert abs(std - DATA_STD) < 0.1, std
+
+
+def test_sde_dpm_solver_without_langevin_is_the_flow():
+  x, _ = _run_grid_sampler('vp', 'dpm_solver_2m', 10, None)
+  y, _ = _run_grid_sampler('vp', 'dpm_solver_2m', 10, dict(eta=0.))
+  z, _ = _run_grid_sampler('vp', 'dpm_solver_2m', 10, dict(eta=1.))
+  assert torch.equal(x, y) and not torch.allclose(x, z)
+
+
+def test_sde_dpm_solver_step_is_exact_for_a_constant_denoiser():
+  """With D fixed (a point mass at 0: score −x/σ²) one step from σ to σ' gives N(e^{−(1+η)h}·x, σ'²(1 − e^{−2ηh}))."""
+  sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=50., N=1000)
+  t, t_next = torch.full((20000,), 0.8), torch.full((20000,), 0.5)
+  sigma, sigma_next = sde.sigma(t[:1]).item(), sde.sigma(t_next[:1]).item()
+  update = sampling.get_predictor('dpm_solver_2m')(sde, lambda x, t: -x / sde.sigma(t)[:, None] ** 2, eta=3.)
+  torch.manual_seed(0)
+  x, x_mean, nfe = update(torch.full((20000, 1), 2.), t, t_next)
+  decay = (sigma_next / sigma) ** 4
+  assert nfe == 1 and torch.allclose(x_mean, torch.full_like(x_mean, 2 * decay))
+  assert abs(x.mean().item() - 2 * decay) < 0.02
+  assert abs(x.std().item() / (sigma_next * (1 - (sigma_next / sigma) ** 6) ** 0.5) - 1) < 0.02
 
 
 def test_table_predictors_refuse_other_grids():
@@ -296,6 +330,23 @@ def test_get_sampling_fn_builds_the_grid_samplers_from_the_config():
   torch.manual_seed(0)
   x, nfe = sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)(score_fn, logits_fn, LABELS)
   assert nfe == 79
+  assert torch.allclose(_class_stats(x)[0], MEANS, atol=0.15)
+
+
+def test_get_sampling_fn_passes_eta_to_the_sde_dpm_solver(monkeypatch):
+  from tests.helpers import load_config
+  config = load_config('configs/eval/cifar10/eval_cifar10_configs.py')
+  config.device = 'cpu'
+  config.sampling.update(dict(predictor='dpm_solver_2m', corrector='none', grid='rho', num_steps=40, eta=10.,
+                              S_noise=1.01))
+  seen = {}
+  builder = sampling.get_predictor('dpm_solver_2m')
+  monkeypatch.setitem(sampling._PREDICTORS, 'dpm_solver_2m', lambda *a, **options: seen.update(options) or builder(
+      *a, **options))
+  sde, eps = sde_lib.get_sde(config)
+  score_fn, logits_fn = mixture_fns(sde)
+  x, nfe = sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)(score_fn, logits_fn, LABELS)
+  assert seen == dict(eta=10., S_noise=1.01) and nfe == 40
   assert torch.allclose(_class_stats(x)[0], MEANS, atol=0.15)
 
 

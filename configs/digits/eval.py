@@ -1,10 +1,11 @@
 """Sampling and evaluation of the digits experiment (run_lib_sampling.py, run_lib_evaluation.py).
 
 Features: the reference classifier (a CNN trained on the real training split), not Inception. Sampling: guided
-stochastic Heun with churn on the ρ grid (100 steps, 199 network evaluations), 50 samples per class in one round.
-With one total-loss classifier (seed 0) its samples were recognised in 0.83 of cases, those of 50 churned steps in
-0.78 and of guided PC with 40 steps (80 evaluations) in 0.44; benchmarks/bench_sampler_nfe.py --digits measures every
-sampler side by side.
+SDE-DPM-Solver++(2M) on the ρ grid, 100 steps (100 network evaluations) with η = 10, ten times the reverse SDE's
+Langevin mixing, 50 samples per class in one round. benchmarks/bench_sampler_nfe.py --digits measures every sampler
+side by side: with one total-loss classifier (seed 0, 250 samples, 3 sampling seeds) these samples were recognised
+in 0.87 of cases, as with guided PC at 2 000 evaluations, against 0.82 for churned Heun with 199 and 0.53 for any
+deterministic sampler; η = 1 (the reverse SDE) gave 0.73 and η = 20 0.88 with a worse FD.
 """
 from configs.digits.default_digits_configs import get_digits_configs
 
@@ -15,9 +16,10 @@ def get_config():
   config.sampling.conditional = True
   config.sampling.scaling_factor = 1.0
   sampling = config.sampling
-  sampling.predictor, sampling.corrector = 'heun_churn', 'none'
+  sampling.predictor, sampling.corrector = 'dpm_solver_2m', 'none'
   sampling.grid, sampling.num_steps = 'rho', 100
-  sampling.S_churn = 50.  # γ = min(S_churn / num_steps, √2 − 1) = √2 − 1: the most churn, at every step
+  sampling.eta = 10.  # the SDE form with 10× the reverse SDE's Langevin mixing
+  sampling.S_churn = 50.  # heun_churn (the benchmark's): γ = min(S_churn / num_steps, √2 − 1) = √2 − 1 at every step
   evaluate = config.eval
   evaluate.num_samples = 500  # 50 per class, one round
   evaluate.batch_size = 500
