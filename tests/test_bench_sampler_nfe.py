@@ -50,13 +50,15 @@ def digits_root(tmp_path_factory):
 def test_digits_rows_have_every_field_and_the_true_nfe(digits_root, tmp_path):
   bench = load_benchmark()
   out = tmp_path / 'out'
-  bench.main(['--digits', '--digits_root', str(digits_root), '--samplers', 'pc', 'heun', '--digits_pc_nfes', '4',
-              '--digits_nfes', '3', '--seeds', '0', '--digits_samples', '20', '--workers', '1', '--out', str(out)])
+  bench.main(['--digits', '--digits_root', str(digits_root), '--samplers', 'pc', 'heun', 'dpm_solver_2m_sde',
+              '--digits_pc_nfes', '4', '--digits_nfes', '3', '--seeds', '0', '--digits_samples', '20', '--workers', '1',
+              '--digits_eta', '3', '--out', str(out)])
   report = json.loads((out / 'sampler_nfe_digits.json').read_text())
   rows = {row['sampler']: row for row in report['rows']}
-  assert sorted(rows) == ['exact', 'heun', 'pc']
+  assert sorted(rows) == ['dpm_solver_2m_sde', 'exact', 'heun', 'pc']
   assert all(DIGITS_ROW_FIELDS <= set(row) for row in rows.values())
   assert (rows['pc']['nfe'], rows['heun']['nfe'], rows['exact']['nfe']) == (4, 3, 0)  # 2 PC steps; Heun 2·2 − 1
+  assert rows['dpm_solver_2m_sde']['nfe'] == 3 and report['options']['eta'] == 3.
   assert all(row['samples'] == 20 and row['class'] == 'all' and row['scale'] == 1. for row in rows.values())
   assert all(np.isfinite([row['recognised'], row['fd'], row['cw_fd']]).all() for row in rows.values())
   assert report['real_split'] == 'train' and report['reference_test_accuracy'] == 0.1
@@ -113,3 +115,15 @@ def test_dpm_solver_2m_is_the_flow_and_its_sde_form_takes_eta():
   (reverse_sde, sde_nfe), (more_mixing, _) = sample('dpm_solver_2m_sde', 1.), sample('dpm_solver_2m_sde', 10.)
   assert nfe == sde_nfe == 10 and torch.equal(flow, flow_any_eta)
   assert not torch.allclose(flow, reverse_sde) and not torch.allclose(reverse_sde, more_mixing)
+
+
+def test_the_joint_verdict_needs_every_metric():
+  bench = load_benchmark()
+
+  def rows(sampler, nfe, recognised, fd):
+    return [dict(scale=1., sampler=sampler, nfe=nfe, seed=seed, recognised=recognised + d, fd=fd + d)
+            for seed, d in enumerate((-0.01, 0.01))]
+  table = (rows('pc', 2000, 0.87, 22.) + rows('good', 100, 0.87, 19.) + rows('sharp_but_far', 100, 0.95, 30.)
+           + rows('close_but_vague', 50, 0.70, 10.) + rows('good', 500, 0.90, 15.))
+  lines = bench.joint_verdicts(table, dict(recognised=True, fd=False), bench.DIGITS_GROUPS)
+  assert lines == ['(1.0,): as good as PC at 2000 on recognised and fd at ≤ 200 NFE: good (100 NFE)']
