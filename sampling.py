@@ -230,7 +230,8 @@ def dpm_solver_2m_predictor(sde, score_fn, probability_flow=True, eta=0., S_nois
   η ≥ 0 is the SDE form (SDE-DPM-Solver++(2M)): the reverse SDE whose Langevin part is η times that of the
   original reverse SDE (Karras et al. 2022, eq. 6 with β = η·σ̇/σ): η = 0 is the probability-flow ODE, η = 1 the
   reverse SDE, η > 1 mixes more at every noise level. Per step h = log(σ/σ'), x̂' = e^{−(1+η)h}·x̂ +
-  (1 − e^{−(1+η)h})·D₂ + σ'·√(1 − e^{−2ηh})·S_noise·z, exact when D is constant."""
+  (1 − e^{−(1+η)h})·D₂ + σ'·√(1 − e^{−2ηh})·S_noise·z, exact when D is constant. `probability_flow` is not read:
+  η chooses."""
   previous = {}
 
   def update(x, t, t_next):
