@@ -446,6 +446,11 @@ def markdown_table(rows, metrics, group_keys, decimals=2):
   return '\n'.join(lines)
 
 
+def contenders(keys, panel, budget):
+  """The (panel…, sampler, NFE) keys of the panel's non-PC samplers at ≤ budget NFE, sorted."""
+  return [k for k in sorted(keys) if k[:-2] == panel and k[-2] not in ('pc', 'exact') and k[-1] <= budget]
+
+
 def as_good(candidate, reference, sign):
   """(mean, std) `candidate` as good as `reference` within the larger seed spread; sign −1: higher is better."""
   return sign * candidate[0] <= sign * reference[0] + max(candidate[1], reference[1])
@@ -457,8 +462,7 @@ def verdicts(rows, metric, group_keys, higher_is_better=False, budget=200, refer
   lines = []
   for panel in sorted({k[:-2] for k in stats}):
     pc = stats.get(panel + ('pc', reference_nfe))
-    candidates = [(sign * v[0], v[1], k[-2], k[-1]) for k, v in stats.items()
-                  if k[:-2] == panel and k[-2] not in ('pc', 'exact') and k[-1] <= budget]
+    candidates = [(sign * stats[k][0], stats[k][1], k[-2], k[-1]) for k in contenders(stats, panel, budget)]
     if pc is None or not candidates:
       continue
     best = min(candidates)
@@ -478,10 +482,9 @@ def joint_verdicts(rows, higher_is_better, group_keys, budget=200, reference_nfe
   for panel in sorted({k[:-2] for k in first}):
     if panel + ('pc', reference_nfe) not in first:
       continue
-    passing = [f'{k[-2]} ({k[-1]} NFE)' for k in sorted(first) if k[:-2] == panel and
-               k[-2] not in ('pc', 'exact') and k[-1] <= budget and
-               all(as_good(stats[m][k], stats[m][panel + ('pc', reference_nfe)], -1 if up else 1)
-                   for m, up in higher_is_better.items())]
+    passing = [f'{k[-2]} ({k[-1]} NFE)' for k in contenders(first, panel, budget)
+               if all(as_good(stats[m][k], stats[m][panel + ('pc', reference_nfe)], -1 if up else 1)
+                      for m, up in higher_is_better.items())]
     lines.append(f'{panel}: as good as PC at {reference_nfe} on {" and ".join(higher_is_better)} at ≤ {budget} NFE: '
                  + (', '.join(passing) or 'none'))
   return lines
