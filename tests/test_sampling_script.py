@@ -239,13 +239,10 @@ def test_the_vp_beta_limit_counts_the_grid_points_the_sampler_uses():
     config_checks.check_pc_sampler(config)
 
 
-def test_a_negative_eta_is_refused():
-  import config_checks
-  from configs.eval.cifar10.eval_cifar10_configs import get_config
-  config = get_config('vesde')
-  config.sampling.eta = -1.
-  with pytest.raises(config_checks.ConfigError, match=r'sampling.eta=-1.0: must be a number >= 0'):
-    config_checks.check_pc_sampler(config)
+def test_a_negative_eta_is_one_line_and_samples_nothing(tmp_path, checkpoints):
+  result = run_sampler(tmp_path, checkpoints, '--mode=class', '--config.sampling.eta=-1')
+  one_error_line(result, 'sampling.eta=-1.0: must be a number >= 0')
+  assert not (tmp_path / 'results' / 'tiny' / 'eval_samples').exists()
 
 
 def test_a_num_scales_mismatch_names_the_field(tmp_path, checkpoints):
