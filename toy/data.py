@@ -2,6 +2,7 @@
 import numpy as np
 import torch
 
+import mixture
 from toy import CLASS_NAMES
 
 MOONS_NUM_POINTS = 10000
@@ -31,13 +32,7 @@ def evaluation_grid(width=40., height=25., density=35):
 
 def exact_draws(positions, labels, sigma, num_samples, generator):
   """Samples of the true p_sigma(x | y) per class: class points drawn uniformly plus sigma·z (the oracle row)."""
-  draws = []
-  for c in range(len(CLASS_NAMES)):
-    points = torch.as_tensor(positions[labels == c])
-    index = torch.randint(len(points), (num_samples,), generator=generator)
-    noise = torch.randn(num_samples, 2, generator=generator, dtype=torch.float64)
-    draws.append((points[index] + sigma * noise).numpy())
-  return draws
+  return [mixture.exact_draws(positions[labels == c], sigma, num_samples, generator) for c in range(len(CLASS_NAMES))]
 
 
 def reference_sets(positions, labels, sigma, generator):

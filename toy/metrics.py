@@ -3,30 +3,12 @@
 D_P_c is the grid average of ‖oracle posterior score of class c − (prior score + λ·likelihood score)‖, D_L_c that of
 ‖oracle likelihood score − λ·likelihood score‖, at one noise level σ (7.5 in the paper).
 """
-import math
-
 import numpy as np
 import torch
 
 import sampling
+from mixture import mixture_score
 from toy import CLASS_NAMES, full_sigma
-
-
-def mixture_score(x, centres, sigma, eps=1e-8, chunk=256):
-  """Score of the equal-weight Gaussian mixture (std sigma) on `centres`, in float64.
-
-  `[mean_j N_j(x) (x_j - x) / sigma²] / (mean_j N_j(x) + eps)` with the normalised 2-D densities N_j, as the
-  original computes it (the eps matters only far from the data).
-  """
-  x = torch.as_tensor(x, dtype=torch.float64)
-  centres = torch.as_tensor(centres, dtype=torch.float64)
-  scores = []
-  for part in x.split(chunk):
-    diff = centres[None, :, :] - part[:, None, :]  # [P, M, 2]
-    density = torch.exp(-(diff ** 2).sum(-1) / (2 * sigma ** 2)) / (2 * math.pi * sigma ** 2)
-    numerator = (density[..., None] * diff / sigma ** 2).mean(dim=1)
-    scores.append(numerator / (density.mean(dim=1, keepdim=True) + eps))
-  return torch.cat(scores)
 
 
 def oracle_scores(positions, labels, x, sigma, eps=1e-8):
