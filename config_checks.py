@@ -121,3 +121,12 @@ def check_cas(config):
 def check_evaluation(config):
   """Fields read by run_lib_evaluation.py."""
   require_positive(config, 'eval.batch_size', 'eval.nearest_k', 'classifier.classes')
+
+
+def check_posterior(config):
+  """Fields read by run_lib_evaluation.py --posterior: a VE SDE (the mixture of the training images is the noisy
+  data distribution only where x̃ = x + σz), σ levels inside the SDE's range and a number of noise draws."""
+  require(config, 'training.sde', "'vesde' (x̃ = x + σz)", lambda name: name.lower() == 'vesde')
+  require(config, 'eval.posterior_sigmas', f'σ levels in [{config.model.sigma_min:g}, {config.model.sigma_max:g}]',
+          lambda sigmas: len(sigmas) > 0 and all(config.model.sigma_min <= s <= config.model.sigma_max for s in sigmas))
+  require(config, 'eval.posterior_draws', 'an integer >= 1', lambda n: isinstance(n, int) and n >= 1)

@@ -492,3 +492,107 @@ def _format_number(value):
 
 def write_json_atomic(path, obj):
   plumbing.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Posterior-score errors: the networks against the exact scores of the noisy empirical distribution (mixture.py)
+
+def noisy_points(images, labels, sigma, draws, generator):
+  """(x + σz float64, labels): `draws` noise draws of every image, draw-major."""
+  images = torch.as_tensor(images, dtype=torch.float64)
+  noise = torch.randn(draws, *images.shape, generator=generator, dtype=torch.float64)
+  return (images[None] + sigma * noise).reshape(-1, *images.shape[1:]), torch.as_tensor(labels).repeat(draws)
+
+
+def half_split_agreement(centres, centre_labels, noisy, labels, sigma, generator):
+  """{prior, conditional, likelihood}: relative squared difference between the oracle over a random half of each
+  class's centres and the oracle over all of them, at the same points. Small where the finite set does not matter."""
+  import mixture
+  centre_labels = torch.as_tensor(centre_labels)
+  keep = torch.zeros(len(centre_labels), dtype=torch.bool)
+  for c in centre_labels.unique():
+    members = torch.nonzero(centre_labels == c).flatten()
+    keep[members[torch.randperm(len(members), generator=generator)[:len(members) // 2]]] = True
+  full = mixture.posterior_scores(noisy, labels, centres, centre_labels, sigma)
+  half = mixture.posterior_scores(noisy, labels, centres[keep], centre_labels[keep], sigma)
+  return {name: mixture.relative_squared_error(half[name], full[name]) for name in full}
+
+
+def posterior_score_errors(oracle, prior, likelihood, scale):
+  """Relative squared errors (mixture.relative_squared_error) of networks' fields at the oracle's points:
+  score_error (s_θ vs ∇log p_σ(x̃)), L (λ∇log p_φ(y|x̃) vs ∇log p_σ(y|x̃)), C (s_θ + λ∇log p_φ vs ∇log p_σ(x̃|y)),
+  C_unguided (s_θ vs ∇log p_σ(x̃|y)) and share = E‖∇log p_σ(y|x̃)‖² / E‖∇log p_σ(x̃|y)‖², what a perfect
+  classifier could remove from C_unguided."""
+  import mixture
+  error = mixture.relative_squared_error
+  return dict(score_error=error(prior, oracle['prior']), L=error(scale * likelihood, oracle['likelihood']),
+              C=error(prior + scale * likelihood, oracle['conditional']),
+              C_unguided=error(prior, oracle['conditional']),
+              share=(oracle['likelihood'] ** 2).sum().item() / (oracle['conditional'] ** 2).sum().item())
+
+
+def network_fields(sde, score_model, classifier, noisy, labels, sigma, batch_size=500):
+  """(s_θ(x̃, σ), ∇x log p_φ(y | x̃, σ)) float64 at the noisy points, the networks in eval mode and float32; the
+  likelihood gradient is the one guidance uses (sampling.log_prob_grad)."""
+  import sampling
+  from models import utils as mutils
+  score_fn = mutils.get_score_fn(sde, score_model, train=False, continuous=True)
+  classifier_fn = mutils.get_classifier_fn(sde, classifier, train=False, continuous=True)
+  device = next(score_model.parameters()).device
+  t = float(sde.time_of_sigma(torch.tensor(sigma, dtype=torch.float64)))
+  priors, likelihoods = [], []
+  for x, y in zip(noisy.split(batch_size), labels.split(batch_size)):
+    x, y = x.float().to(device), y.to(device)
+    time = torch.full((len(x),), t, device=device)
+    with torch.no_grad():
+      priors.append(score_fn(x, time).double().cpu())
+    likelihoods.append(sampling.log_prob_grad(classifier_fn, x, time, y).double().cpu())
+  return torch.cat(priors), torch.cat(likelihoods)
+
+
+def posterior_score_report(sde, score_model, classifier, splits, sigmas, scale, draws=4, seed=0):
+  """{σ: posterior_score_errors + half-split agreement} of the networks, with x̃ = test image + σz (`draws` per
+  image, the same points for every network: `seed`) and the oracle over the training images.
+
+  splits = (train images, train labels, test images, test labels), images as the networks see them (NCHW).
+  """
+  import mixture
+  train, train_labels, test, test_labels = splits
+  report = {}
+  for sigma in sigmas:
+    generator = torch.Generator().manual_seed(seed)
+    noisy, labels = noisy_points(test, test_labels, sigma, draws, generator)
+    oracle = mixture.posterior_scores(noisy, labels, train, train_labels, sigma)
+    prior, likelihood = network_fields(sde, score_model, classifier, noisy, labels, sigma)
+    report[f'{sigma:g}'] = dict(posterior_score_errors(oracle, prior, likelihood, scale),
+                                half_split=half_split_agreement(train, train_labels, noisy, labels, sigma, generator))
+  return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# An independent judge of digit samples (neither the networks nor the reference classifier)
+
+class PixelJudge:
+  """An RBF-SVC (scikit-learn's defaults) fitted on every real digit, train and test, and the Fréchet distance in
+  pixel space (64 values in [0, 1]) to the training split."""
+
+  def __init__(self, config):
+    import datasets
+    from sklearn.svm import SVC
+    train, train_labels = datasets.load_split(config, 'train')
+    test, test_labels = datasets.load_split(config, 'test')
+    self.train_pixels = self.pixels(train)
+    self.svc = SVC().fit(np.concatenate([self.train_pixels, self.pixels(test)]),
+                         np.concatenate([train_labels, test_labels]))
+    self.num_classes = config.classifier.classes
+
+  @staticmethod
+  def pixels(images_uint8):
+    return np.asarray(images_uint8, np.float64).reshape(len(images_uint8), -1) / 255.
+
+  def __call__(self, images_uint8, labels):
+    """{'recognised': the SVC's class-wise averaged accuracy on the asked-for `labels`, 'pixel_fd'}."""
+    pixels, labels = self.pixels(images_uint8), np.asarray(labels)
+    predictions = self.svc.predict(pixels)
+    recognised = [np.mean(predictions[labels == c] == c) for c in range(self.num_classes)]
+    return dict(recognised=classwise_average(recognised), pixel_fd=frechet_distance(self.train_pixels, pixels))

@@ -153,6 +153,19 @@ def run_script(main):
 # ---------------------------------------------------------------------------------------------- torchrun
 
 
+def checkpoint_paths(config):
+  """(score, classifier) checkpoint paths from the config; a clear error if one is unset or missing."""
+  paths = []
+  for field, flag in (('score_restore_path', '--restore'), ('classifier_restore_path', '--restore_classifier')):
+    path = config.model.get(field)
+    if path is None:
+      raise ValueError(f'No model.{field}: pass {flag} or set it in the config')
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'model.{field} = {path} does not exist (set it with {flag})')
+    paths.append(path)
+  return paths
+
+
 def torchrun_rank():
   """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain run."""
   env = os.environ

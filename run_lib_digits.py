@@ -1,6 +1,6 @@
 """The digits experiment end to end (`make digits`): the paper's CIFAR comparison redone on 8x8 handwritten digits.
 
-  python run_lib_digits.py [--workdir digits_run] [--seeds 0,1,2]
+  python run_lib_digits.py [--workdir digits_run] [--seeds 0,1,2] [--jobs 2] [--tiny]
 
 A thin driver over the real command lines, one process per stage, as a user would type them:
   main.py --model score                                   (one score model, shared by every seed)
@@ -8,12 +8,14 @@ A thin driver over the real command lines, one process per stage, as a user woul
   run_lib_sampling.py --mode full [--scale λ]             (base: CE λ=1, scaling: CE λ=eval.scaling_baseline,
                                                            dlsm, ours: total loss, per seed)
   run_lib_evaluation.py --stat --latent --fidis --prdc    (full mode, then class mode; reference-classifier space)
+  run_lib_evaluation.py --posterior                       (the networks' scores against the exact posterior scores)
   run_lib_cas.py                                          (the reference CNN trained on the samples only)
 Runs live in results/digits/; the table (digits_table.md / .json) and one sample grid per method (rows = classes)
-go to --workdir. A stage whose output exists is skipped, so a rerun reuses finished stages; delete results/digits
+go to --workdir, with posterior_errors.png (the posterior-score errors against σ per method). A stage whose output exists is skipped, so a rerun reuses finished stages; delete results/digits
 to start afresh. --jobs stages run at once, each a child process on one torch thread (the 8x8 networks gain little
 from a second thread; a second process doubles the throughput on 2 cores). With --jobs above 1 each child writes to
-results/digits/logs/<stage>.log and the driver shows one progress bar per phase.
+results/digits/logs/<stage>.log and the driver shows one progress bar per phase. --tiny runs every stage with a few
+updates, steps and samples (the plumbing in about a minute; its numbers mean nothing).
 """
 import json
 import os
@@ -25,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 import torch
-from absl import app, flags
+from absl import flags
 from tqdm.auto import tqdm
 
 import evaluation
@@ -58,6 +60,7 @@ TINY = {  # --tiny: overrides per script
     'sampling': ['--config.model.num_scales=3', '--config.sampling.num_steps=3', '--config.training.batch_size=10',
                  '--config.eval.num_samples=100'],
     'evaluation': ['--config.eval.reference_steps=20', '--config.eval.nearest_k=2'],
+    'posterior': ['--config.model.num_scales=3', '--config.eval.posterior_draws=1'],
     'cas': ['--config.training.n_iters=3', '--config.training.eval_freq=2', '--config.training.batch_size=10',
             '--config.eval.reference_steps=20'],
 }
@@ -70,7 +73,7 @@ def results(*parts):
 REFERENCE = results('reference_classifier.pth')  # shared by every seed and method: one feature space
 
 
-class StageFailed(Exception):
+class StageFailed(plumbing.ScriptError):
   """A child process exited with an error; the message says where its output is."""
 
 
@@ -160,15 +163,20 @@ def train_classifier(seed, loss, score, timings):
                f'{RUN_ROOT}/seed{seed}/classifier_{loss}', seed, timings, score)
 
 
-def sample(workdir, scale, classifier, score, seed, timings):
+def guidance_flags(score, classifier, scale):
+  return ['--restore', score, '--restore_classifier', classifier, f'--scale={scale}']
+
+
+def sample(workdir, networks, seed, timings):
   """run_lib_sampling.py for one method; files already complete are skipped by the script itself."""
-  args = ['--config', os.path.join(CONFIGS, 'eval.py'), '--mode', 'full', '--workdir', workdir,
-          '--restore', score, '--restore_classifier', classifier, f'--scale={scale}', f'--config.sampling.seed={seed}']
+  args = ['--config', os.path.join(CONFIGS, 'eval.py'), '--mode', 'full', '--workdir', workdir, *networks,
+          f'--config.sampling.seed={seed}']
   run_stage('run_lib_sampling.py', args, 'sampling', timings, f'{workdir} sampling')
 
 
-def evaluate(workdir, seed, timings):
-  """run_lib_evaluation.py in full then class mode, and run_lib_cas.py; skipped when metrics.json has them."""
+def evaluate(workdir, seed, timings, networks):
+  """run_lib_evaluation.py in full then class mode and --posterior (with `networks`: the --restore, --restore_classifier
+  and --scale flags of the sampling stage), then run_lib_cas.py; each skipped when metrics.json has its metrics."""
   metrics = read_metrics(workdir)
   common = [f'--config.eval.reference_classifier={REFERENCE}', '--workdir', workdir]
   eval_config = ['--config', os.path.join(CONFIGS, 'eval.py')]
@@ -179,6 +187,9 @@ def evaluate(workdir, seed, timings):
   if 'cw_fd' not in metrics.get('class', {}):
     run_stage('run_lib_evaluation.py', eval_config + common + ['--fidis', '--prdc', '--mode', 'class'],
               'evaluation', timings, f'{workdir} evaluation (class)')
+  if 'posterior' not in metrics:
+    run_stage('run_lib_evaluation.py', eval_config + networks + ['--workdir', workdir, '--posterior'], 'posterior',
+              timings, f'{workdir} posterior scores')
   if 'cas' not in metrics:
     run_stage('run_lib_cas.py', ['--config', os.path.join(CONFIGS, 'cas.py'), f'--config.seed={seed}'] + common,
               'cas', timings, f'{workdir} CAS')
@@ -196,9 +207,10 @@ def read_metrics(workdir):
 def sample_and_evaluate(seed, method, scale, classifier, score, timings):
   """Sampling, evaluation and CAS of one method and seed (a finished evaluation is not looked at again)."""
   workdir = f'{RUN_ROOT}/seed{seed}/{method}'
+  networks = guidance_flags(score, classifier, SCALING_BASELINE if scale is None else scale)
   if not evaluated(read_metrics(workdir)):
-    sample(workdir, SCALING_BASELINE if scale is None else scale, classifier, score, seed, timings)
-  return evaluate(workdir, seed, timings)
+    sample(workdir, networks, seed, timings)
+  return evaluate(workdir, seed, timings, networks)
 
 
 def evaluated(metrics):
@@ -244,37 +256,66 @@ def run_experiment(seeds, timings):
 # ---------------------------------------------------------------------------------------------- table and grids
 
 PRDC = ('precision', 'recall', 'density', 'coverage')
-# (column, metrics.json section, key, format); numbers are fractions except FD
+# (column, path in metrics.json, format); numbers are fractions except FD
 COLUMNS = (
-    ('recognised (CW)', 'class', 'cw_sample_accuracy', '.3f'),
-    ('FD', 'full', 'fd', '.2f'),
-    ('CW FD', 'class', 'cw_fd', '.2f'),
-    *((name, 'full', name, '.3f') for name in PRDC),
-    *((f'CW {name}', 'class', f'cw_{name}', '.3f') for name in PRDC),
-    ('CAS', 'cas', 'final_accuracy', '.3f'),
+    ('recognised (CW)', ('class', 'cw_sample_accuracy'), '.3f'),
+    ('FD', ('full', 'fd'), '.2f'),
+    ('CW FD', ('class', 'cw_fd'), '.2f'),
+    *((name, ('full', name), '.3f') for name in PRDC),
+    *((f'CW {name}', ('class', f'cw_{name}'), '.3f') for name in PRDC),
+    ('CAS', ('cas', 'final_accuracy'), '.3f'),
 )
+POSTERIOR_SIGMAS = [f'{sigma:g}' for sigma in digits_eval.get_config().eval.posterior_sigmas]
+# the posterior-score errors per σ (evaluation.posterior_score_errors): of the method, then of its score model alone
+POSTERIOR_COLUMNS = tuple((f'{key} σ={sigma}', ('posterior', sigma, key), '.3f') for key in ('L', 'C')
+                          for sigma in POSTERIOR_SIGMAS)
+PRIOR_COLUMNS = tuple((f'{key} σ={sigma}', ('posterior', sigma, *key.split('/')), '.4f')
+                      for key in ('C_unguided', 'share', 'score_error', 'half_split/likelihood')
+                      for sigma in POSTERIOR_SIGMAS)
+TRUSTED_HALF_SPLIT = 0.1  # the oracle is trusted at σ where half the training set moves its likelihood score less
 ROW_NAMES = {'base': '(a) Base (CE, λ = 1)', 'scaling': f'(b) Scaling (CE, λ = {SCALING_BASELINE:g})',
              'dlsm': "(d') DLSM only", 'ours': '(d) Ours (total loss)'}
 
 
-def summarize(per_seed):
+def lookup(metrics, path):
+  for key in path:
+    metrics = metrics[key]
+  return float(metrics)
+
+
+def summarize(per_seed, columns=COLUMNS + POSTERIOR_COLUMNS + PRIOR_COLUMNS):
   """{method: {column: {'mean', 'std', 'values'}}} over the seeds (std with ddof 0)."""
   table = {}
   for method, _, _ in METHODS:
     table[method] = {}
-    for column, section, key, _ in COLUMNS:
-      values = [float(per_seed[seed][method][section][key]) for seed in per_seed]
+    for column, path, _ in columns:
+      values = [lookup(per_seed[seed][method], path) for seed in per_seed]
       table[method][column] = dict(mean=float(np.mean(values)), std=float(np.std(values)), values=values)
   return table
 
 
-def markdown_table(table, num_seeds):
-  header = '| method | ' + ' | '.join(column for column, *_ in COLUMNS) + ' |'
-  lines = [header, '|' + '---|' * (len(COLUMNS) + 1)]
-  for method, _, _ in METHODS:
-    cells = [f'{table[method][c]["mean"]:{fmt}} ± {table[method][c]["std"]:{fmt}}' if num_seeds > 1
-             else f'{table[method][c]["mean"]:{fmt}}' for c, _, _, fmt in COLUMNS]
+def cell(entry, fmt, num_seeds):
+  return f'{entry["mean"]:{fmt}} ± {entry["std"]:{fmt}}' if num_seeds > 1 else f'{entry["mean"]:{fmt}}'
+
+
+def markdown_table(table, num_seeds, columns=COLUMNS, methods=tuple(ROW_NAMES)):
+  lines = ['| method | ' + ' | '.join(column for column, *_ in columns) + ' |', '|' + '---|' * (len(columns) + 1)]
+  for method in methods:
+    cells = [cell(table[method][column], fmt, num_seeds) for column, _, fmt in columns]
     lines.append(f'| {ROW_NAMES[method]} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def prior_table(table, num_seeds):
+  """The rows shared by every method (the score model and the oracle): one row per quantity, one column per σ."""
+  first = table[METHODS[0][0]]
+  trusted = [first[f'half_split/likelihood σ={sigma}']['mean'] <= TRUSTED_HALF_SPLIT for sigma in POSTERIOR_SIGMAS]
+  lines = ['| σ | ' + ' | '.join(f'{s}{"" if ok else " (not trusted)"}' for s, ok in zip(POSTERIOR_SIGMAS, trusted))
+           + ' |', '|' + '---|' * (len(POSTERIOR_SIGMAS) + 1)]
+  for key, name in (('C_unguided', 'C unguided (s_θ alone)'), ('share', 'share (perfect classifier\'s gain)'),
+                    ('score_error', 'score model error'), ('half_split/likelihood', 'half-split, likelihood')):
+    lines.append(f'| {name} | ' + ' | '.join(cell(first[f'{key} σ={sigma}'], '.4f', num_seeds)
+                                             for sigma in POSTERIOR_SIGMAS) + ' |')
   return '\n'.join(lines) + '\n'
 
 
@@ -293,14 +334,43 @@ def write_table(workdir, per_seed, timings, total_seconds):
   first = per_seed[next(iter(per_seed))]['ours']
   report = dict(table=table, seeds=list(per_seed), timings_s=timings, total_s=round(total_seconds, 1),
                 reference_test_accuracy=first['reference']['test_accuracy'],
-                load_average=os.getloadavg(), per_seed=per_seed)
+                trusted_half_split=TRUSTED_HALF_SPLIT, load_average=os.getloadavg(), per_seed=per_seed)
   evaluation.write_json_atomic(os.path.join(workdir, 'digits_table.json'), report)
+  num_seeds = len(per_seed)
   text = (f'# Digits: CE vs DLSM vs total (seeds {", ".join(map(str, per_seed))}; mean ± std over seeds)\n\n'
-          + markdown_table(table, len(per_seed))
+          + markdown_table(table, num_seeds)
           + f'\nReference classifier test accuracy: {100 * report["reference_test_accuracy"]:.2f}%. '
-          f'Wall time {total_seconds / 60:.1f} min.\n')
+          f'Wall time {total_seconds / 60:.1f} min.\n\n'
+          '## Posterior-score errors against the exact scores of the noisy training digits\n\n'
+          'L: E‖λ∇log p_φ(y|x̃) − ∇log p_σ(y|x̃)‖² / E‖∇log p_σ(y|x̃)‖²; C: the same for s_θ + λ∇log p_φ against '
+          '∇log p_σ(x̃|y) (x̃ = test digit + σz).\n\n'
+          + markdown_table(table, num_seeds, POSTERIOR_COLUMNS) + '\n' + prior_table(table, num_seeds))
   plumbing.write_text_atomic(os.path.join(workdir, 'digits_table.md'), text)
+  plot_posterior_errors(table, os.path.join(workdir, 'posterior_errors.png'))
   return text
+
+
+def plot_posterior_errors(table, path):
+  """L and C against σ per method (mean and seed spread), the unguided C and the score model's error beside C."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  sigmas = [float(s) for s in POSTERIOR_SIGMAS]
+  figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, key in zip(axes, ('L', 'C')):
+    curves = [(ROW_NAMES[method], table[method], key) for method, _, _ in METHODS]
+    if key == 'C':
+      curves += [('unguided s_θ', table['base'], 'C_unguided'), ('score model error', table['base'], 'score_error')]
+    for label, rows, name in curves:
+      mean = np.array([rows[f'{name} σ={s}']['mean'] for s in POSTERIOR_SIGMAS])
+      std = np.array([rows[f'{name} σ={s}']['std'] for s in POSTERIOR_SIGMAS])
+      ax.errorbar(sigmas, mean, yerr=std, label=label, marker='o', capsize=3,
+                  linestyle='--' if name != key else '-')
+    ax.set(xscale='log', yscale='log', xlabel='σ', title=f'{key}: relative squared error')
+    ax.legend(fontsize=7)
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
 
 
 def main(argv):
@@ -311,13 +381,10 @@ def main(argv):
   timings = {}
   global STAGES
   STAGES = Stages(FLAGS.jobs)
-  try:
-    per_seed = run_experiment(seeds, timings)
-  except StageFailed as failure:
-    sys.exit(f'run_lib_digits.py: error: {failure}')
+  per_seed = run_experiment(seeds, timings)
   write_grids(FLAGS.workdir, seeds[0])
   print(write_table(FLAGS.workdir, per_seed, timings, time.time() - start))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  plumbing.run_script(main)

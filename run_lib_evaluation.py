@@ -13,6 +13,7 @@ accuracy on the samples; TensorFlow is not loaded).
 import os
 
 import numpy as np
+import torch
 from absl import flags
 from tqdm import tqdm
 
@@ -33,6 +34,12 @@ def define_flags():
                     'the feature space of eval.features (Inception, or the digits reference classifier).')
   flags.DEFINE_bool('fidis', False, 'Compute FID and Inception score (digits: FD and the reference accuracy).')
   flags.DEFINE_bool('prdc', False, 'Compute precision, recall, density and coverage.')
+  flags.DEFINE_bool('posterior', False, 'Posterior-score errors of the networks (--restore, --restore_classifier, '
+                    '--scale) against the exact scores of the noisy training set, at the σ of eval.posterior_sigmas.')
+  flags.DEFINE_float('scale', None, 'Guidance scale λ of --posterior; overrides sampling.scaling_factor when given.')
+  flags.DEFINE_string('restore', None, 'Score checkpoint of --posterior; overrides model.score_restore_path.')
+  flags.DEFINE_string('restore_classifier', None,
+                      'Classifier checkpoint of --posterior; overrides model.classifier_restore_path.')
   flags.DEFINE_string('inception_dir', None, "Folder of TF-GAN's Inception module (overrides "
                       'config.eval.inception_dir).')
 
@@ -201,6 +208,29 @@ def write_lists(path, lists):
     f.writelines(', '.join(f'{value:.6f}' for value in values) + '\n' for values in lists)
 
 
+def run_posterior(config, workdir):
+  """Posterior-score errors per σ (evaluation.posterior_score_report) into metrics.json's 'posterior' section."""
+  import datasets
+  import sde_lib
+  from models import checkpoint
+  device = mutils.get_device(config)
+  score_model, classifier = checkpoint.load_guidance_models(config, *plumbing.checkpoint_paths(config), device)
+  scaler = datasets.get_data_scaler(config)
+  splits = []
+  for split in ('train', 'test'):
+    images, labels = datasets.load_split(config, split)
+    splits += [scaler(evaluation.images_to_unit_nchw(torch.from_numpy(images))).double(), torch.from_numpy(labels)]
+  sde, _ = sde_lib.get_sde(config)
+  scale = config.sampling.scaling_factor
+  report = evaluation.posterior_score_report(sde, score_model, classifier, splits, config.eval.posterior_sigmas,
+                                             scale, config.eval.posterior_draws)
+  for sigma, row in report.items():
+    print(f'σ {sigma}: L {row["L"]:.3f} | C {row["C"]:.4f} (unguided {row["C_unguided"]:.4f}, share '
+          f'{row["share"]:.4f}) | score error {row["score_error"]:.4f} | half-split likelihood '
+          f'{row["half_split"]["likelihood"]:.3f}')
+  evaluation.update_metrics_file(workdir, 'posterior', dict(report, scale=scale, draws=config.eval.posterior_draws))
+
+
 def evaluate(config, workdir, mode, stat, latent, fidis, prdc):
   """Run the requested steps in the original order, checking every input before the slow parts start."""
   space = evaluation.feature_space(config)
@@ -229,13 +259,21 @@ def evaluate(config, workdir, mode, stat, latent, fidis, prdc):
 def main(argv):
   del argv
   config = FLAGS.config
-  plumbing.apply_flag_overrides(config, {'eval.inception_dir': FLAGS.inception_dir, 'data.root': FLAGS.data_dir})
-  if not (FLAGS.stat or FLAGS.latent or FLAGS.fidis or FLAGS.prdc):
-    raise ValueError('nothing to do: pass at least one of --stat, --latent, --fidis, --prdc')
+  plumbing.apply_flag_overrides(config, {
+      'eval.inception_dir': FLAGS.inception_dir, 'data.root': FLAGS.data_dir, 'sampling.scaling_factor': FLAGS.scale,
+      'model.score_restore_path': FLAGS.restore, 'model.classifier_restore_path': FLAGS.restore_classifier})
+  if not (FLAGS.stat or FLAGS.latent or FLAGS.fidis or FLAGS.prdc or FLAGS.posterior):
+    raise ValueError('nothing to do: pass at least one of --stat, --latent, --fidis, --prdc, --posterior')
   config_checks.check_evaluation(config)
+  if FLAGS.posterior:
+    config_checks.check_posterior(config)
+    plumbing.checkpoint_paths(config)
   workdir = os.path.join('results', FLAGS.workdir)
   with plumbing.RunFolderLock(workdir):
-    evaluate(config, workdir, FLAGS.mode, FLAGS.stat, FLAGS.latent, FLAGS.fidis, FLAGS.prdc)
+    if FLAGS.posterior:
+      run_posterior(config, workdir)
+    if FLAGS.stat or FLAGS.latent or FLAGS.fidis or FLAGS.prdc:
+      evaluate(config, workdir, FLAGS.mode, FLAGS.stat, FLAGS.latent, FLAGS.fidis, FLAGS.prdc)
 
 
 if __name__ == '__main__':

@@ -113,26 +113,13 @@ def pending_work(sample_dir, classes, rounds, shape, rank=0, world_size=1):
   return [(c, r) for c, r in work if not is_complete(samples_path(sample_dir, c, r), shape)]
 
 
-def checkpoint_paths(config):
-  """(score, classifier) checkpoint paths from the config; a clear error if one is unset or missing."""
-  paths = []
-  for field, flag in (('score_restore_path', '--restore'), ('classifier_restore_path', '--restore_classifier')):
-    path = config.model.get(field)
-    if path is None:
-      raise ValueError(f'No model.{field}: pass {flag} or set it in the config')
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'model.{field} = {path} does not exist (set it with {flag})')
-    paths.append(path)
-  return paths
-
-
 # ---------------------------------------------------------------------------------------------- settings record
 
 
 def sampling_settings(config):
   """{field: value} of everything that shapes the samples; checkpoints by content (models.checkpoint fingerprints)."""
   from models import checkpoint
-  score_path, classifier_path = checkpoint_paths(config)
+  score_path, classifier_path = plumbing.checkpoint_paths(config)
   settings = {f'sampling.{key}': value for key, value in config.sampling.to_dict().items()}
   for field in ('training.sde', 'training.continuous', 'training.batch_size', 'model.num_scales', 'model.sigma_min',
                 'model.sigma_max', 'model.beta_min', 'model.beta_max', 'data.image_size', 'data.num_channels',
@@ -192,16 +179,12 @@ def describe(config):
 
 
 def load_models(config, device):
-  """The EMA score model and the classifier, in eval mode on `device`, weights in channels_last."""
+  """The EMA score model and the classifier, in eval mode on `device`, weights in channels_last (so the samples equal
+  the library path's to rounding only)."""
   import sampling
   from models import checkpoint
-  from models import utils as mutils
-  score_path, classifier_path = checkpoint_paths(config)
-  score_model = mutils.create_model(config)
-  checkpoint.restore_score_model(score_path, score_model, None, device)
-  classifier = mutils.create_classifier(config)
-  checkpoint.restore_classifier(classifier_path, classifier, device)
-  return sampling.to_channels_last(score_model.eval(), classifier.eval())
+  models = checkpoint.load_guidance_models(config, *plumbing.checkpoint_paths(config), device)
+  return sampling.to_channels_last(*models)
 
 
 def process_device(config):
@@ -267,7 +250,7 @@ def main(argv):
   config_checks.check_sampling(config)
   classes = class_range(FLAGS.mode, FLAGS.classid, FLAGS.classidend, config.classifier.classes)
   rounds_per_class(config)
-  checkpoint_paths(config)
+  plumbing.checkpoint_paths(config)
   sample(config, os.path.join('results', FLAGS.workdir), classes, FLAGS.fresh)
 
 

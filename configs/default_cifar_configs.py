@@ -57,6 +57,8 @@ def get_default_configs():
   evaluate.samples_dir = ''  # CAS: folder holding <class>/samples_<r>.npz
   evaluate.cas_keep_checkpoints = 2  # CAS checkpoints kept on disk (B13)
   evaluate.cas_arch = 'resnet50'  # CAS network: 'resnet50' (the paper's); 'resnet18' / 'resnet10' for quick runs
+  evaluate.posterior_sigmas = (0.5, 1., 2., 4.)  # --posterior: noise levels of the posterior-score errors (VE σ)
+  evaluate.posterior_draws = 4  # --posterior: noisy copies of every test image per σ
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'CIFAR10'

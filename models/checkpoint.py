@@ -297,6 +297,15 @@ def restore_score_model(path, model, ema=None, device='cpu', config_hint=None):
   return model
 
 
+def load_guidance_models(config, score_path, classifier_path, device='cpu'):
+  """(score model with its EMA weights, classifier) of `config`, in eval mode on `device`: the networks of guided
+  sampling and of the posterior-score metrics."""
+  from models import utils as mutils
+  score_model = restore_score_model(score_path, mutils.create_model(config), None, device)
+  classifier = restore_classifier(classifier_path, mutils.create_classifier(config), device)
+  return score_model.eval(), classifier.eval()
+
+
 def restore_classifier(path, model, device='cpu', config_hint=None):
   """Load a classifier checkpoint's 'model' strictly (BatchNorm statistics included)."""
   return restore_weights(path, model, device, 'classifier', config_hint)

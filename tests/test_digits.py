@@ -89,23 +89,26 @@ def run_tiny_digits(cwd):
 
 
 def test_tiny_digits_run_writes_every_table_field_and_the_grids(tiny_digits_run):
-  from run_lib_digits import COLUMNS, METHODS
+  from run_lib_digits import COLUMNS, METHODS, POSTERIOR_COLUMNS, POSTERIOR_SIGMAS, PRIOR_COLUMNS
   cwd, result = tiny_digits_run
   with open(cwd / 'digits_run' / 'digits_table.json') as file:
     report = json.load(file)
   assert report['seeds'] == [3] and 0. <= report['reference_test_accuracy'] <= 1.
   for method, _, _ in METHODS:
-    assert set(report['table'][method]) == {column for column, *_ in COLUMNS}
+    assert set(report['table'][method]) == {column for column, *_ in COLUMNS + POSTERIOR_COLUMNS + PRIOR_COLUMNS}
     assert all(np.isfinite(entry['mean']) for entry in report['table'][method].values())
     assert (cwd / 'digits_run' / f'samples_{method}.png').is_file()
   table = (cwd / 'digits_run' / 'digits_table.md').read_text()
-  assert all(column in table for column, *_ in COLUMNS) and '(d) Ours (total loss)' in table
+  assert all(column in table for column, *_ in COLUMNS + POSTERIOR_COLUMNS) and '(d) Ours (total loss)' in table
+  assert '| share (perfect classifier\'s gain) |' in table and (cwd / 'digits_run' / 'posterior_errors.png').is_file()
+  posterior = report['per_seed']['3']['scaling']['posterior']
+  assert posterior['scale'] == 10. and set(POSTERIOR_SIGMAS) <= set(posterior)
   assert 'digits/score' in report['timings_s'] and report['total_s'] > 0
 
 
 def test_tiny_digits_rerun_reuses_every_finished_stage(tiny_digits_run):
   cwd, first = tiny_digits_run
-  assert first.stdout.count('== digits/') == 1 + 3 + 4 * 4  # score, 3 classifiers, 4 methods x 4 stages
+  assert first.stdout.count('== digits/') == 1 + 3 + 4 * 5  # score, 3 classifiers, 4 methods x 5 stages
   table = (cwd / 'digits_run' / 'digits_table.md').read_text()
   again = run_tiny_digits(cwd)
   assert again.returncode == 0, again.stderr[-3000:]
@@ -116,7 +119,9 @@ def test_tiny_digits_rerun_reuses_every_finished_stage(tiny_digits_run):
 def test_tiny_digits_run_logs_every_stage_it_ran_side_by_side(tiny_digits_run):
   cwd, result = tiny_digits_run
   logs = sorted(path.name for path in (cwd / 'results' / 'digits' / 'logs').iterdir())
-  assert len(logs) == 1 + 3 + 4 * 4 and 'digits_seed3_ours_sampling.log' in logs
+  assert len(logs) == 1 + 3 + 4 * 5 and 'digits_seed3_ours_sampling.log' in logs
+  posterior_log = (cwd / 'results' / 'digits' / 'logs' / 'digits_seed3_ours_posterior_scores.log').read_text()
+  assert 'σ 1: L ' in posterior_log and 'half-split likelihood' in posterior_log
   sampling_log = (cwd / 'results' / 'digits' / 'logs' / 'digits_seed3_ours_sampling.log').read_text()
   assert 'batches of 10 left to sample' in sampling_log
 
@@ -130,7 +135,13 @@ def test_a_failed_stage_stops_with_one_line_naming_its_log(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env=dict(os.environ, OMP_NUM_THREADS='1'))
   assert result.returncode == 1 and 'Traceback' not in result.stderr
-  assert result.stderr.strip().splitlines()[-1] == ("run_lib_digits.py: error: stage 'digits/score' failed; its "
+  assert result.stderr.strip().splitlines()[-1] == ("error: stage 'digits/score' failed; its "
                                                     "output is in results/digits/logs/digits_score.log")
   log = (tmp_path / 'results' / 'digits' / 'logs' / 'digits_score.log').read_text()
   assert 'is in use by pid' in log and 'Traceback' not in log
+
+
+def test_digits_driver_help_exits_0_and_names_tiny():
+  result = subprocess.run([sys.executable, str(REPO_ROOT / 'run_lib_digits.py'), '--help'], capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0 and '--tiny' in result.stdout + result.stderr

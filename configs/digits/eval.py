@@ -30,4 +30,5 @@ def get_config():
   evaluate.reference_classifier = 'results/digits_reference/reference_classifier.pth'
   evaluate.reference_steps = 1000
   evaluate.reference_seed = 0
+  evaluate.posterior_sigmas = (0.2, 0.5, 1., 1.5, 2., 4.)
   return config
