@@ -66,10 +66,12 @@ def posterior_scores(x, labels, centres, centre_labels, sigma):
 
 
 def relative_squared_error(estimate, truth):
-  """E‖estimate − truth‖² / E‖truth‖² over the rows (a ratio of means, as the digits tables report it)."""
+  """E‖estimate − truth‖² / E‖truth‖² over the rows (a ratio of means, as the digits tables report it); 0 when both
+  are zero, inf when only the truth is."""
   estimate = torch.as_tensor(estimate, dtype=torch.float64)
   truth = torch.as_tensor(truth, dtype=torch.float64)
-  return ((estimate - truth) ** 2).sum().item() / (truth ** 2).sum().item()
+  error, norm = ((estimate - truth) ** 2).sum().item(), (truth ** 2).sum().item()
+  return error / norm if norm else (0. if error == 0 else math.inf)
 
 
 def exact_draws(centres, sigma, num_samples, generator):
