@@ -532,39 +532,43 @@ def posterior_score_errors(oracle, prior, likelihood, scale):
 
 
 def network_fields(sde, score_model, classifier, noisy, labels, sigma, batch_size=500):
-  """(s_θ(x̃, σ), ∇x log p_φ(y | x̃, σ)) float64 at the noisy points, the networks in eval mode and float32; the
-  likelihood gradient is the one guidance uses (sampling.log_prob_grad)."""
+  """(s_θ(x̃, σ), ∇x log p_φ(y | x̃, σ), the classifier's accuracy) at the noisy points, the fields in float64; the
+  networks run in eval mode and float32, and the likelihood gradient is the one guidance uses (sampling.log_prob_grad)."""
   import sampling
   from models import utils as mutils
   score_fn = mutils.get_score_fn(sde, score_model, train=False, continuous=True)
   classifier_fn = mutils.get_classifier_fn(sde, classifier, train=False, continuous=True)
   device = next(score_model.parameters()).device
   t = float(sde.time_of_sigma(torch.tensor(sigma, dtype=torch.float64)))
-  priors, likelihoods = [], []
+  priors, likelihoods, correct = [], [], 0
   for x, y in zip(noisy.split(batch_size), labels.split(batch_size)):
     x, y = x.float().to(device), y.to(device)
     time = torch.full((len(x),), t, device=device)
     with torch.no_grad():
       priors.append(score_fn(x, time).double().cpu())
+      correct += (classifier_fn(x, time).argmax(1) == y).sum().item()
     likelihoods.append(sampling.log_prob_grad(classifier_fn, x, time, y).double().cpu())
-  return torch.cat(priors), torch.cat(likelihoods)
+  return torch.cat(priors), torch.cat(likelihoods), correct / len(labels)
 
 
 def posterior_score_report(sde, score_model, classifier, splits, sigmas, scale, draws=4, seed=0):
-  """{σ: posterior_score_errors + half-split agreement} of the networks, with x̃ = test image + σz (`draws` per
-  image, the same points for every network: `seed`) and the oracle over the training images.
+  """{σ: posterior_score_errors, the classifier's accuracy and the half-split agreement} of the networks, with
+  x̃ = test image + σz (`draws` per image, the same points for every network: `seed`) and the oracle over the training
+  images; 'clean' holds the classifier's accuracy at the SDE's smallest σ.
 
   splits = (train images, train labels, test images, test labels), images as the networks see them (NCHW).
   """
   import mixture
   train, train_labels, test, test_labels = splits
-  report = {}
+  generator = torch.Generator().manual_seed(seed)
+  noisy, labels = noisy_points(test, test_labels, sde.sigma_min, 1, generator)
+  report = dict(clean=dict(accuracy=network_fields(sde, score_model, classifier, noisy, labels, sde.sigma_min)[2]))
   for sigma in sigmas:
     generator = torch.Generator().manual_seed(seed)
     noisy, labels = noisy_points(test, test_labels, sigma, draws, generator)
     oracle = mixture.posterior_scores(noisy, labels, train, train_labels, sigma)
-    prior, likelihood = network_fields(sde, score_model, classifier, noisy, labels, sigma)
-    report[f'{sigma:g}'] = dict(posterior_score_errors(oracle, prior, likelihood, scale),
+    prior, likelihood, accuracy = network_fields(sde, score_model, classifier, noisy, labels, sigma)
+    report[f'{sigma:g}'] = dict(posterior_score_errors(oracle, prior, likelihood, scale), accuracy=accuracy,
                                 half_split=half_split_agreement(train, train_labels, noisy, labels, sigma, generator))
   return report
 

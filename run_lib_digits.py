@@ -268,7 +268,8 @@ COLUMNS = (
 POSTERIOR_SIGMAS = [f'{sigma:g}' for sigma in digits_eval.get_config().eval.posterior_sigmas]
 # the posterior-score errors per σ (evaluation.posterior_score_errors): of the method, then of its score model alone
 POSTERIOR_COLUMNS = tuple((f'{key} σ={sigma}', ('posterior', sigma, key), '.3f') for key in ('L', 'C')
-                          for sigma in POSTERIOR_SIGMAS)
+                          for sigma in POSTERIOR_SIGMAS) + (('classifier accuracy', ('posterior', 'clean', 'accuracy'),
+                                                             '.3f'),)
 PRIOR_COLUMNS = tuple((f'{key} σ={sigma}', ('posterior', sigma, *key.split('/')), '.4f')
                       for key in ('C_unguided', 'share', 'score_error', 'half_split/likelihood')
                       for sigma in POSTERIOR_SIGMAS)

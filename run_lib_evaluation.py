@@ -224,10 +224,13 @@ def run_posterior(config, workdir):
   scale = config.sampling.scaling_factor
   report = evaluation.posterior_score_report(sde, score_model, classifier, splits, config.eval.posterior_sigmas,
                                              scale, config.eval.posterior_draws)
+  print(f'Classifier accuracy at σ {sde.sigma_min:g}: {100 * report["clean"]["accuracy"]:.2f}%')
   for sigma, row in report.items():
+    if sigma == 'clean':
+      continue
     print(f'σ {sigma}: L {row["L"]:.3f} | C {row["C"]:.4f} (unguided {row["C_unguided"]:.4f}, share '
           f'{row["share"]:.4f}) | score error {row["score_error"]:.4f} | half-split likelihood '
-          f'{row["half_split"]["likelihood"]:.3f}')
+          f'{row["half_split"]["likelihood"]:.3f} | accuracy {100 * row["accuracy"]:.1f}%')
   evaluation.update_metrics_file(workdir, 'posterior', dict(report, scale=scale, draws=config.eval.posterior_draws))
 
 
