@@ -145,3 +145,51 @@ def test_digits_driver_help_exits_0_and_names_tiny():
   result = subprocess.run([sys.executable, str(REPO_ROOT / 'run_lib_digits.py'), '--help'], capture_output=True,
                           text=True, timeout=120)
   assert result.returncode == 0 and '--tiny' in result.stdout + result.stderr
+
+
+def run_posterior(cwd, *args):
+  return subprocess.run([sys.executable, str(REPO_ROOT / 'run_lib_evaluation.py'), '--config',
+                         str(REPO_ROOT / DIGITS_EVAL), '--workdir', 'post', '--posterior', *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
+def test_posterior_without_networks_is_one_line_and_writes_nothing(tmp_path):
+  result = run_posterior(tmp_path, '--restore_classifier', 'c.pth')
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == 'error: No model.score_restore_path: pass --restore or set it in the config'
+  missing = run_posterior(tmp_path, '--restore', 'nowhere/s.pth', '--restore_classifier', 'c.pth')
+  assert missing.returncode == 1 and 'nowhere/s.pth does not exist' in missing.stderr
+  assert not (tmp_path / 'results').exists()
+
+
+def test_posterior_refuses_a_vp_sde_and_sigmas_outside_the_range(tmp_path):
+  vp = run_posterior(tmp_path, '--config.training.sde=vpsde')
+  assert vp.returncode == 1 and "training.sde='vpsde': must be 'vesde'" in vp.stderr
+  wide = run_posterior(tmp_path, '--config.eval.posterior_sigmas=(1.,9.)')
+  assert wide.returncode == 1 and 'eval.posterior_sigmas=(1.0, 9.0): must be σ levels in [0.01, 5]' in wide.stderr
+  assert 'Traceback' not in vp.stderr + wide.stderr and not (tmp_path / 'results').exists()
+
+
+def test_posterior_report_of_networks_on_digits():
+  """The report's shape and invariants on untrained networks: the same noisy points for every network (the unguided
+  C and the share do not depend on the classifier), share = C_unguided when s_θ is exact, accuracies in [0, 1]."""
+  import datasets
+  import sde_lib
+  from models import utils as mutils
+  config = load_config(DIGITS_EVAL)
+  config.model.nf, config.classifier.resnet_base_width = 8, 4
+  torch.manual_seed(0)
+  score_model, classifier = mutils.create_model(config).eval(), mutils.create_classifier(config).eval()
+  splits = []
+  for split in ('train', 'test'):
+    images, labels = datasets.load_split(config, split)
+    splits += [evaluation.images_to_unit_nchw(torch.from_numpy(images[:300])).double(), torch.from_numpy(labels[:300])]
+  sde, _ = sde_lib.get_sde(config)
+  report = evaluation.posterior_score_report(sde, score_model, classifier, splits, (1., 4.), 1., draws=1)
+  again = evaluation.posterior_score_report(sde, score_model, mutils.create_classifier(config).eval(), splits,
+                                            (1., 4.), 3., draws=1)
+  assert set(report) == {'clean', '1', '4'} and 0 <= report['clean']['accuracy'] <= 1
+  for sigma in ('1', '4'):
+    assert report[sigma]['C_unguided'] == again[sigma]['C_unguided'] and report[sigma]['share'] == again[sigma]['share']
+    assert 0 < report[sigma]['share'] < 1 and set(report[sigma]['half_split']) == {'prior', 'conditional', 'likelihood'}
+  assert report['4']['half_split']['likelihood'] < report['1']['half_split']['likelihood']
