@@ -57,6 +57,7 @@ def get_default_configs():
   evaluate.samples_dir = ''  # CAS: folder holding <class>/samples_<r>.npz
   evaluate.cas_keep_checkpoints = 2  # CAS checkpoints kept on disk (B13)
   evaluate.cas_arch = 'resnet50'  # CAS network: 'resnet50' (the paper's); 'resnet18' / 'resnet10' for quick runs
+  evaluate.features = 'inception'  # feature space of FID / PRDC: TF-GAN's Inception (digits: 'reference_classifier')
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'CIFAR10'
