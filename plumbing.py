@@ -108,8 +108,8 @@ def config_file_argument(argv):
 
 
 def check_config_file(argv):
-  """A one-line error when --config names no file; ml_collections would raise a 56-line OSError traceback as soon
-  as a --config.<field> override is given too. The part after ':' (e.g. ':vpsde') is the config's argument."""
+  """A one-line error when --config names no file (with a --config.<field> override too, ml_collections raises an
+  OSError traceback instead). The part after ':' (e.g. ':vpsde') is the config's argument."""
   value = config_file_argument(argv)
   if value is None or any(arg in HELP_FLAGS for arg in argv[1:]):
     return
