@@ -12,7 +12,7 @@ import pytest
 
 import plumbing
 from tests.cifar_fixture import write_cifar_folder
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, default_sigint
 from tests.test_train_scripts import (CLASSIFIER_CONFIG, SCORE_CONFIG, TINY_SCORE, environment, main_command, run_main,
                                       schedule)
 
@@ -257,7 +257,7 @@ def test_ctrl_c_during_training_is_one_line_and_the_same_command_resumes(root):
   args = ['--data_dir=data', *TINY_SCORE, *schedule(n_iters=80, snapshot_freq=2, log_freq=5, eval_freq=100)]
   run_dir = root / 'results' / 'interrupted'
   process = subprocess.Popen(main_command(SCORE_CONFIG, 'score', 'interrupted', *args), cwd=root, env=environment(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
   deadline = time.time() + 240
   while time.time() < deadline and process.poll() is None and not (run_dir / 'checkpoints' / 'checkpoint_2.pth').exists():
     time.sleep(0.05)

@@ -12,7 +12,7 @@ from PIL import Image
 
 import plumbing
 import run_lib_sampling as rls
-from tests.helpers import REPO_ROOT, load_config
+from tests.helpers import REPO_ROOT, default_sigint, load_config
 
 EVAL_CONFIG = 'configs/eval/cifar10/eval_cifar10_configs.py'
 # Tiny networks, 3 PC steps, batches of 2 and (40 // 2) // 10 = 2 rounds per class. The script runs on the CPU
@@ -238,7 +238,7 @@ def test_ctrl_c_during_sampling_is_one_line_and_the_same_command_resumes(tmp_pat
   command = sampler_command(checkpoints, '--mode=full')
   folder = tmp_path / 'results' / 'tiny' / 'eval_samples'
   process = subprocess.Popen(command, cwd=tmp_path, env=sampler_env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
   deadline = time.time() + 300
   while time.time() < deadline and process.poll() is None and not (folder / '0' / 'samples_0.npz').exists():
     time.sleep(0.05)
