@@ -1,6 +1,7 @@
 """Config validation, before any model loads or file is written: one ConfigError line naming the field, its value and
 what is allowed. Misspelt fields and wrong types are refused earlier, by the flag parser (plumbing.parse_flags)."""
 import sde_lib
+import time_grids
 
 VP_FAMILY = ('vpsde', 'subvpsde')
 
@@ -86,6 +87,9 @@ def check_pc_sampler(config):
   sampling, sde_name = config.sampling, config.training.sde.lower()
   predictor, corrector = sampling.predictor.lower(), sampling.corrector.lower()
   require_positive(config, 'sampling.n_steps_each', 'sampling.snr')
+  grid, grids = sampling.get('grid', 'linear'), time_grids.grid_names()
+  if grid not in grids:  # before the predictor's grid check, which would ask for a linear grid
+    raise ConfigError(f'sampling.grid={grid!r}: must be one of {", ".join(map(repr, grids))}')
   require(config, 'sampling.eta', 'a number >= 0', lambda eta: isinstance(eta, (int, float)) and eta >= 0)
   if predictor == 'ancestral_sampling' and sampling.probability_flow:
     raise ConfigError('sampling.predictor=ancestral_sampling has no probability-flow form: set '

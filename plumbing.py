@@ -29,8 +29,15 @@ TEMP_FILE = re.compile(r'^\..+\.(\d+)(\.[0-9a-f]{8})?\.tmp$')  # .<name>.<pid>[.
 LOCK_NAME = 'run.lock'
 
 
+INTERRUPTED_STATUS = 130  # the shell's status for a process ended by SIGINT (128 + 2)
+
+
 class ScriptError(Exception):
   """A failure the user can fix (busy folder, bad samples, ...): reported in one line without a traceback."""
+
+
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C, carrying the way out (e.g. 'rerun the same command to resume from …'): one line, exit status 130."""
 
 
 # ---------------------------------------------------------------------------------------------- flags
@@ -90,13 +97,36 @@ def _unknown_field_message(argv, error):
   return f'{flag}: no such config field' + (f' (did you mean "{hint.group(1)}"?)' if hint else '')
 
 
+def config_file_argument(argv):
+  """The value of --config (either form) in `argv`, or None."""
+  for index, arg in enumerate(argv):
+    if arg == '--config' and index + 1 < len(argv):
+      return argv[index + 1]
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+  return None
+
+
+def check_config_file(argv):
+  """A one-line error when --config names no file (with a --config.<field> override too, ml_collections raises an
+  OSError traceback instead). The part after ':' (e.g. ':vpsde') is the config's argument."""
+  value = config_file_argument(argv)
+  if value is None or any(arg in HELP_FLAGS for arg in argv[1:]):
+    return
+  path = value.split(':', 1)[0]
+  if not os.path.isfile(path):
+    fail(f'--config {value}: {path} is not a file {relative_to_here()}; pass a config file such as '
+         'configs/score/cifar10_score_configs.py')
+
+
 def parse_flags(argv):
-  """absl's parser with one-line errors (unknown flag, misspelt config field, wrong type)."""
+  """absl's parser with one-line errors (missing config file, unknown flag, misspelt config field, wrong type)."""
+  check_config_file(argv)
   try:
     return FLAGS(argv)
   except (AttributeError, KeyError) as error:  # ml_collections: a --config.<field> that does not exist
     fail(_unknown_field_message(argv, error))
-  except (flags.Error, ValueError, TypeError) as error:  # bad values, a missing or failing config file
+  except (flags.Error, ValueError, TypeError, OSError) as error:  # bad values, a failing config file
     fail(str(error))
 
 
@@ -133,8 +163,16 @@ def _message(error):
   return str(error)
 
 
+def stop_interrupted(interruption):
+  """The one line of Ctrl-C: what to do next (an Interrupted's message, else a plain rerun), exit status 130."""
+  way_out = str(interruption) if isinstance(interruption, Interrupted) else 'rerun the same command to continue'
+  print(f'interrupted (Ctrl-C); {one_line(way_out)}', file=sys.stderr)
+  sys.exit(INTERRUPTED_STATUS)
+
+
 def run_script(main):
-  """app.run(main) with the last of repeated --config overrides, --help exiting 0, and one-line errors."""
+  """app.run(main) with the last of repeated --config overrides, --help exiting 0, one-line errors, and Ctrl-C
+  as one line with exit status 130."""
   argv = last_override_wins(sys.argv)
 
   def guarded_main(args):
@@ -144,7 +182,9 @@ def run_script(main):
       fail(_message(error))
   try:
     app.run(guarded_main, argv=argv, flags_parser=parse_flags)
-  except SystemExit as exit_:
+  except KeyboardInterrupt as interruption:
+    stop_interrupted(interruption)
+  except SystemExit:
     if any(arg in HELP_FLAGS for arg in argv[1:]):  # absl ends --help with status 1
       sys.exit(0)
     raise
@@ -160,9 +200,7 @@ def checkpoint_paths(config):
     path = config.model.get(field)
     if path is None:
       raise ValueError(f'No model.{field}: pass {flag} or set it in the config')
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'model.{field} = {path} does not exist (set it with {flag})')
-    paths.append(path)
+    paths.append(require_checkpoint_file(path, f'model.{field}', flag))
   return paths
 
 
@@ -187,6 +225,42 @@ def process_device(config):
 
 
 # ---------------------------------------------------------------------------------------------- files
+
+
+def relative_to_here():
+  """The reminder every 'does not exist' message carries: results/, data/ and every other path start here."""
+  return f'(paths are relative to the current directory, {os.getcwd()})'
+
+
+def require_checkpoint_file(path, field, flag):
+  """`path` when it is a file; else FileNotFoundError naming `field`, the flag that sets it and, for a run folder,
+  the newest checkpoint inside it."""
+  if os.path.isfile(path):
+    return path
+  if os.path.isdir(path):
+    newest = newest_checkpoint_below(path)
+    hint = f' (its newest is {newest})' if newest else ''
+    raise FileNotFoundError(f'{field} = {path} is a folder, not a checkpoint file: pass {flag} '
+                            f'<folder>/checkpoints/checkpoint_<step>.pth{hint}')
+  raise FileNotFoundError(f'{field} = {path} does not exist {relative_to_here()}: pass {flag} <checkpoint file>')
+
+
+def interruption_resuming_from(ckpt_dir):
+  """Interrupted naming the checkpoint in `ckpt_dir` that a rerun of the same command resumes from."""
+  newest = newest_checkpoint_below(ckpt_dir)
+  if newest is None:
+    return Interrupted('no checkpoint was written yet; rerun the same command to start again')
+  return Interrupted(f'rerun the same command to resume from {newest}')
+
+
+def newest_checkpoint_below(folder):
+  """The checkpoint_<step>.pth with the largest step in `folder` or `folder`/checkpoints, or None."""
+  from models import checkpoint
+  for candidate in (folder, os.path.join(folder, 'checkpoints')):
+    found = checkpoint.list_checkpoints(candidate)
+    if found:
+      return found[-1][1]
+  return None
 
 
 def _temp_path(path):
@@ -285,18 +359,39 @@ def save_png_grid(images, file, nrow, padding=2):
 # ---------------------------------------------------------------------------------------------- run-folder lock
 
 
+def missing_folders(folder):
+  """The folders from the outermost missing ancestor of `folder` down to `folder` itself ([] if it exists)."""
+  missing, current = [], os.path.abspath(folder)
+  while not os.path.exists(current):
+    missing.insert(0, current)
+    current = os.path.dirname(current)
+  return missing
+
+
+def remove_empty_folders(folders):
+  """Remove `folders` (outermost first, as missing_folders lists them) from the innermost up while they are empty."""
+  for folder in reversed(folders):
+    try:
+      os.rmdir(folder)
+    except OSError:  # not empty (the run wrote into it) or already gone
+      return
+
+
 class RunFolderLock:
   """One run per folder: an exclusive flock on <folder>/run.lock, which records the holder's pid and host.
 
   The kernel drops the flock when the holder dies (kill -9 included), so a stale lock file never blocks a new run.
+  Folders the lock created and the run left empty (a start that failed before writing) are removed again.
   """
 
   def __init__(self, folder):
     self.folder = folder
     self.path = os.path.join(folder, LOCK_NAME)
     self.file = None
+    self.created = []
 
   def __enter__(self):
+    self.created = missing_folders(self.folder)
     os.makedirs(self.folder, exist_ok=True)
     while self.file is None:
       file = open(self.path, 'a+')
@@ -306,6 +401,7 @@ class RunFolderLock:
         file.seek(0)
         holder = file.read().strip() or 'another process'
         file.close()
+        remove_empty_folders(self.created)
         raise ScriptError(f'{self.folder} is in use by {holder}; wait for that run to end or use another --workdir')
       if _same_file(file, self.path):  # not unlinked by a holder that finished meanwhile
         self.file = file
@@ -322,6 +418,7 @@ class RunFolderLock:
       os.remove(self.path)
     self.file.close()
     self.file = None
+    remove_empty_folders(self.created)
     return False
 
 

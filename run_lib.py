@@ -36,8 +36,23 @@ SCORE_LOSS_EPS = 1e-3  # the DLSM repository trains the score model on t in [1e-
 # ---------------------------------------------------------------------------------------------- run set-up
 
 
+class HeldRecords(logging.Handler):
+  """Keeps the log records of a run's set-up until its log file opens (a start that fails writes no log.txt)."""
+
+  def __init__(self):
+    super().__init__()
+    self.records = []
+
+  def emit(self, record):
+    self.records.append(record)
+
+
 class Run:
-  """Process-level context of one training run: ranks, device, log file, TensorBoard, progress bar."""
+  """Process-level context of one training run: ranks, device, log file, TensorBoard, progress bar.
+
+  Entering takes the folder's lock only; `open_records` writes the first files (log.txt, config.txt, tensorboard/)
+  once the set-up (models, checkpoints, data) has succeeded, so a start that fails leaves nothing behind.
+  """
 
   def __init__(self, config, workdir):
     self.workdir = workdir
@@ -48,6 +63,7 @@ class Run:
     self.ckpt_dir = os.path.join(workdir, 'checkpoints')
     self.writer = None
     self.log_handler = None
+    self.held = None
     self.progress = None
     self.lock = plumbing.lock_run_folder(workdir, self.rank)
 
@@ -67,33 +83,50 @@ class Run:
       return self
     if root.level > logging.INFO:
       root.setLevel(logging.INFO)
-    self.lock.__enter__()  # one run per workdir; the first write into it
+    self.lock.__enter__()  # one run per workdir
+    self.held = HeldRecords()
+    root.addHandler(self.held)
+    return self
+
+  def open_records(self):
+    """The run's first writes: checkpoints/, log.txt (with the set-up's records), tensorboard/, config.txt."""
+    if not self.is_main:
+      return
     os.makedirs(self.ckpt_dir, exist_ok=True)
     self.log_handler = logging.FileHandler(os.path.join(self.workdir, 'log.txt'))
     self.log_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
+    root = logging.getLogger()
+    root.removeHandler(self.held)
+    for record in self.held.records:
+      self.log_handler.handle(record)
+    self.held = None
     root.addHandler(self.log_handler)
     for path in plumbing.remove_stale_temp_files(self.workdir):
       logging.info('Removed %s, left by an interrupted run', path)
     self.writer = tensorboard_writer(os.path.join(self.workdir, 'tensorboard'))
     record_start(self.workdir, self.config)
-    return self
 
   def __exit__(self, exc_type, exc, traceback):
     if self.progress is not None:
       self.progress.close()
-    if exc is not None and self.is_main:
-      logging.error('Training stopped: %s: %s', type(exc).__name__, exc)
+    if exc is not None and self.log_handler is not None:  # stderr gets the script's one line instead
+      reason = 'interrupted (Ctrl-C)' if isinstance(exc, KeyboardInterrupt) else f'{type(exc).__name__}: {exc}'
+      self.log_handler.handle(logging.makeLogRecord(dict(levelno=logging.ERROR, levelname='ERROR',
+                                                         msg=f'Training stopped: {reason}')))
     if self.writer is not None:
       self.writer.close()
     root = logging.getLogger()
-    if self.log_handler is not None:
-      root.removeHandler(self.log_handler)
-      self.log_handler.close()
+    for handler in (self.log_handler, self.held):
+      if handler is not None:
+        root.removeHandler(handler)
+        handler.close()
     root.setLevel(self._root_level)
     if self.world_size > 1 and dist.is_initialized() and exc is None:
       dist.barrier()
     if self.is_main and self.lock.file is not None:
       self.lock.__exit__(exc_type, exc, traceback)
+    if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, plumbing.Interrupted):
+      raise plumbing.interruption_resuming_from(self.ckpt_dir) from None
     return False
 
   def seed(self, config, initial_step):
@@ -238,7 +271,9 @@ def train_score(config, workdir):
     initial_step = resume_step(run, score_model, optimizer, ema)
     if initial_step == 0 and config.model.get('score_restore_path', None):
       # --restore on the score trainer: start from those EMA weights with a fresh optimizer, as the original.
-      ckpt.restore_score_model(config.model.score_restore_path, score_model, ema, run.device)
+      path = plumbing.require_checkpoint_file(config.model.score_restore_path, 'model.score_restore_path',
+                                              '--restore')
+      ckpt.restore_score_model(path, score_model, ema, run.device)
       if run.is_main:
         logging.info('Initialised from %s', config.model.score_restore_path)
     run.seed(config, initial_step)
@@ -252,6 +287,7 @@ def train_score(config, workdir):
     eval_batches = iter(run.data(config, 'test', initial_step + 1))  # training options (flip, repeat), B34
     scaler = datasets.get_data_scaler(config)
     num_updates = config.training.n_iters + 1
+    run.open_records()
     if run.is_main:
       logging.info('Score training: updates %d to %d, %d process(es), device %s', initial_step, num_updates,
                    run.world_size, run.device)
@@ -347,9 +383,7 @@ def load_frozen_score_model(run, config):
   if not path:
     raise ValueError('Classifier training needs a trained score model: pass --restore <score checkpoint> '
                      '(or set config.model.score_restore_path).')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'model.score_restore_path = {path} does not exist: pass --restore <score checkpoint> '
-                            '(results/<score workdir>/checkpoints/checkpoint_<step>.pth)')
+  plumbing.require_checkpoint_file(path, 'model.score_restore_path', '--restore')
   score_model = mutils.create_model(config)
   ckpt.restore_score_model(path, score_model, new_ema(config, score_model), run.device,
                            config_hint='the model.* fields of the classifier config')
@@ -382,6 +416,7 @@ def train_classifier(config, workdir):
                             random_flip=False)
     scaler = datasets.get_data_scaler(config)
     num_updates = config.training.n_iters + 1
+    run.open_records()
     if run.is_main:
       logging.info('Classifier training (%s loss): updates %d to %d, %d process(es), device %s',
                    config.model.loss_type, initial_step, num_updates, run.world_size, run.device)

@@ -104,13 +104,16 @@ def train_cas(config, workdir, samples_dir):
   writer = run_lib.tensorboard_writer(os.path.join(workdir, 'tensorboard_cas'))  # the original's tags, without TF
   model.train()
   n_iters, eval_freq = config.training.n_iters, config.training.eval_freq
-  progress = tqdm(range(start, n_iters), initial=start, total=n_iters, desc='CAS', mininterval=2)
-  for step in progress:  # `step` updates done before this one; the original evaluates after updates 1, 201, ...
+  # Counted by update(), not by iterating the bar: tqdm's iterator publishes its count only when it redraws, so
+  # the step lines that progress.write prints would redraw a bar still at 0.
+  progress = tqdm(initial=start, total=n_iters, desc='CAS', mininterval=2)
+  for step in range(start, n_iters):  # `step` updates done before this one; the original evaluates after 1, 201, …
     index = torch.from_numpy(batch_indices(step, config.training.batch_size, len(images), config.seed)).to(device)
     loss = F.cross_entropy(model(evaluation.images_to_unit_nchw(images[index])), labels[index])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    progress.update(1)
     if step % config.training.log_freq == 0:
       progress.set_postfix(loss_ce=f'{loss.item():.4f}')
       writer.add_scalar('loss_ce', loss.item(), step)
@@ -120,6 +123,7 @@ def train_cas(config, workdir, samples_dir):
       writer.add_scalar('eval_acc', 100 * history[-1][1], step)
       progress.write(f'Step {step + 1}: loss_ce {loss.item():.4f} || Accuracy: {100 * history[-1][1]:.2f}%')
       save_progress(config, ckpt_dir, model, optimizer, step + 1, history)
+  progress.close()
   writer.close()
   if not history:
     raise ValueError(f'nothing to do: training.n_iters={n_iters} updates are already done in {ckpt_dir}')
@@ -133,8 +137,14 @@ def main(argv):
   config_checks.check_cas(config)
   workdir = os.path.join('results', FLAGS.workdir)
   samples_dir = config.eval.samples_dir or os.path.join(workdir, 'eval_samples')
+  if not os.path.isdir(samples_dir):
+    raise FileNotFoundError(f'{samples_dir} does not exist {plumbing.relative_to_here()}: sample first '
+                            f'(run_lib_sampling.py --workdir {FLAGS.workdir}) or pass --samples_dir')
   with plumbing.RunFolderLock(workdir):
-    result = train_cas(config, workdir, samples_dir)
+    try:
+      result = train_cas(config, workdir, samples_dir)
+    except KeyboardInterrupt:
+      raise plumbing.interruption_resuming_from(os.path.join(workdir, 'checkpoints_cas')) from None
   print(f"CAS final accuracy: {100 * result['final_accuracy']:.2f}% (step {result['final_step']}) || "
         f"best: {100 * result['best_accuracy']:.2f}% (step {result['best_step']})")
   evaluation.update_metrics_file(workdir, 'cas', result)

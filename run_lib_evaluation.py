@@ -5,7 +5,9 @@
 
 Steps run in the original order --stat -> --latent -> --prdc -> --fidis, each only when its flag is set. Files live in
 results/<workdir>: stat/stat.npz, latent/<c>/samples_<r>_latent.npz, metrics.json and metrics.txt (plus the
-original's fid_is.txt / prdc.txt in class mode). The latents are those of config.eval.features: TF-GAN's Inception
+original's fid_is.txt / prdc.txt in class mode). --latent first deletes every latent/<c>/*_latent.npz and then encodes
+every sample file again, so latents of sample files that no longer exist (e.g. moved aside by run_lib_sampling.py
+--fresh) are never evaluated; the original overwrote file by file and kept such stale latents in its metrics. The latents are those of config.eval.features: TF-GAN's Inception
 (CIFAR, the paper's) or the reference classifier (digits: FD instead of FID, no IS, plus the reference classifier's
 accuracy on the samples; TensorFlow is not loaded).
 """
@@ -31,7 +33,8 @@ def define_flags():
   flags.DEFINE_enum('mode', 'full', ['full', 'class'], 'full: all samples at once; class: class-wise (CW) metrics.')
   flags.DEFINE_bool('stat', False, 'Build stat/stat.npz from the training split, grouped by class.')
   flags.DEFINE_bool('latent', False, 'Encode the dataset (into stat.npz) and every sample file (into latent/) with '
-                    'the feature space of eval.features (Inception, or the digits reference classifier).')
+                    'the feature space of eval.features (Inception, or the digits reference classifier); the '
+                    'latent/ files of earlier runs are deleted first.')
   flags.DEFINE_bool('fidis', False, 'Compute FID and Inception score (digits: FD and the reference accuracy).')
   flags.DEFINE_bool('prdc', False, 'Compute precision, recall, density and coverage.')
   flags.DEFINE_bool('posterior', False, 'Posterior-score errors of the networks (--restore, --restore_classifier, '
@@ -272,6 +275,9 @@ def main(argv):
     config_checks.check_posterior(config)
     plumbing.checkpoint_paths(config)
   workdir = os.path.join('results', FLAGS.workdir)
+  if (FLAGS.latent or FLAGS.fidis or FLAGS.prdc) and not os.path.isdir(workdir):
+    raise FileNotFoundError(f'{workdir} does not exist {plumbing.relative_to_here()}: sample into it first '
+                            f'(run_lib_sampling.py --workdir {FLAGS.workdir})')
   with plumbing.RunFolderLock(workdir):
     if FLAGS.posterior:
       run_posterior(config, workdir)

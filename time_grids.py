@@ -36,10 +36,14 @@ def rho_grid(sde, num_steps, eps, rho=7.):
   return times.float()
 
 
+def grid_names():
+  return sorted(_GRIDS)
+
+
 def time_grid(name, sde, num_steps, eps, rho=7.):
   """The N + 1 times of grid `name`: its N times, then t_N = 0."""
   if name not in _GRIDS:
-    raise ValueError(f'unknown sampling.grid {name!r}; known: {sorted(_GRIDS)}')
+    raise ValueError(f'unknown sampling.grid {name!r}; known: {grid_names()}')
   if num_steps < 2:
     raise ValueError(f'sampling.num_steps = {num_steps}; use at least 2')
   times = _GRIDS[name](sde, num_steps, eps, rho)

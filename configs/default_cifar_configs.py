@@ -59,6 +59,7 @@ def get_default_configs():
   evaluate.cas_arch = 'resnet50'  # CAS network: 'resnet50' (the paper's); 'resnet18' / 'resnet10' for quick runs
   evaluate.posterior_sigmas = (0.5, 1., 2., 4.)  # --posterior: noise levels of the posterior-score errors (VE σ)
   evaluate.posterior_draws = 4  # --posterior: noisy copies of every test image per σ
+  evaluate.features = 'inception'  # feature space of FID / PRDC: TF-GAN's Inception (digits: 'reference_classifier')
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'CIFAR10'

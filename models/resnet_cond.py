@@ -5,7 +5,8 @@ Module tree (= checkpoint keys): Classifier.classifier -> ResNetCond with `condi
 time embedding MLP) and `classifier` (the ResNet_cond body). Stage widths are w, 2w, 4w, 8w with
 w = config.classifier.resnet_base_width (64 = the original's fixed 64/128/256/512). Inputs have
 config.data.num_channels channels and any size; the last stage is averaged over all its positions (at 32x32 its
-4x4 map, exactly the original's avg_pool2d(out, 4)).
+4x4 map: the same average as the original's avg_pool2d(out, 4), summed in another order, so the two differ by
+float32 rounding, about 1e-7 relative).
 """
 import re
 

@@ -2,6 +2,7 @@
 import ast
 import hashlib
 import importlib.util
+import signal
 from pathlib import Path
 
 import ml_collections
@@ -14,6 +15,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Flat-config fields the golden files write as strings of lists but the configs hold as tuples.
 _TUPLE_FIELDS = {'model.ch_mult', 'model.attn_resolutions'}
+
+
+def default_sigint():
+  """preexec_fn of a child that must see Ctrl-C: a shell's background job (a CI runner, `make test &`) ignores SIGINT,
+  and Python keeps an ignored SIGINT instead of raising KeyboardInterrupt, so the default is restored first."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def load_config(relative_path):

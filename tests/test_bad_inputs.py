@@ -1,16 +1,20 @@
 """Bad inputs through the real command lines, on tiny data: each ends with exit status 1, no traceback, one 'error:'
 line naming the field / file, and every file that existed before byte-identical afterwards."""
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 import plumbing
 from tests.cifar_fixture import write_cifar_folder
-from tests.helpers import REPO_ROOT
-from tests.test_train_scripts import CLASSIFIER_CONFIG, SCORE_CONFIG, TINY_SCORE, environment, run_main, schedule
+from tests.helpers import REPO_ROOT, default_sigint
+from tests.test_train_scripts import (CLASSIFIER_CONFIG, SCORE_CONFIG, TINY_SCORE, environment, main_command, run_main,
+                                      schedule)
 
 CAS_CONFIG = str(REPO_ROOT / 'configs/eval/cifar10/eval_cifar10_configs_cas.py')
 
@@ -76,7 +80,7 @@ def test_positional_embedding_needs_a_thousand_scales_under_continuous_vp(root):
 
 
 @pytest.mark.parametrize('config, fragments', [
-    ('nonexistent_config.py', ['nonexistent_config.py', 'No such file']),
+    ('nonexistent_config.py', ['--config nonexistent_config.py', 'is not a file']),
     (f'{SCORE_CONFIG}:vpsd', ["unknown SDE 'vpsd'", 'vpsde or subvpsde'])])
 def test_a_missing_or_failing_config_file_is_one_line(root, config, fragments):
   assert_one_line_error(run_main(root, config, 'score', 'prev', '--data_dir=data'), *fragments)
@@ -182,3 +186,109 @@ def test_a_full_disk_inside_torch_save_is_named(tmp_path):
     plumbing.atomic_write(str(path), fail_like_torch_save)
   assert str(path) in str(error.value) and 'cannot write: No space left on device' in str(error.value)
   assert os.listdir(tmp_path) == ['checkpoint_1.pth'] and path.read_bytes() == b'the previous file'
+
+
+# ---------------------------------------------------------------------------------------------
+# A failed start leaves nothing behind, and the corrected command then runs.
+
+def assert_leaves_nothing(root, workdir):
+  assert not (root / 'results' / workdir).exists(), sorted(files_under(root / 'results' / workdir))
+
+
+@pytest.fixture(scope='module')
+def score_run_folder(root):
+  """A run folder (outside results/) holding a tiny score checkpoint, as a finished score run leaves it."""
+  from models import checkpoint, utils as mutils
+  from models.ema import ExponentialMovingAverage
+  from tests.helpers import load_config
+  config = load_config('configs/classifier/cifar10_classifier_resnet18_cond_configs.py')
+  config.device, config.model.nf, config.model.num_res_blocks, config.model.ch_mult = 'cpu', 8, 1, (1, 2)
+  score_model = mutils.create_model(config)
+  folder = root / 'runs' / 'score'
+  checkpoint.save_checkpoint(str(folder / 'checkpoints' / 'checkpoint_4.pth'), score_model, step=4,
+                             ema=ExponentialMovingAverage(score_model.parameters(), 0.999))
+  return folder
+
+
+def run_tiny_classifier(root, workdir, restore):
+  return run_main(root, CLASSIFIER_CONFIG, 'classifier', workdir, '--data_dir=data', f'--restore={restore}',
+                  *TINY_SCORE[:3], '--config.training.batch_size=4', '--config.classifier.resnet_base_width=4',
+                  '--config.classifier.nf=8', '--config.eval.batch_size=16', *schedule(1, 2))
+
+
+def test_a_missing_config_file_with_an_override_is_one_line(root):
+  result = run_main(root, 'configs/score/cifar10_score_config.py', 'score', 'typo', '--config.model.nf=8')
+  assert_one_line_error(result, '--config configs/score/cifar10_score_config.py', 'is not a file',
+                        f'relative to the current directory, {root}')
+  assert_leaves_nothing(root, 'typo')
+  assert run_main(root, SCORE_CONFIG, 'score', 'typo', '--data_dir=data', *TINY_SCORE, *schedule(0, 1)).returncode == 0
+
+
+def test_restore_pointing_at_a_run_folder_names_its_newest_checkpoint(root, score_run_folder):
+  result = run_tiny_classifier(root, 'from_folder', score_run_folder)
+  newest = score_run_folder / 'checkpoints' / 'checkpoint_4.pth'
+  assert_one_line_error(result, f'model.score_restore_path = {score_run_folder} is a folder, not a checkpoint file',
+                        '--restore', f'its newest is {newest}')
+  assert_leaves_nothing(root, 'from_folder')
+  corrected = run_tiny_classifier(root, 'from_folder', newest)
+  assert corrected.returncode == 0, corrected.stderr[-3000:]
+
+
+def test_a_failed_classifier_start_leaves_no_run_folder(root, score_run_folder):
+  missing = score_run_folder / 'checkpoints' / 'checkpoint_9.pth'
+  result = run_tiny_classifier(root, 'failed_start', missing)
+  assert_one_line_error(result, f'model.score_restore_path = {missing} does not exist', 'relative to the current')
+  assert_leaves_nothing(root, 'failed_start')
+  corrected = run_tiny_classifier(root, 'failed_start', score_run_folder / 'checkpoints' / 'checkpoint_4.pth')
+  assert corrected.returncode == 0, corrected.stderr[-3000:]
+  assert (root / 'results' / 'failed_start' / 'config.txt').read_text().count('# ---- start') == 1
+
+
+def test_a_failed_start_in_an_existing_run_folder_changes_none_of_its_files(root):
+  """No config.txt entry, no log line, no TensorBoard file for a start that could not load its data."""
+  before = files_under(root / 'results' / 'prev')
+  result = run_main(root, SCORE_CONFIG, 'score', 'prev', '--data_dir=nowhere', *TINY_SCORE, *schedule(1, 1))
+  assert_one_line_error(result, 'cifar-10-batches-py')
+  assert files_under(root / 'results' / 'prev') == before
+
+
+def test_ctrl_c_during_training_is_one_line_and_the_same_command_resumes(root):
+  """SIGINT (what Ctrl-C sends) ends with status 130, one line naming the checkpoint to resume from, no traceback."""
+  args = ['--data_dir=data', *TINY_SCORE, *schedule(n_iters=80, snapshot_freq=2, log_freq=5, eval_freq=100)]
+  run_dir = root / 'results' / 'interrupted'
+  process = subprocess.Popen(main_command(SCORE_CONFIG, 'score', 'interrupted', *args), cwd=root, env=environment(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+  deadline = time.time() + 240
+  while time.time() < deadline and process.poll() is None and not (run_dir / 'checkpoints' / 'checkpoint_2.pth').exists():
+    time.sleep(0.05)
+  process.send_signal(signal.SIGINT)
+  stderr = process.communicate(timeout=120)[1]
+  assert process.returncode == plumbing.INTERRUPTED_STATUS, stderr[-3000:]
+  assert 'Traceback' not in stderr and 'KeyboardInterrupt' not in stderr, stderr[-3000:]
+  lines = [line for line in stderr.splitlines() if line.startswith('interrupted (Ctrl-C)')]
+  assert len(lines) == 1 and 'rerun the same command to resume from results/interrupted/checkpoints/checkpoint_' \
+      in lines[0], stderr[-3000:]
+  resume_from = lines[0].rsplit(' ', 1)[1]
+  assert (root / resume_from).is_file() and not list(run_dir.rglob('*.tmp'))
+  rerun = run_main(root, SCORE_CONFIG, 'score', 'interrupted', *args)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert f'Resumed from {resume_from}' in (run_dir / 'log.txt').read_text()
+  assert (run_dir / 'checkpoints' / 'checkpoint_81.pth').is_file()
+
+
+def bar_counts(stderr, description):
+  """Every count that the tqdm bar `description` showed (its redraws are separated by carriage returns)."""
+  return [int(match) for match in re.findall(rf'{description}:\s+\d+%\|[^|]*\|\s*(\d+)/\d+', stderr)]
+
+
+def test_cas_without_samples_is_one_line_and_the_cas_bar_counts_its_steps(tmp_path):
+  write_cifar_folder(tmp_path / 'data', 'CIFAR10', num_train=48, num_test=32)
+  command = [sys.executable, str(REPO_ROOT / 'run_lib_cas.py'), '--config', CAS_CONFIG, '--workdir', 'nowhere',
+             '--data_dir', 'data']
+  result = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=300)
+  assert_one_line_error(result, 'results/nowhere/eval_samples does not exist', '--samples_dir')
+  assert not (tmp_path / 'results').exists()
+  write_samples(tmp_path / 'samples')
+  corrected = run_cas(tmp_path, 'resnet10', 4)  # evaluates after updates 1, 3 and 4
+  assert corrected.returncode == 0, corrected.stderr[-3000:]
+  assert {1, 3, 4} <= set(bar_counts(corrected.stderr, 'CAS')), corrected.stderr[-3000:]

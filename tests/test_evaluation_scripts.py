@@ -273,8 +273,24 @@ def test_missing_inception_module_is_a_clear_error(tiny_run):
 
 
 def test_missing_stat_file_is_a_clear_error(tiny_run):
+  os.makedirs(os.path.join(tiny_run['root'], 'results', 'never_evaluated'), exist_ok=True)
   message = _error_run(tiny_run, 'never_evaluated', ['fidis'])
   assert os.path.join('never_evaluated', 'stat', 'stat.npz') in message and '--stat' in message
+
+
+def test_evaluating_a_missing_workdir_is_one_line_and_leaves_nothing(tiny_run):
+  message = _error_run(tiny_run, 'nowhere', ['fidis', 'prdc'])
+  errors = [line for line in message.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1 and 'results/nowhere does not exist' in errors[0], message
+  assert 'run_lib_sampling.py --workdir nowhere' in errors[0]
+  assert not os.path.exists(os.path.join(tiny_run['root'], 'results', 'nowhere'))
+
+
+def test_a_failed_evaluation_start_removes_the_folder_it_created(tiny_run):
+  """--stat into a new folder without the data set: one line, and the folder the run lock made is gone."""
+  message = _error_run(tiny_run, 'new_stat', ['stat'], extra=['--data_dir', 'nowhere'])
+  assert 'cifar-10-batches-py' in message
+  assert not os.path.exists(os.path.join(tiny_run['root'], 'results', 'new_stat'))
 
 
 def test_empty_sample_folder_is_a_clear_error(tiny_run, standin_inception):

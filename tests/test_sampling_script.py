@@ -12,7 +12,7 @@ from PIL import Image
 
 import plumbing
 import run_lib_sampling as rls
-from tests.helpers import REPO_ROOT, load_config
+from tests.helpers import REPO_ROOT, default_sigint, load_config
 
 EVAL_CONFIG = 'configs/eval/cifar10/eval_cifar10_configs.py'
 # Tiny networks, 3 PC steps, batches of 2 and (40 // 2) // 10 = 2 rounds per class. The script runs on the CPU
@@ -52,13 +52,21 @@ def checkpoints(tmp_path_factory):
   return {'score': str(folder / 'score.pth'), 'classifier': str(folder / 'classifier.pth')}
 
 
-def run_sampler(cwd, checkpoints, *args, restore=True, env=None, config=EVAL_CONFIG):
+def sampler_command(checkpoints, *args, restore=True, config=EVAL_CONFIG):
   command = [sys.executable, str(REPO_ROOT / 'run_lib_sampling.py'), f'--config={REPO_ROOT / config}',
              *[f'--config.{key}={value}' for key, value in TINY.items()], '--workdir=tiny', *args]
   if restore:
     command += [f'--restore={checkpoints["score"]}', f'--restore_classifier={checkpoints["classifier"]}']
-  env = {**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'OMP_NUM_THREADS': '1', **(env or {})}
-  return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+  return command
+
+
+def sampler_env(env=None):
+  return {**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'OMP_NUM_THREADS': '1', **(env or {})}
+
+
+def run_sampler(cwd, checkpoints, *args, restore=True, env=None, config=EVAL_CONFIG):
+  return subprocess.run(sampler_command(checkpoints, *args, restore=restore, config=config), cwd=cwd,
+                        env=sampler_env(env), capture_output=True, text=True, timeout=600)
 
 
 def sample_files(cwd):
@@ -195,6 +203,54 @@ def test_non_finite_samples_are_never_written(tmp_path, checkpoints):
                        f'--restore_classifier={checkpoints["classifier"]}', restore=False)
   one_error_line(result, 'class 3 round 0', 'non-finite', 'vesde N=3', 'nothing was written')
   assert not list((tmp_path / 'results' / 'tiny' / 'eval_samples').rglob('*.np*'))
+
+
+BOTH_CHECKPOINTS = ['--restore={score}', '--restore_classifier={classifier}']
+FAILED_STARTS = {
+    'a classifier checkpoint as the score model': (['--restore={classifier}', '--restore_classifier={classifier}'],
+                                                   'score model'),
+    'a predictor typo': (BOTH_CHECKPOINTS + ['--config.sampling.predictor=reverse_difusion'],
+                         "unknown predictor 'reverse_difusion'"),
+    'an unknown grid': (BOTH_CHECKPOINTS + ['--config.sampling.grid=rh0'],
+                        "sampling.grid='rh0': must be one of 'linear', 'rho'"),
+    'a folder as the score checkpoint': (['--restore={folder}', '--restore_classifier={classifier}'],
+                                         'is a folder, not a checkpoint file'),
+}
+
+
+def test_failed_starts_write_nothing_and_never_block_the_corrected_command(tmp_path, checkpoints):
+  """Each failure is one line and leaves no results/ folder; then the corrected command samples (no settings.json
+  of a failed start makes it refuse 'samples made with other settings')."""
+  folder = os.path.dirname(checkpoints['score'])
+  for case, (args, fragment) in FAILED_STARTS.items():
+    args = [arg.format(folder=folder, **checkpoints) for arg in args]
+    one_error_line(run_sampler(tmp_path, checkpoints, '--mode=class', '--classid=3', *args, restore=False), fragment)
+    assert not (tmp_path / 'results').exists(), case
+  corrected = run_sampler(tmp_path, checkpoints, '--mode=class', '--classid=3')
+  assert corrected.returncode == 0, corrected.stderr[-3000:]
+  assert sorted(sample_files(tmp_path)) == ['3/samples_0.npz', '3/samples_0.png', '3/samples_1.npz',
+                                            '3/samples_1.png', rls.SETTINGS_FILE]
+
+
+def test_ctrl_c_during_sampling_is_one_line_and_the_same_command_resumes(tmp_path, checkpoints):
+  import signal
+  import time
+  command = sampler_command(checkpoints, '--mode=full')
+  folder = tmp_path / 'results' / 'tiny' / 'eval_samples'
+  process = subprocess.Popen(command, cwd=tmp_path, env=sampler_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None and not (folder / '0' / 'samples_0.npz').exists():
+    time.sleep(0.05)
+  process.send_signal(signal.SIGINT)
+  stderr = process.communicate(timeout=120)[1]
+  assert process.returncode == plumbing.INTERRUPTED_STATUS and 'Traceback' not in stderr, stderr[-3000:]
+  assert [line for line in stderr.splitlines() if line.startswith('interrupted (Ctrl-C)')] == [
+      'interrupted (Ctrl-C); rerun the same command to resume: the complete sample files are kept'], stderr[-3000:]
+  assert not list(folder.rglob('*.tmp'))
+  rerun = subprocess.run(command, cwd=tmp_path, env=sampler_env(), capture_output=True, text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert len(list(folder.rglob('*.npz'))) == 20
 
 
 REFUSED_SETTINGS = {
