@@ -19,7 +19,9 @@ A new σ-space solver is its function and the `@register_solver` line above it; 
 from a config.sampling.<name> section.
 """
 import dataclasses
+import functools
 import math
+import typing
 import weakref
 
 import numpy as np
@@ -432,8 +434,6 @@ def denoise_update(sde, score_fn, x, eps):
 def sample_ode(denoiser, x, eps, rtol=1e-5, atol=1e-5, denoise=False):
   """The guided probability-flow ODE dx/dt = f − ½g²ŝ integrated from T to eps by scipy's RK45 on the whole batch
   as one float64 vector; then, if `denoise`, one reverse-diffusion step at eps. Every drift is one evaluation."""
-  _require(rtol > 0, 'ode_rtol', rtol, 'a number > 0')
-  _require(atol > 0, 'ode_atol', atol, 'a number > 0')
   sde, shape, device = denoiser.sde, x.shape, x.device
   rsde = sde.reverse(denoiser.score, probability_flow=True)
 
@@ -623,10 +623,10 @@ def sample_sigma_space(solver, denoiser, x, sigmas, options):
 class Method:
   """A sampler's walk `run(denoiser, x)` from the prior draw x to the sample, on `sde` (the denoiser's SDE), with
   `description` for the logs; `nfe` is its number of network evaluations, None where the step count adapts."""
-  run: object
+  run: typing.Callable
   sde: object
   description: str
-  nfe: object = None
+  nfe: typing.Optional[int] = None
 
 
 def _count_evaluations(run, sde):
@@ -646,10 +646,10 @@ def _sde_with_steps(sde, num_steps, continuous):
   return sde.with_steps(num_steps)
 
 
-def _check_grid(predictor, sde, grid, num_steps):
-  if predictor in _SDE_STEP_PREDICTORS and (grid != 'linear' or num_steps != sde.N):
+def _check_grid(predictor, grid):
+  if predictor in _SDE_STEP_PREDICTORS and grid != 'linear':
     raise ValueError(f'predictor {predictor!r} steps by the SDE\'s own discretisation: it needs sampling.grid = '
-                     f'linear with num_steps = the SDE\'s N ({sde.N}), not {grid!r} with {num_steps}')
+                     f'linear (its N = sampling.num_steps points), not {grid!r}')
 
 
 def _pc_method(config, sde, eps):
@@ -657,13 +657,13 @@ def _pc_method(config, sde, eps):
   pc = PCSettings(s.predictor.lower(), s.corrector.lower(), s.snr, s.n_steps_each, s.probability_flow,
                   s.noise_removal)
   if pc.predictor == 'adaptive':
-    return Method(lambda denoiser, x: sample_adaptive(denoiser, x, eps, pc), sde,
+    return Method(functools.partial(sample_adaptive, eps=eps, pc=pc), sde,
                   f'adaptive/{pc.corrector} (snr={pc.snr:g}, n_steps_each={pc.n_steps_each}), adaptive NFE')
+  _check_grid(pc.predictor, s.grid)
   num_steps = s.num_steps or sde.N
-  _check_grid(pc.predictor, sde.with_steps(num_steps) if s.grid == 'linear' else sde, s.grid, num_steps)
   sde = _sde_with_steps(sde, num_steps, config.training.continuous)
   times = time_grids.time_grid(s.grid, sde, num_steps, eps, s.rho)
-  run = lambda denoiser, x: sample_pc(denoiser, x, times, pc)  # noqa: E731
+  run = functools.partial(sample_pc, times=times, pc=pc)
   nfe = _count_evaluations(run, sde)
   return Method(run, sde, f'pc {pc.predictor}/{pc.corrector} (snr={pc.snr:g}, n_steps_each={pc.n_steps_each}, '
                           f'probability_flow={pc.probability_flow}) on the {s.grid} grid, {num_steps} steps, '
@@ -672,9 +672,9 @@ def _pc_method(config, sde, eps):
 
 def _ode_method(config, sde, eps):
   s = config.sampling
-  run = lambda denoiser, x: sample_ode(denoiser, x, eps, s.ode_rtol, s.ode_atol, s.noise_removal)  # noqa: E731
   _require(s.ode_rtol > 0, 'ode_rtol', s.ode_rtol, 'a number > 0')
   _require(s.ode_atol > 0, 'ode_atol', s.ode_atol, 'a number > 0')
+  run = functools.partial(sample_ode, eps=eps, rtol=s.ode_rtol, atol=s.ode_atol, denoise=s.noise_removal)
   return Method(run, sde, f'ode (RK45, rtol={s.ode_rtol:g}, atol={s.ode_atol:g}), adaptive NFE')
 
 
@@ -684,7 +684,7 @@ def _solver_method(config, sde, eps):
   solver, options = get_solver(name), dict(s.get(name, {}))
   num_steps = s.num_steps or sde.N
   sigmas = time_grids.sigma_grid(s.grid, sde, num_steps, eps, s.rho, to_zero=s.noise_removal)
-  run = lambda denoiser, x: sample_sigma_space(solver, denoiser, x, sigmas, options)  # noqa: E731
+  run = functools.partial(sample_sigma_space, solver, sigmas=sigmas, options=options)
   try:
     nfe = _count_evaluations(run, sde)
   except OptionError as error:

@@ -656,3 +656,23 @@ def test_golden_step_on_the_gpu(golden, monkeypatch, sde_name):
     x, x_mean = predictor(case['corrector_x'].to(device), t)
   assert_close_to_golden(x_mean, case['predictor_x_mean'], name='predictor_x_mean')
   assert_close_to_golden(x, case['predictor_x'], name='predictor_x')
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape.
+
+SAMPLER_FILES = ('sampling.py', 'time_grids.py', 'run_lib_sampling.py', 'toy/samplers.py',
+                 'benchmarks/bench_sampler_nfe.py', 'benchmarks/bench_sampling.py')
+
+
+@pytest.mark.parametrize('path', SAMPLER_FILES)
+def test_no_sampling_function_takes_more_than_eight_parameters(path):
+  import ast
+  from tests.helpers import REPO_ROOT
+
+  def count(args):
+    return len(args.posonlyargs) + len(args.args) + len(args.kwonlyargs) + bool(args.vararg) + bool(args.kwarg)
+  functions = [node for node in ast.walk(ast.parse((REPO_ROOT / path).read_text()))
+               if isinstance(node, ast.FunctionDef)]
+  too_many = [f'{node.name} ({count(node.args)})' for node in functions if count(node.args) > 8]
+  assert not too_many, too_many
