@@ -129,9 +129,9 @@ class Guidance:
     return scale_at
 
 
-def _time_and_mean_coeff(sde, sigma, batch_size=1):
-  """(t, s(t)) at σ(t) = sigma, float64 of shape (batch_size,): σ = 0 is t = 0 (VE: −∞) with s = 1."""
-  t = sde.time_of_sigma(torch.full((batch_size,), float(sigma), dtype=torch.float64))
+def _time_and_mean_coeff(sde, sigma):
+  """(t, s(t)) at σ(t) = sigma, float64 of shape (1,): σ = 0 is t = 0 (VE: −∞) with s = 1."""
+  t = sde.time_of_sigma(torch.full((1,), float(sigma), dtype=torch.float64))
   return t, sde.mean_coeff(t)
 
 
@@ -152,8 +152,8 @@ class GuidedDenoiser:
   def __call__(self, x, sigma):
     """D(x̂, σ) = x̂ + σ²·s·ŝ(s·x̂, t) at the t with σ(t) = σ and s = s(t): the denoised estimate of the scaled
     sample x̂ at noise level σ (Karras et al. 2022, eq. 3 and their s(t)); one network evaluation."""
-    t, s = _time_and_mean_coeff(self.sde, sigma, x.shape[0])
-    t, s, weight = (value.to(x.device, x.dtype) for value in (t, s, float(sigma) ** 2 * s))
+    t, s = _time_and_mean_coeff(self.sde, sigma)
+    t, s, weight = (value.to(x.device, x.dtype).repeat(x.shape[0]) for value in (t, s, float(sigma) ** 2 * s))
     return x + batch_broadcast(weight, x) * self.score(x * batch_broadcast(s, x), t)
 
 
@@ -368,7 +368,7 @@ def sample_pc(denoiser, x, times, pc=PCSettings()):
   """The original sampler: from x at times[0], a corrector then a predictor step from each t_i to t_{i+1} of the
   1-D grid `times` (time_grids.time_grid); the last x_mean if `pc.denoise`, else x."""
   predictor, corrector = pc.steps(denoiser.sde, denoiser.score)
-  batch_times = times[:, None].expand(len(times), x.shape[0]).to(x.device)
+  batch_times = times[:, None].expand(len(times), x.shape[0]).contiguous().to(x.device)
   x_mean = x
   for t, t_next in zip(batch_times[:-1], batch_times[1:]):
     x, x_mean = corrector(x, t, t_next)
