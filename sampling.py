@@ -68,14 +68,14 @@ class OptionError(ValueError):
   """A sampler option outside its range, said as '<option>=<value>: must be <what is allowed>'."""
 
 
-def _require(condition, option, value, allowed):
+def require_option(condition, option, value, allowed):
   if not condition:
     raise OptionError(f'{option}={value!r}: must be {allowed}')
 
 
-def _require_nonnegative(**options):
+def require_nonnegative(**options):
   for option, value in options.items():
-    _require(isinstance(value, (int, float)) and value >= 0, option, value, 'a number >= 0')
+    require_option(isinstance(value, (int, float)) and value >= 0, option, value, 'a number >= 0')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,8 +354,8 @@ class PCSettings:
     if self.predictor != 'adaptive':
       get_predictor(self.predictor)
     get_corrector(self.corrector)
-    _require(self.snr > 0, 'snr', self.snr, 'a number > 0')
-    _require(isinstance(self.n_steps_each, int) and self.n_steps_each >= 1, 'n_steps_each', self.n_steps_each,
+    require_option(self.snr > 0, 'snr', self.snr, 'a number > 0')
+    require_option(isinstance(self.n_steps_each, int) and self.n_steps_each >= 1, 'n_steps_each', self.n_steps_each,
              'an integer >= 1')
 
   def steps(self, sde, score_fn):
@@ -484,7 +484,7 @@ def sample_heun(denoiser, x, sigmas, s_churn=0., s_tmin=0., s_tmax=math.inf, s_n
   """Karras et al. 2022, Algorithm 2. Where s_tmin ≤ σ_i ≤ s_tmax the noise is first raised to σ̂ = σ_i·(1 + γ),
   γ = min(s_churn / N, √2 − 1) over N steps, by adding √(σ̂² − σ_i²)·s_noise·z; then a Heun step of the flow from
   σ̂ to σ_{i+1}, Euler where σ_{i+1} = 0. s_churn = 0 is the deterministic Algorithm 1."""
-  _require_nonnegative(s_churn=s_churn, s_noise=s_noise)
+  require_nonnegative(s_churn=s_churn, s_noise=s_noise)
   gamma = min(s_churn / (len(sigmas) - 1), 2 ** 0.5 - 1)
   for sigma, sigma_next in _pairs(sigmas):
     if gamma > 0 and s_tmin <= sigma <= s_tmax:
@@ -508,7 +508,7 @@ def sample_dpmpp_2m(denoiser, x, sigmas, eta=0., s_noise=1.):
 
   Per step x̂' = e^{−(1+η)h}·x̂ + (1 − e^{−(1+η)h})·D₂ + σ'·√(1 − e^{−2ηh})·s_noise·z, with
   D₂ = D + (D − D_prev)·h / (2·h_prev) (first order on the first step); the step to σ = 0 returns D."""
-  _require_nonnegative(eta=eta, s_noise=s_noise)
+  require_nonnegative(eta=eta, s_noise=s_noise)
   previous = None  # (h, D) of the previous step
   for sigma, sigma_next in _pairs(sigmas):
     denoised = denoiser(x, sigma)
@@ -548,7 +548,7 @@ def sample_dpmpp_3m_sde(denoiser, x, sigmas, eta=1., s_noise=1.):
     x̂' = e^{−H}·x̂ + H·[φ_1(−H)·D + h·φ_2(−H)·D' + h²·φ_3(−H)·D''] + σ'·√(1 − e^{−2ηh})·s_noise·z,
 
   one evaluation per step; the step to σ = 0 returns D."""
-  _require_nonnegative(eta=eta, s_noise=s_noise)
+  require_nonnegative(eta=eta, s_noise=s_noise)
   points = []  # (λ, D) of the last three evaluations, newest last
   for sigma, sigma_next in _pairs(sigmas):
     denoised = denoiser(x, sigma)
@@ -592,8 +592,8 @@ def sample_unipc(denoiser, x, sigmas, order=2, variant='bh2', corrector=True):
   costs nothing, as that evaluation is the next step's. One evaluation per step; B(h) = 1 − e^{−h} (bh2, the
   paper's choice for guided sampling) or h (bh1). The first steps have fewer points (order min(p, i + 1)); the step
   to σ = 0 returns D; no correction follows the last evaluation."""
-  _require(order in (1, 2, 3), 'order', order, '1, 2 or 3')
-  _require(variant in _UNIPC_B, 'variant', variant, f'one of {sorted(_UNIPC_B)}')
+  require_option(order in (1, 2, 3), 'order', order, '1, 2 or 3')
+  require_option(variant in _UNIPC_B, 'variant', variant, f'one of {sorted(_UNIPC_B)}')
   points, last_step = [], None  # (λ, D) of the newest evaluations; (x̂, base, others, h, B) of the last prediction
   for sigma, sigma_next in _pairs(sigmas):
     denoised = denoiser(x, sigma)
@@ -672,8 +672,8 @@ def _pc_method(config, sde, eps):
 
 def _ode_method(config, sde, eps):
   s = config.sampling
-  _require(s.ode_rtol > 0, 'ode_rtol', s.ode_rtol, 'a number > 0')
-  _require(s.ode_atol > 0, 'ode_atol', s.ode_atol, 'a number > 0')
+  require_option(s.ode_rtol > 0, 'ode_rtol', s.ode_rtol, 'a number > 0')
+  require_option(s.ode_atol > 0, 'ode_atol', s.ode_atol, 'a number > 0')
   run = functools.partial(sample_ode, eps=eps, rtol=s.ode_rtol, atol=s.ode_atol, denoise=s.noise_removal)
   return Method(run, sde, f'ode (RK45, rtol={s.ode_rtol:g}, atol={s.ode_atol:g}), adaptive NFE')
 
