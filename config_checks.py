@@ -1,7 +1,6 @@
 """Config validation, before any model loads or file is written: one ConfigError line naming the field, its value and
 what is allowed. Misspelt fields and wrong types are refused earlier, by the flag parser (plumbing.parse_flags)."""
 import sde_lib
-import time_grids
 
 VP_FAMILY = ('vpsde', 'subvpsde')
 
@@ -66,37 +65,33 @@ def check_training(config, model, world_size=1):
 
 
 def check_sampling(config):
-  """Fields read by run_lib_sampling.py, and sampler settings that cannot work together."""
+  """Fields read by run_lib_sampling.py, the sampler's own options (checked by building it) and a VP step table the
+  PC steps can use."""
   check_sde_and_model(config)
   require_positive(config, 'training.batch_size', 'eval.num_samples', 'classifier.classes')
   sampling = config.sampling
-  require(config, 'sampling.dtype', "'float32' or 'bfloat16'", lambda dtype: dtype in ('float32', 'bfloat16'))
   if sampling.scaling_factor < 0 and not sampling.get('allow_negative_scale', False):
     raise ConfigError(f'sampling.scaling_factor={sampling.scaling_factor}: must be >= 0 (a negative guidance scale '
                       'pushes samples away from their class; allow it with --config.sampling.allow_negative_scale)')
-  method = sampling.method.lower()
-  require(config, 'sampling.method', "'pc' or 'ode'", lambda name: name.lower() in ('pc', 'ode'))
-  if method == 'ode':
-    require_positive(config, 'sampling.ode_rtol', 'sampling.ode_atol')
-  else:
-    check_pc_sampler(config)
+  check_sampler(config)
+  if sampling.method.lower() == 'pc':
+    check_pc_table(config)
 
 
-def check_pc_sampler(config):
-  """Predictor / corrector pairs the SDE supports, and a VP step table that stays below β = 1."""
+def check_sampler(config):
+  """Builds the sampler of config.sampling without networks: its builders check the method and its options."""
+  import sampling
+  sde, eps = sde_lib.get_sde(config)
+  try:
+    sampling.get_sampling_fn(config, sde, (1, 1), lambda x: x, eps)
+  except (ValueError, NotImplementedError) as error:
+    raise ConfigError(str(error)) from None
+
+
+def check_pc_table(config):
+  """A VP step table that stays below β = 1 where the PC steps divide by or take the root of 1 − β."""
   sampling, sde_name = config.sampling, config.training.sde.lower()
   predictor, corrector = sampling.predictor.lower(), sampling.corrector.lower()
-  require_positive(config, 'sampling.n_steps_each', 'sampling.snr')
-  grid, grids = sampling.get('grid', 'linear'), time_grids.grid_names()
-  if grid not in grids:  # before the predictor's grid check, which would ask for a linear grid
-    raise ConfigError(f'sampling.grid={grid!r}: must be one of {", ".join(map(repr, grids))}')
-  require(config, 'sampling.eta', 'a number >= 0', lambda eta: isinstance(eta, (int, float)) and eta >= 0)
-  if predictor == 'ancestral_sampling' and sampling.probability_flow:
-    raise ConfigError('sampling.predictor=ancestral_sampling has no probability-flow form: set '
-                      'sampling.probability_flow=False or use sampling.predictor=reverse_diffusion')
-  if predictor == 'ancestral_sampling' and not sde_lib.get_sde(config)[0].has_ancestral_step:
-    raise ConfigError(f'sampling.predictor=ancestral_sampling: training.sde={sde_name} has no ancestral step (it '
-                      'exists for vesde and vpsde only); use reverse_diffusion or euler_maruyama')
   table_steps = [step for step, reads_table in (
       (predictor, sde_name == 'vpsde' and predictor in ('ancestral_sampling', 'reverse_diffusion')),
       (corrector, sde_name in VP_FAMILY and corrector in ('langevin', 'ald'))) if reads_table]

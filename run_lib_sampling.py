@@ -6,9 +6,10 @@
   python run_lib_sampling.py ... --mode class --classid 5 --classidend 7     # classes 5 and 6 (end exclusive)
   torchrun --nproc_per_node=K run_lib_sampling.py ...                         # ranks share the work list
 
-Writes results/<workdir>/eval_samples/<class>/samples_<round>.npz (key 'samples', uint8 NHWC) and a .png grid
-per round. Every (class, round) has its own seed derived from (sampling.seed, class, round): a rerun skips
-complete files and redoes broken ones, and any split of the classes over processes writes the same files.
+Writes results/<workdir>/eval_samples/<class>/samples_<round>.npz (key 'samples', uint8 NHWC; key 'nfe', the network
+evaluations that made them) and a .png grid per round. Every (class, round) has its own seed derived from
+(sampling.seed, class, round): a rerun skips complete files and redoes broken ones, and any split of the classes
+over processes writes the same files.
 
 eval_samples/settings.json records what made the samples (the whole config.sampling section, the SDE and its table
 size, batch size, data scaling, and the identities of both checkpoints). A rerun with other settings is refused with
@@ -100,12 +101,13 @@ def write_npz(file, **arrays):
         np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
-def write_samples(path, samples):
-  """The PNG grid (nrow = int(sqrt(B)), padding 2) first, then the npz that marks the batch complete."""
+def write_samples(path, samples, nfe):
+  """The PNG grid (nrow = int(sqrt(B)), padding 2) first, then the npz that marks the batch complete: 'samples' and
+  'nfe', the network evaluations that made them."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   nrow = int(np.sqrt(samples.shape[0]))
   plumbing.atomic_write(path[:-len('.npz')] + '.png', lambda file: plumbing.save_png_grid(samples, file, nrow))
-  plumbing.atomic_write(path, lambda file: write_npz(file, samples=plumbing.to_uint8(samples)))
+  plumbing.atomic_write(path, lambda file: write_npz(file, samples=plumbing.to_uint8(samples), nfe=np.int64(nfe)))
 
 
 def pending_work(sample_dir, classes, rounds, shape, rank=0, world_size=1, redo_all=False):
@@ -181,9 +183,13 @@ def read_settings(path):
 
 
 def describe(config):
+  """The SDE, the sampler (method, grid, steps, options such as η, NFE), the guidance scale and the precision."""
+  import sampling
+  import sde_lib
   s = config.sampling
-  steps = 'ode' if s.method.lower() == 'ode' else f'pc {s.predictor}/{s.corrector}'
-  return (f'{config.training.sde} N={config.model.num_scales}, {steps}, scale {s.scaling_factor:g}, {s.dtype}'
+  sde, eps = sde_lib.get_sde(config)
+  sampler = sampling.get_sampling_fn(config, sde, (1, 1), lambda x: x, eps).description
+  return (f'{config.training.sde} N={config.model.num_scales}, {sampler}, scale {s.scaling_factor:g}, {s.dtype}'
           f'{", compiled" if s.compile else ""}')
 
 
@@ -246,11 +252,11 @@ def batch_sampler(config, device, sample_dir):
   def sample_batch(class_id, round_id):
     torch.manual_seed(sample_seed(config.sampling.seed, class_id, round_id))
     labels = torch.full((batch_size,), class_id, dtype=torch.long, device=device)
-    samples, _ = sampling_fn(score_model, classifier, labels)
+    samples, nfe = sampling_fn(score_model, classifier, labels)
     if not torch.isfinite(samples).all():
       raise plumbing.ScriptError(f'class {class_id} round {round_id}: the sampler returned non-finite values '
                                  f'({describe(config)}); nothing was written for this batch')
-    write_samples(samples_path(sample_dir, class_id, round_id), samples)
+    write_samples(samples_path(sample_dir, class_id, round_id), samples, nfe)
   return sample_batch
 
 

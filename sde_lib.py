@@ -99,6 +99,18 @@ class SDE(abc.ABC):
     """The time t with σ(t) = sigma, the inverse of `sigma`."""
     raise NotImplementedError(f'{type(self).__name__} does not invert σ(t)')
 
+  def with_steps(self, num_steps):
+    """The same SDE discretised with num_steps steps (its N), for the steps and tables of the original predictors and
+    correctors; continuous-time networks do not depend on N."""
+    if num_steps == self.N:
+      return self
+    return type(self)(*self.parameters, N=num_steps)
+
+  @property
+  def parameters(self):
+    """The constructor's arguments before N."""
+    raise NotImplementedError(f'{type(self).__name__} cannot change its N')
+
   def ancestral_step(self, x, score, t):
     """One ancestral-sampling step (x, x_mean) from x at t with the given score."""
     raise NotImplementedError(f'{type(self).__name__} has no ancestral step (VESDE and VPSDE have one)')
@@ -179,6 +191,10 @@ class LinearBetaSDE(SDE):
   @classmethod
   def from_config(cls, config):
     return cls(beta_min=config.model.beta_min, beta_max=config.model.beta_max, N=config.model.num_scales)
+
+  @property
+  def parameters(self):
+    return self.beta_0, self.beta_1
 
   def beta(self, t):
     return self.beta_0 + t * (self.beta_1 - self.beta_0)
@@ -307,6 +323,10 @@ class VESDE(SDE):
   @classmethod
   def from_config(cls, config):
     return cls(sigma_min=config.model.sigma_min, sigma_max=config.model.sigma_max, N=config.model.num_scales)
+
+  @property
+  def parameters(self):
+    return self.sigma_min, self.sigma_max
 
   def sde(self, x, t):
     sigma = self.marginal_std(t)

@@ -3,7 +3,7 @@
   python benchmarks/bench_digits_prior.py --score S.pth [S2.pth ...] --classifier C.pth [--seeds 0,1,2]
 
 For every score checkpoint, guided samples (the classifier C, λ = --scale, 50 per class) of two samplers:
-`deterministic`, DPM-Solver++(2M) as the probability-flow ODE (η = 0) with --steps steps (one network evaluation each)
+`deterministic`, DPM-Solver++(2M) (sampling.method dpmpp_2m) as the probability-flow ODE (η = 0) with --steps steps (one network evaluation each)
 on the ρ grid, and `make digits`, the sampler of configs/digits/eval.py. evaluation.PixelJudge rates them: an RBF-SVC
 fitted on every real digit (`recognised`, class-wise averaged) and the Fréchet distance in pixel space to the training
 split (`pixel_fd`); the real test digits are the floor of the FD. The criterion: the deterministic samples' FD within
@@ -35,7 +35,7 @@ def sampler_config(name, steps, scale):
   config = digits_eval.get_config()
   config.sampling.scaling_factor = scale
   if name == 'deterministic':
-    config.sampling.eta, config.sampling.num_steps = 0., steps
+    config.sampling.dpmpp_2m.eta, config.sampling.num_steps = 0., steps
   return config
 
 

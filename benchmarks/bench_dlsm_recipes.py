@@ -95,6 +95,15 @@ def train_and_measure(name, seed, score, extra):
   return row
 
 
+def measured_or_none(name, seed, score, extra):
+  """train_and_measure, or None with its one-line error printed (the other runs go on)."""
+  try:
+    return train_and_measure(name, seed, score, extra)
+  except RuntimeError as error:
+    print(f'{name} seed {seed}: error: {error}', flush=True)
+    return None
+
+
 def goal_met(row):
   """C ≤ C_unguided − ½·share at σ 1, 2 and 4, and L ≤ 0.5 at σ 1 and 2."""
   return (all(row[f'C σ={s}'] <= row[f'C_unguided σ={s}'] - 0.5 * row[f'share σ={s}'] for s in ('1', '2', '4'))
@@ -141,7 +150,7 @@ def main(argv=None):
     sys.exit(f'error: unknown variants {unknown}; known: {", ".join(VARIANTS)}')
   jobs = [(name, int(seed)) for name in names for seed in args.seeds.split(',')]
   with ThreadPoolExecutor(args.jobs) as pool:
-    rows = list(pool.map(lambda job: train_and_measure(*job, args.score, args.extra.split()), jobs))
+    rows = [row for row in pool.map(lambda job: measured_or_none(*job, args.score, args.extra.split()), jobs) if row]
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, 'bench_dlsm_recipes.json'), 'w') as file:
     json.dump(dict(rows=rows, score=args.score), file, indent=1)

@@ -1,4 +1,4 @@
-"""Sample quality against network evaluations (NFE) of the guided samplers: PC and the grid samplers.
+"""Sample quality against network evaluations (NFE) of the guided samplers: PC and the σ-space solvers.
 
   python benchmarks/bench_sampler_nfe.py --toy        # the moons against their exact target (≤ 10 min on 2 cores)
   python benchmarks/bench_sampler_nfe.py --digits     # the networks of `make digits` against the real digits
@@ -20,12 +20,21 @@ those of the real training split (1 438 digits, datasets.load_split(config, 'tra
 averaged FD (a tenth of the samples against each class's ~144 training digits: large and noisy). `exact` rows are
 real test digits (the same number per class, drawn per seed) measured the same way: the floor at this sample size.
 
+A sampler is named by a spec, 'method' or 'method:key=value:…' (--samplers): the method of config.sampling.method,
+each key an option of config.sampling.<method> or a field of config.sampling (grid, rho, noise_removal,
+guided_sigma_min, guided_sigma_max, …), e.g. 'dpmpp_2m:eta=10:grid=logsnr'. The grid is linear for PC and rho for the
+σ-space solvers unless the spec names one; the other fields are those of the part's config (toy: the CIFAR defaults of
+configs/default_cifar_configs.py, digits: configs/digits/eval.py). Every run is built by sampling.get_sampling_fn
+with the most grid points whose NFE, as the built sampler reports it, fits the run's budget, and records the NFE
+counted while sampling.
+
 Runs are independent jobs, each seeded by its own seed: --workers processes (one torch thread each) share them,
 the largest NFE first, and the rows come back in the jobs' order, the same as with --workers 1.
 Writes <out>/sampler_nfe_<part>.json — rows {sampler, grid, nfe, seed, class, ..., metric: value} — and a plot of
 the metric against NFE beside it, and prints the table.
 """
 import argparse
+import copy
 import itertools
 import json
 import math
@@ -51,36 +60,59 @@ from toy import data as toy_data  # noqa: E402
 from toy import metrics as toy_metrics  # noqa: E402
 from toy import samplers as toy_samplers  # noqa: E402
 
-# name: (predictor, corrector, grid, grid steps for an NFE budget). PC evaluates twice per step; Heun twice but once
-# on its last step (2N − 1); DPM-Solver++(2M) once, as the flow (η = 0) or as the SDE with the options' η.
-SAMPLERS = {
-    'pc': ('reverse_diffusion', 'langevin', 'linear', lambda nfe: nfe // 2),
-    'heun': ('heun', 'none', 'rho', lambda nfe: (nfe + 1) // 2),
-    'heun_churn': ('heun_churn', 'none', 'rho', lambda nfe: (nfe + 1) // 2),
-    'dpm_solver_2m': ('dpm_solver_2m', 'none', 'rho', lambda nfe: nfe),
-    'dpm_solver_2m_sde': ('dpm_solver_2m', 'none', 'rho', lambda nfe: nfe),
-}
-# The toy's heun_churn churn and SDE-DPM-Solver η; digits use configs/digits/eval.py's (config_options).
-TOY_OPTIONS = dict(S_churn=10., S_tmin=0., S_tmax=1e9, S_noise=1., eta=1.)
+TOY_SAMPLERS = ('pc', 'heun', 'heun:s_churn=10', 'dpmpp_2m:eta=0', 'dpmpp_2m:eta=1', 'dpmpp_3m_sde', 'unipc')
+DIGITS_SAMPLERS = ('pc', 'heun', 'heun:s_churn=50', 'dpmpp_2m:eta=0', 'dpmpp_2m:eta=10', 'dpmpp_3m_sde:eta=1',
+                   'dpmpp_3m_sde:eta=10', 'unipc')
 PC_NFES = (10, 20, 50, 100, 200, 500, 1000, 2000)
-GRID_NFES = (10, 20, 50, 100, 200, 500)
+GRID_NFES = (5, 10, 20, 50, 100, 200, 500)
 DIGITS_PC_NFES = (20, 50, 100, 200, 500, 2000)
-DIGITS_NFES = (10, 20, 50, 100, 200)
+DIGITS_NFES = (5, 10, 15, 20, 30, 50, 100)
 
 
-def build_sampler(name, sde_of_steps, nfe, shape, eps, device='cpu', scale=1., snr=0.16, options=TOY_OPTIONS):
-  """(sampler, its SDE) of `name` for an NFE budget, on the SDE discretised with the grid's steps; `options` holds
-  heun_churn's S_churn, S_tmin, S_tmax, S_noise and dpm_solver_2m_sde's eta, S_noise."""
-  predictor, corrector, grid, steps_of = SAMPLERS[name]
-  steps = steps_of(nfe)
-  sde = sde_of_steps(steps)
-  if name == 'dpm_solver_2m':
-    options = dict(options, eta=0.)  # the flow
-  sampler = sampling.get_pc_sampler(sde, shape, predictor, corrector, lambda x: x, snr, n_steps=1,
-                                    continuous=True, denoise=True, eps=eps, device=device, scale=scale, grid=grid,
-                                    num_steps=steps, predictor_options=sampling.predictor_options(options, predictor,
-                                                                                                  steps))
-  return sampler, sde
+def method_of(spec):
+  return spec.split(':')[0]
+
+
+def sampler_config(base, spec, num_steps):
+  """A copy of the config `base` sampling with the sampler `spec` on num_steps grid points (see the module doc)."""
+  config = copy.deepcopy(base)
+  s, method = config.sampling, method_of(spec)
+  s.method, s.num_steps, s.grid = method, num_steps, 'linear' if method == 'pc' else 'rho'
+  for setting in spec.split(':')[1:]:
+    key, _, value = setting.partition('=')
+    section = s[method] if key in s.get(method, {}) else s
+    if key not in section:
+      raise ValueError(f'sampler {spec!r}: {key!r} is neither an option of config.sampling.{method} nor a field of '
+                       'config.sampling')
+    section[key] = value in ('True', 'true', '1') if isinstance(section[key], bool) else type(section[key])(value)
+  return config
+
+
+def budget_steps(planned_nfe, budget):
+  """The most grid points (at least 2) whose sampler makes at most `budget` network evaluations, planned_nfe(steps)
+  growing with the steps (bisection)."""
+  low, high = 2, budget + 1
+  if planned_nfe(high) <= budget:
+    return high
+  while high - low > 1:
+    middle = (low + high) // 2
+    low, high = (middle, high) if planned_nfe(middle) <= budget else (low, middle)
+  return low
+
+
+_BUDGET_STEPS = {}  # (spec, budget, base sampling section) -> grid points; the NFE does not depend on the values
+
+
+def build_for_budget(base, spec, budget, sde, eps, shape):
+  """(sampler, its config) of `spec` with the most grid points that fit `budget` NFE, through
+  sampling.get_sampling_fn on `sde`."""
+  def build(steps):
+    config = sampler_config(base, spec, steps)
+    return sampling.get_sampling_fn(config, sde, shape, lambda x: x, eps), config
+  key = (spec, budget, str(base.sampling))
+  if key not in _BUDGET_STEPS:
+    _BUDGET_STEPS[key] = budget_steps(lambda steps: build(steps)[0].nfe, budget)
+  return build(_BUDGET_STEPS[key])
 
 
 # ---------------------------------------------------------------------------------------------- toy target
@@ -163,29 +195,21 @@ def score_functions(setting, sde, sigma_end, target, networks):
   return (lambda x, t: score_net(x, total_sigma(t))), (lambda x, t: classifier(x, total_sigma(t)))
 
 
-def toy_run(name, nfe, seed, setting, sigma_end, target, networks, config):
-  """One sampler run for both classes: (samples per class, true NFE, seconds)."""
-  sigma_max, cfg = config.model.sigma_max, config.sampling
+def toy_run(job, state):
+  """One sampler run of a job for both classes of its panel: (samples per class, its config, NFE, seconds)."""
+  setting, sigma_end, seed = job['setting'], job['sigma_end'], job['seed']
+  target, demo = state['targets'][setting], state['config']
   generator = torch.Generator().manual_seed(seed)
-  start = torch.cat(target.draws(sigma_max, generator))
-  sampler, sde = build_sampler(name, lambda steps: toy_samplers.annealed_sampler_sde(
-      sigma_end, sigma_max, cfg.sigma_extra_min, steps), nfe, start.shape, cfg.eps)
-  score_fn, classifier_fn = score_functions(setting, sde, sigma_end, target, networks)
+  start = torch.cat(target.draws(demo.model.sigma_max, generator))
+  sde = toy_samplers.annealed_sampler_sde(sigma_end, demo.model.sigma_max, demo.sampling.sigma_extra_min, 1000)
+  score_fn, classifier_fn = score_functions(setting, sde, sigma_end, target, state['networks'])
+  base = copy.deepcopy(state['base'])
+  base.sampling.conditional = classifier_fn is not None
+  sampler, config = build_for_budget(base, job['sampler'], job['nfe'], sde, demo.sampling.eps, start.shape)
   torch.manual_seed(seed)
   begin = time.perf_counter()
-  x, true_nfe = sampler(score_fn, classifier_fn, None if classifier_fn is None else target.labels, z=start)
-  return x.split(target.num_samples), true_nfe, time.perf_counter() - begin
-
-
-def toy_rows_of_run(name, grid_nfe, seed, setting, sigma_end, target, networks, config, references):
-  samples, nfe, seconds = toy_run(name, grid_nfe, seed, setting, sigma_end, target, networks, config)
-  rows = []
-  for c, points in enumerate(samples):
-    row = dict(sampler=name, grid=SAMPLERS[name][2], nfe=nfe, seed=seed, **{'class': c}, sigma_end=sigma_end,
-               score=setting, seconds=seconds)
-    row.update(class_metrics(points, *references[c]))
-    rows.append(row)
-  return rows
+  x, nfe = sampler(score_fn, classifier_fn, target.labels, z=start)
+  return x.split(target.num_samples), config, nfe, time.perf_counter() - begin
 
 
 def floor_rows(seeds, setting, sigma_end, target, references):
@@ -202,9 +226,15 @@ def floor_rows(seeds, setting, sigma_end, target, references):
 
 def toy_job(job, state):
   """The rows of one toy sampler run (both classes)."""
-  setting, sigma_end = job['setting'], job['sigma_end']
-  return toy_rows_of_run(job['sampler'], job['nfe'], job['seed'], setting, sigma_end, state['targets'][setting],
-                         state['networks'], state['config'], state['references'][setting, sigma_end])
+  samples, config, nfe, seconds = toy_run(job, state)
+  references = state['references'][job['setting'], job['sigma_end']]
+  rows = []
+  for c, points in enumerate(samples):
+    row = dict(sampler=job['sampler'], grid=config.sampling.grid, nfe=nfe, seed=job['seed'], **{'class': c},
+               sigma_end=job['sigma_end'], score=job['setting'], seconds=seconds)
+    row.update(class_metrics(points, *references[c]))
+    rows.append(row)
+  return rows
 
 
 def toy_line(job, rows):
@@ -219,6 +249,16 @@ def panel_references(target, sigma_end):
   return list(zip(target.draws(sigma_end, generator), target.draws(sigma_end, generator)))
 
 
+def toy_base():
+  """The CIFAR defaults (configs/default_cifar_configs.py) with guided PC at scale 1 on the CPU: the base config of
+  the toy's samplers (their networks are functions of the sampler's time)."""
+  from configs.default_cifar_configs import get_default_configs, set_pc_sampler
+  config = get_default_configs()
+  set_pc_sampler(config.sampling)
+  config.device = 'cpu'
+  return config
+
+
 def toy_part(args):
   """The exact-draw floor rows, then one job per (setting, σ_end, sampler, NFE, seed)."""
   from configs.toy.demo import get_config
@@ -230,9 +270,9 @@ def toy_part(args):
   rows = [row for setting, sigma_end in panels
           for row in floor_rows(args.seeds, setting, sigma_end, targets[setting], references[setting, sigma_end])]
   jobs = [dict(setting=setting, sigma_end=sigma_end, sampler=name, nfe=nfe, seed=seed)
-          for setting, sigma_end in panels for name in args.samplers
-          for nfe in (PC_NFES if name == 'pc' else args.grid_nfes) for seed in args.seeds]
-  state = dict(targets=targets, networks=networks, config=get_config(), references=references)
+          for setting, sigma_end in panels for name in args.samplers or TOY_SAMPLERS
+          for nfe in (PC_NFES if method_of(name) == 'pc' else args.grid_nfes) for seed in args.seeds]
+  state = dict(targets=targets, networks=networks, config=get_config(), references=references, base=toy_base())
   return rows + run_jobs(jobs, toy_job, state, args.workers, toy_line)
 
 
@@ -297,13 +337,11 @@ def missing(what, path):
   sys.exit(f'bench_sampler_nfe.py: error: no {what} at {path}: run make digits first')
 
 
-def digits_config(paths, device, eta=None):
-  """configs/digits/eval.py with the run's checkpoints and reference classifier (and dpm_solver_2m_sde's η if
-  given)."""
+def digits_config(paths, device, scale):
+  """configs/digits/eval.py with the run's checkpoints and reference classifier, guiding at `scale`."""
   from configs.digits import eval as digits_eval
   config = digits_eval.get_config()
-  if eta is not None:
-    config.sampling.eta = eta
+  config.sampling.scaling_factor = scale
   config.model.score_restore_path = paths['score model']
   config.model.classifier_restore_path = paths['classifier']
   config.eval.reference_classifier = paths['reference classifier']
@@ -313,7 +351,7 @@ def digits_config(paths, device, eta=None):
 
 def digits_state(args, paths):
   """Everything a digits job reads: networks, SDE, labels, the reference classifier and the real features."""
-  config = digits_config(paths, args.device, args.digits_eta)
+  config = digits_config(paths, args.device, args.digits_scale)
   networks = run_lib_sampling.load_models(config, torch.device(args.device))
   reference = evaluation.ReferenceFeatures(config)
   real_images, real_labels = datasets.load_split(config, 'train')
@@ -342,30 +380,23 @@ def digits_metrics(images, labels, state):
               fd=evaluation.frechet_distance(real_all, features), cw_fd=evaluation.classwise_average(class_fd))
 
 
-def config_options(config):
-  """heun_churn's and dpm_solver_2m_sde's options from config.sampling (the digits config's, not TOY_OPTIONS)."""
-  return {name: float(config.sampling[name]) for name in TOY_OPTIONS}
-
-
-def digits_samples(name, nfe, seed, state):
-  """(uint8 NHWC samples, true NFE, seconds) of one guided run on the digits networks."""
-  config, sde = state['config'], state['sde']
+def digits_samples(job, state):
+  """(uint8 NHWC samples, the sampler's config, NFE, seconds) of one guided run on the digits networks."""
+  config = state['config']
   shape = (len(state['labels']), config.data.num_channels, config.data.image_size, config.data.image_size)
-  sampler = build_sampler(name, lambda steps: sampling.sde_with_steps(config, sde, steps), nfe, shape, state['eps'],
-                          device=config.device, scale=state['scale'], snr=config.sampling.snr,
-                          options=config_options(config))[0]
+  sampler, sampler_config = build_for_budget(config, job['sampler'], job['nfe'], state['sde'], state['eps'], shape)
   labels = torch.as_tensor(state['labels'], device=config.device)
-  torch.manual_seed(seed)
+  torch.manual_seed(job['seed'])
   begin = time.perf_counter()
-  x, true_nfe = sampler(*state['networks'], labels)
+  x, nfe = sampler(*state['networks'], labels)
   seconds = time.perf_counter() - begin
-  return plumbing.to_uint8(datasets.get_data_inverse_scaler(config)(x)), true_nfe, seconds
+  return plumbing.to_uint8(datasets.get_data_inverse_scaler(config)(x)), sampler_config, nfe, seconds
 
 
 def digits_job(job, state):
-  images, nfe, seconds = digits_samples(job['sampler'], job['nfe'], job['seed'], state)
-  row = dict(sampler=job['sampler'], grid=SAMPLERS[job['sampler']][2], nfe=nfe, seed=job['seed'],
-             **{'class': 'all'}, scale=state['scale'], samples=len(images), seconds=seconds)
+  images, config, nfe, seconds = digits_samples(job, state)
+  row = dict(sampler=job['sampler'], grid=config.sampling.grid, nfe=nfe, seed=job['seed'], **{'class': 'all'},
+             scale=state['scale'], samples=len(images), seconds=seconds)
   row.update(digits_metrics(images, state['labels'], state))
   return [row]
 
@@ -399,8 +430,8 @@ def digits_workers(args):
 def digits_part(args, paths):
   """(the real-digit floor rows then one row per (sampler, NFE, seed) job, the jobs' state)."""
   state = digits_state(args, paths)
-  jobs = [dict(sampler=name, nfe=nfe, seed=seed) for name in args.samplers
-          for nfe in (args.digits_pc_nfes if name == 'pc' else args.digits_nfes) for seed in args.seeds]
+  jobs = [dict(sampler=name, nfe=nfe, seed=seed) for name in args.samplers or DIGITS_SAMPLERS
+          for nfe in (args.digits_pc_nfes if method_of(name) == 'pc' else args.digits_nfes) for seed in args.seeds]
   rows = run_jobs(jobs, digits_job, state, digits_workers(args), digits_line)
   return digits_floor_rows(args.seeds, state) + rows, state
 
@@ -498,9 +529,11 @@ def plot(rows, path, group_keys, curves, floor_label='exact draws'):
   import matplotlib.pyplot as plt
   stats = {metric: summarise(rows, metric, group_keys) for metric, _, _ in curves}
   panels = [(p, curve) for p in sorted({k[:-2] for k in stats[curves[0][0]]}) for curve in curves]
+  names = sorted({k[-2] for k in stats[curves[0][0]]} - {'exact'})
+  colours = {name: f'C{index % 10}' for index, name in enumerate(names)}
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
   for ax, (panel, (metric, ylabel, log_y)) in zip(axes[0], panels):
-    plot_panel(ax, stats[metric], panel, floor_label)
+    plot_panel(ax, stats[metric], panel, floor_label, colours)
     ax.set_xscale('log')
     if log_y:
       ax.set_yscale('log')
@@ -513,12 +546,11 @@ def plot(rows, path, group_keys, curves, floor_label='exact draws'):
   return path
 
 
-def plot_panel(ax, stats, panel, floor_label):
+def plot_panel(ax, stats, panel, floor_label, colours):
   for name in sorted({k[-2] for k in stats if k[:-2] == panel} - {'exact'}):
     points = sorted((k[-1], *v) for k, v in stats.items() if k[:-2] + (k[-2],) == panel + (name,))
     nfe, mean, std = np.array(points).T
-    colour = f'C{list(SAMPLERS).index(name)}'
-    ax.errorbar(nfe, mean, yerr=std, marker='o', ms=3, capsize=2, label=name, color=colour)
+    ax.errorbar(nfe, mean, yerr=std, marker='o', ms=3, capsize=2, label=name, color=colours[name])
   floor = stats.get(panel + ('exact', 0))
   if floor:
     ax.axhline(floor[0], color='grey', ls='--', lw=1, label=floor_label)
@@ -532,10 +564,10 @@ def write_json(rows, out_dir, part, extra):
   return path
 
 
-def print_toy(rows, out, extra):
-  """Table, verdicts, JSON and plot of toy rows."""
+def print_toy(rows, out, extra, budget=None):
+  """Table, verdicts (the best at ≤ budget NFE, default 200), JSON and plot of toy rows."""
   print_table(rows, ('sw', 'precision', 'recall'), TOY_GROUPS)
-  print('\n' + '\n'.join(verdicts(rows, 'sw', TOY_GROUPS)))
+  print('\n' + '\n'.join(verdicts(rows, 'sw', TOY_GROUPS, budget=budget or 200)))
   print('\n' + markdown_table(rows, ('sw',), TOY_GROUPS))
   paths = [write_json(rows, out, 'toy', extra),
            plot(rows, os.path.join(out, 'sampler_nfe_toy.png'), TOY_GROUPS,
@@ -543,12 +575,13 @@ def print_toy(rows, out, extra):
   print('written: ' + ', '.join(paths))
 
 
-def print_digits(rows, out, extra):
-  """Table, verdicts, JSON and plot of digits rows."""
+def print_digits(rows, out, extra, budget=None):
+  """Table, verdicts (the best at ≤ budget NFE, default 20), JSON and plot of digits rows."""
+  budget = budget or 20
   print_table(rows, ('recognised', 'fd', 'cw_fd'), DIGITS_GROUPS)
-  print('\n' + '\n'.join(verdicts(rows, 'recognised', DIGITS_GROUPS, higher_is_better=True)
-                          + verdicts(rows, 'fd', DIGITS_GROUPS)
-                          + joint_verdicts(rows, dict(recognised=True, fd=False), DIGITS_GROUPS)))
+  print('\n' + '\n'.join(verdicts(rows, 'recognised', DIGITS_GROUPS, higher_is_better=True, budget=budget)
+                          + verdicts(rows, 'fd', DIGITS_GROUPS, budget=budget)
+                          + joint_verdicts(rows, dict(recognised=True, fd=False), DIGITS_GROUPS, budget=budget)))
   print('\n' + markdown_table(rows, ('recognised', 'fd', 'cw_fd'), DIGITS_GROUPS, decimals=3))
   paths = [write_json(rows, out, 'digits', extra),
            plot(rows, os.path.join(out, 'sampler_nfe_digits.png'), DIGITS_GROUPS,
@@ -567,7 +600,8 @@ def timed(part):
 
 def report_toy(args):
   rows, timing = timed(lambda: toy_part(args))
-  print_toy(rows, args.out, dict(timing, workers=args.workers, options=TOY_OPTIONS))
+  print_toy(rows, args.out, dict(timing, workers=args.workers, samplers=args.samplers or list(TOY_SAMPLERS),
+                                 sampling=toy_base().sampling.to_dict()), args.budget)
   print(f'\ntoy part: {timing["seconds"]:.0f} s wall with {args.workers} worker(s) (load average '
         f'{os.getloadavg()[0]:.1f})')
 
@@ -576,15 +610,16 @@ def report_digits(args, paths):
   (rows, state), timing = timed(lambda: digits_part(args, paths))
   files = {what: dict(path=path, fingerprint=ckpt.checkpoint_fingerprint(path)) for what, path in paths.items()}
   workers = digits_workers(args)
-  options = config_options(state['config'])
-  print_digits(rows, args.out, dict(timing, workers=workers, options=options, files=files, real_split='train',
+  print_digits(rows, args.out, dict(timing, workers=workers, samplers=args.samplers or list(DIGITS_SAMPLERS),
+                                    sampling=state['config'].sampling.to_dict(), files=files, real_split='train',
                                     classifier=args.digits_classifier,
-                                    reference_test_accuracy=state['reference'].test_accuracy, device=args.device))
+                                    reference_test_accuracy=state['reference'].test_accuracy, device=args.device),
+               args.budget)
   print(f'\ndigits part: {timing["seconds"]:.0f} s wall with {workers} worker(s) (load average '
         f'{os.getloadavg()[0]:.1f})')
 
 
-def report_files(paths, out, print_part):
+def report_files(paths, out, print_part, budget=None):
   """The report of rows from earlier runs' JSON files (e.g. parts run as separate processes)."""
   rows, parts = [], []
   for path in paths:
@@ -592,7 +627,7 @@ def report_files(paths, out, print_part):
       part = json.load(f)
     rows += part.pop('rows')
     parts.append(dict(part, file=path))
-  print_part(rows, out, dict(parts=parts))
+  print_part(rows, out, dict(parts=parts), budget)
 
 
 def parse_args(argv=None):
@@ -605,7 +640,10 @@ def parse_args(argv=None):
   parser.add_argument('--out', default='results/bench_sampler_nfe', help='folder of the JSON files and plots')
   parser.add_argument('--workers', type=int, default=2, help='processes sharing the runs (1: this process)')
   parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-  parser.add_argument('--samplers', nargs='+', default=list(SAMPLERS), choices=list(SAMPLERS))
+  parser.add_argument('--samplers', nargs='+', help=f'sampler specs (see above); default for the toy: '
+                      f'{" ".join(TOY_SAMPLERS)}; for digits: {" ".join(DIGITS_SAMPLERS)}')
+  parser.add_argument('--budget', type=int, help='verdicts: the NFE budget of the samplers compared with PC at 2000 '
+                      '(default: toy 200, digits 20)')
   parser.add_argument('--num_threads', type=int, default=1, help='torch CPU threads of this process (workers: 1)')
   parser.add_argument('--toy_networks', default='results/bench_sampler_nfe/toy_networks',
                       help='run_lib_toy workdir with the demo score and total-loss stages (trained if missing; '
@@ -620,8 +658,6 @@ def parse_args(argv=None):
                       help='digits: the loss of the guiding classifier (classifier_<loss> of the seed folder)')
   parser.add_argument('--digits_samples', type=int, default=250, help='digits: samples per run (class = index mod 10)')
   parser.add_argument('--digits_scale', type=float, default=1., help='digits: guidance scale λ')
-  parser.add_argument('--digits_eta', type=float,
-                      help="digits: dpm_solver_2m_sde's η (default: that of configs/digits/eval.py)")
   parser.add_argument('--digits_pc_nfes', type=int, nargs='+', default=list(DIGITS_PC_NFES), help='digits: PC NFEs')
   parser.add_argument('--digits_nfes', type=int, nargs='+', default=list(DIGITS_NFES), help='digits: non-PC NFEs')
   parser.add_argument('--device', default='cpu', help='digits: torch device (not cpu: one worker)')
@@ -633,7 +669,7 @@ def main(argv=None):
   if args.toy_from or args.digits_from:
     for paths, print_part in ((args.toy_from, print_toy), (args.digits_from, print_digits)):
       if paths:
-        report_files(paths, args.out, print_part)
+        report_files(paths, args.out, print_part, args.budget)
     return
   if not (args.toy or args.digits):
     args.toy = True  # the part that needs no other run (`make bench` runs every benchmark without arguments)

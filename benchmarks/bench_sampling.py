@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
+import time_grids  # noqa: E402
 from models import utils as mutils  # noqa: E402
 
 EVAL_CONFIG = 'configs/eval/cifar10/eval_cifar10_configs.py'
@@ -134,11 +135,17 @@ def original_guided_score(sde, score_model, classifier, labels, scale, num_class
 
 
 def make_sampler(mode, sde, shape, device, scale):
-  """The PC sampler of `mode` over sde.N steps (guided: reverse diffusion + Langevin, as the configs)."""
+  """The PC sampler of `mode` over sde.N steps (guided: reverse diffusion + Langevin, as the configs):
+  fn(score model, classifier, labels) -> (samples, nfe)."""
   dtype, compile_ = MODES[mode]
-  return sampling.get_pc_sampler(sde, shape, 'reverse_diffusion', 'langevin', lambda x: x, snr=0.16,
-                                 continuous=True, denoise=True, eps=1e-5, device=device, scale=scale,
-                                 dtype=dtype, compile=compile_)
+  times = time_grids.time_grid('linear', sde, sde.N, 1e-5)
+
+  def sampler(score_model, classifier, labels):
+    denoiser = sampling.build_denoiser(sde, score_model, classifier, labels, sampling.Guidance(scale), dtype=dtype,
+                                       compile=compile_)
+    with torch.no_grad(), sampling._FrozenParameters(score_model, classifier):
+      return sampling.sample_pc(denoiser, sde.prior_sampling(shape).to(device), times), denoiser.nfe
+  return sampler
 
 
 def sampler_call(mode, sde, score_model, classifier, labels, scale):
@@ -159,7 +166,7 @@ def mode_fns(mode, sde, score_model, classifier, device):
     return (mutils.get_score_fn(sde, score_model, train=False, continuous=True),
             mutils.get_classifier_fn(sde, classifier, train=False, continuous=True))
   dtype, compile_ = MODES[mode]
-  return (sampling.as_score_fn(sde, score_model, True, device, dtype, compile_),
+  return (sampling.as_score_fn(sde, score_model, True, dtype, compile_),
           sampling.as_classifier_fn(sde, classifier, True, compile_))
 
 
@@ -389,18 +396,21 @@ def quality_experiment(args, device):
     accuracy, fd, mean = quality_metrics(samples, labels, data)
     print(f'{mode:<14}{seed:>5}{accuracy:>11.3f}{fd:>10.3f}{mean:>9.4f}{errors[mode][0]:>10.1e}'
           f'{errors[mode][1]:>10.1e}{errors[mode][2]:>11.1e}', flush=True)
-  ode_comparison(args, short, sde, eps, score_model, classifier, labels, shape, device, data)
+  ode_comparison(args, (sde, short, eps), (score_model, classifier), labels, shape, data)
 
 
-def ode_comparison(args, short, sde, eps, score_model, classifier, labels, shape, device, data):
-  ode = sampling.get_ode_sampler(sde, shape, lambda x: x, denoise=True, rtol=args.ode_tol, atol=args.ode_tol,
-                                 eps=eps, device=device, scale=args.scale)
+def ode_comparison(args, sdes, models, labels, shape, data):
+  """The guided probability-flow ODE on sde (sdes: the SDE, the short one of the PC runs, eps) against PC."""
+  sde, short, eps = sdes
+  denoiser = sampling.build_denoiser(sde, *models, labels, sampling.Guidance(args.scale))
   torch.manual_seed(0)
   start = time.perf_counter()
-  samples, nfe = ode(score_model, classifier, labels)
-  seconds = time.perf_counter() - start
+  with torch.no_grad(), sampling._FrozenParameters(*models):
+    samples = sampling.sample_ode(denoiser, sde.prior_sampling(shape).to(labels.device), eps, args.ode_tol,
+                                  args.ode_tol, denoise=True)
+  seconds, nfe = time.perf_counter() - start, denoiser.nfe
   accuracy, fd, _ = quality_metrics(samples, labels, data)
-  print(f'Probability-flow ODE (RK45, rtol = atol = {args.ode_tol:g}, guided): nfe {nfe} (+1 denoising step) vs PC '
+  print(f'Probability-flow ODE (RK45, rtol = atol = {args.ode_tol:g}, guided): nfe {nfe} (with the denoising step) vs PC '
         f'{2 * sde.N} at N = {sde.N} ({2 * short.N} in the runs above); {seconds:.1f} s; oracle acc '
         f'{accuracy:.3f}, class FD {fd:.3f}')
 
@@ -410,7 +420,7 @@ def main():
   parser.add_argument('--device', default='cpu')
   parser.add_argument('--quick', action='store_true', help='small networks and few steps (smoke run)')
   parser.add_argument('--batch', type=int, default=None, help='default 8 on CPU, 128 on CUDA')
-  parser.add_argument('--steps', type=int, default=None, help='PC steps per timed run (default 2; quick 1)')
+  parser.add_argument('--steps', type=int, default=None, help='PC steps per timed run (default 2)')
   parser.add_argument('--rounds', type=int, default=None, help='timed runs per mode, best kept (default 4)')
   parser.add_argument('--modes', nargs='+', default=list(MODES), choices=list(MODES))
   parser.add_argument('--quality', action='store_true', help='run the sample-quality experiment')
@@ -423,7 +433,7 @@ def main():
   parser.add_argument('--scale', type=float, default=4.0, help='quality: guidance scale (default 4)')
   parser.add_argument('--ode_tol', type=float, default=None, help='quality: ODE rtol = atol (default 1e-5)')
   args = parser.parse_args()
-  args.steps = args.steps or (1 if args.quick else 2)
+  args.steps = args.steps or 2  # a grid has at least 2 points
   args.rounds = args.rounds or (2 if args.quick else 4)
   args.train_steps = args.train_steps or (30 if args.quick else 800)
   args.sample_steps = args.sample_steps or (20 if args.quick else 200)

@@ -3,6 +3,8 @@
 Fields marked "parity" are the original's but read by no code path (here, as there); they are kept so that every
 config holds the original's fields with their values (the golden flat configs compare them).
 """
+import math
+
 import ml_collections
 
 
@@ -35,14 +37,28 @@ def get_default_configs():
   sampling.ode_rtol = 1e-5  # tolerances of the probability-flow ODE solver (sampling.method = 'ode')
   sampling.ode_atol = 1e-5
   sampling.allow_negative_scale = False  # a negative scaling_factor is refused unless this is set
-  sampling.grid = 'linear'  # time grid of method 'pc' (time_grids.py): 'linear' in t (the original) or 'rho'
+  sampling.grid = 'linear'  # time grid (time_grids.py): 'linear' in t (the original's), 'rho' or 'logsnr' in σ
   sampling.num_steps = 0  # grid points; 0: model.num_scales (the original)
   sampling.rho = 7.  # spacing of the 'rho' grid in σ
-  sampling.S_churn = 0.  # predictor heun_churn: total churn over the grid, noise raised by γ = min(S_churn/N, √2−1)
-  sampling.S_tmin = 0.  # heun_churn: churn only where S_tmin ≤ σ ≤ S_tmax
-  sampling.S_tmax = 1e9
-  sampling.S_noise = 1.  # heun_churn, dpm_solver_2m: scale of the added noise
-  sampling.eta = 0.  # dpm_solver_2m: Langevin strength; 0 the probability-flow ODE, 1 the reverse SDE, > 1 more mixing
+  sampling.guided_sigma_min = 0.  # guidance only where guided_sigma_min ≤ σ(t) ≤ guided_sigma_max
+  sampling.guided_sigma_max = math.inf
+  # The σ-space solvers' options (sampling.method = <name>: sampling.sample_<name>). With sampling.noise_removal their
+  # last step goes to σ = 0, else they stop at σ(eps), one step fewer.
+  sampling.heun = heun = ml_collections.ConfigDict()  # EDM's Algorithm 2
+  heun.s_churn = 0.  # noise raised by γ = min(s_churn / N, √2 − 1) where s_tmin ≤ σ ≤ s_tmax; 0: Algorithm 1
+  heun.s_tmin = 0.
+  heun.s_tmax = math.inf
+  heun.s_noise = 1.  # scale of the added noise
+  sampling.dpmpp_2m = dpmpp_2m = ml_collections.ConfigDict()
+  dpmpp_2m.eta = 0.  # Langevin strength: 0 the probability-flow ODE, 1 the reverse SDE, > 1 more mixing
+  dpmpp_2m.s_noise = 1.
+  sampling.dpmpp_3m_sde = dpmpp_3m_sde = ml_collections.ConfigDict()
+  dpmpp_3m_sde.eta = 1.  # as dpmpp_2m's
+  dpmpp_3m_sde.s_noise = 1.
+  sampling.unipc = unipc = ml_collections.ConfigDict()
+  unipc.order = 2  # of the predictor, 1 to 3; the corrector adds one
+  unipc.variant = 'bh2'  # B(h) = 1 − e^{−h} ('bh2') or h ('bh1')
+  unipc.corrector = True
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 9  # parity: the base repository's checkpoint-sweep evaluation, absent from DLSM

@@ -50,15 +50,16 @@ def digits_root(tmp_path_factory):
 def test_digits_rows_have_every_field_and_the_true_nfe(digits_root, tmp_path):
   bench = load_benchmark()
   out = tmp_path / 'out'
-  bench.main(['--digits', '--digits_root', str(digits_root), '--samplers', 'pc', 'heun', 'dpm_solver_2m_sde',
+  bench.main(['--digits', '--digits_root', str(digits_root), '--samplers', 'pc', 'heun', 'dpmpp_2m:eta=3',
               '--digits_pc_nfes', '4', '--digits_nfes', '3', '--seeds', '0', '--digits_samples', '20', '--workers', '1',
-              '--digits_eta', '3', '--out', str(out)])
+              '--out', str(out)])
   report = json.loads((out / 'sampler_nfe_digits.json').read_text())
   rows = {row['sampler']: row for row in report['rows']}
-  assert sorted(rows) == ['dpm_solver_2m_sde', 'exact', 'heun', 'pc']
+  assert sorted(rows) == ['dpmpp_2m:eta=3', 'exact', 'heun', 'pc']
   assert all(DIGITS_ROW_FIELDS <= set(row) for row in rows.values())
   assert (rows['pc']['nfe'], rows['heun']['nfe'], rows['exact']['nfe']) == (4, 3, 0)  # 2 PC steps; Heun 2·2 − 1
-  assert rows['dpm_solver_2m_sde']['nfe'] == 3 and report['options']['eta'] == 3.
+  assert rows['dpmpp_2m:eta=3']['nfe'] == 3 and (rows['pc']['grid'], rows['heun']['grid']) == ('linear', 'rho')
+  assert report['samplers'] == ['pc', 'heun', 'dpmpp_2m:eta=3'] and report['sampling']['method'] == 'dpmpp_2m'
   assert all(row['samples'] == 20 and row['class'] == 'all' and row['scale'] == 1. for row in rows.values())
   assert all(np.isfinite([row['recognised'], row['fd'], row['cw_fd']]).all() for row in rows.values())
   assert report['real_split'] == 'train' and report['reference_test_accuracy'] == 0.1
@@ -83,7 +84,8 @@ def test_a_missing_digits_file_is_one_line_naming_it(digits_root, tmp_path, miss
 
 def toy_args(workers):
   return argparse.Namespace(settings=['oracle'], sigma_ends=[1.0], toy_samples=20, seeds=[0, 1],
-                            samplers=['heun', 'heun_churn'], grid_nfes=[3, 6], workers=workers, toy_networks=None)
+                            samplers=['heun', 'heun:s_churn=10'], grid_nfes=[3, 6], workers=workers,
+                            toy_networks=None)
 
 
 def test_the_worker_pool_gives_the_rows_of_the_sequential_run():
@@ -99,22 +101,36 @@ def test_help_lists_every_flag(capsys):
   assert exit_.value.code == 0 and '--digits_samples' in capsys.readouterr().out
 
 
-def test_dpm_solver_2m_is_the_flow_and_its_sde_form_takes_eta():
+def sample_spec(bench, spec, budget, sde, z):
+  sampler, config = bench.build_for_budget(bench.toy_base(), spec, budget, sde, 1e-5, z.shape)
+  torch.manual_seed(0)
+  return (*sampler(lambda x, t: -x / (1 + sde.sigma(t)[:, None] ** 2), z=z), config)
+
+
+def test_specs_set_the_options_and_the_budget_the_grid_points():
   import sde_lib
   bench = load_benchmark()
   sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=5., N=10)
   z = torch.randn(8, 2) * 5
-
-  def sample(name, eta):
-    sampler, _ = bench.build_sampler(name, lambda steps: sde, 10, (8, 2), 1e-5,
-                                     options=dict(bench.TOY_OPTIONS, eta=eta))
-    torch.manual_seed(0)
-    return sampler(lambda x, t: -x / (1 + sde.sigma(t)[:, None] ** 2), z=z)
-
-  (flow, nfe), (flow_any_eta, _) = sample('dpm_solver_2m', 0.), sample('dpm_solver_2m', 10.)
-  (reverse_sde, sde_nfe), (more_mixing, _) = sample('dpm_solver_2m_sde', 1.), sample('dpm_solver_2m_sde', 10.)
-  assert nfe == sde_nfe == 10 and torch.equal(flow, flow_any_eta)
+  (flow, nfe, config), (flow_again, _, _) = sample_spec(bench, 'dpmpp_2m', 10, sde, z), sample_spec(
+      bench, 'dpmpp_2m:eta=0', 10, sde, z)
+  (reverse_sde, sde_nfe, sde_config), (more_mixing, _, _) = (sample_spec(bench, f'dpmpp_2m:eta={eta}', 10, sde, z)
+                                                             for eta in (1, 10))
+  assert nfe == sde_nfe == 10 and torch.equal(flow, flow_again) and config.sampling.grid == 'rho'
   assert not torch.allclose(flow, reverse_sde) and not torch.allclose(reverse_sde, more_mixing)
+  assert sde_config.sampling.dpmpp_2m.eta == 1.
+  heun, heun_nfe, heun_config = sample_spec(bench, 'heun:grid=logsnr:noise_removal=False', 10, sde, z)
+  assert heun_nfe == 10 and heun_config.sampling.num_steps == 6  # 5 Heun steps to σ(eps), 2 evaluations each
+  assert heun_config.sampling.grid == 'logsnr' and heun_config.sampling.noise_removal is False
+  assert sample_spec(bench, 'pc', 10, sde, z)[1] == 10  # 5 PC steps
+  with pytest.raises(ValueError, match="'etta' is neither an option of config.sampling.dpmpp_2m"):
+    bench.sampler_config(bench.toy_base(), 'dpmpp_2m:etta=1', 10)
+
+
+def test_budget_steps_takes_the_most_grid_points_within_the_budget():
+  bench = load_benchmark()
+  assert [bench.budget_steps(lambda steps: 2 * steps - 1, budget) for budget in (5, 10, 2000)] == [3, 5, 1000]
+  assert bench.budget_steps(lambda steps: steps, 7) == 7
 
 
 def test_the_joint_verdict_needs_every_metric():

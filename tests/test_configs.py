@@ -1,6 +1,7 @@
 """Every config file holds every field of the original's config files with its per-file value (B8, B9 fixed), the
 project's extra fields, and agrees with the golden manifests' key_config and the golden vectors' flat configs."""
 import json
+import math
 
 import ml_collections
 import pytest
@@ -30,8 +31,11 @@ EXTRAS = {
     'training.keep_checkpoints': 0,
     'training.allow_tf32': False, 'sampling.ode_rtol': 1e-5, 'sampling.ode_atol': 1e-5,
     'sampling.allow_negative_scale': False, 'sampling.grid': 'linear', 'sampling.num_steps': 0, 'sampling.rho': 7.,
-    'sampling.S_churn': 0., 'sampling.S_tmin': 0., 'sampling.S_tmax': 1e9, 'sampling.S_noise': 1.,
-    'sampling.eta': 0.,
+    'sampling.guided_sigma_min': 0., 'sampling.guided_sigma_max': math.inf,
+    'sampling.heun.s_churn': 0., 'sampling.heun.s_tmin': 0., 'sampling.heun.s_tmax': math.inf,
+    'sampling.heun.s_noise': 1., 'sampling.dpmpp_2m.eta': 0., 'sampling.dpmpp_2m.s_noise': 1.,
+    'sampling.dpmpp_3m_sde.eta': 1., 'sampling.dpmpp_3m_sde.s_noise': 1., 'sampling.unipc.order': 2,
+    'sampling.unipc.variant': 'bh2', 'sampling.unipc.corrector': True,
 }
 
 DEFAULTS = {

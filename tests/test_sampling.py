@@ -1,5 +1,7 @@
-"""Samplers: golden PC steps and seeded runs of the original, plus exact-score checks of every component."""
+"""Samplers: golden PC steps and seeded runs of the original, exact-score checks of every component, and the
+σ-space solvers on Gaussian mixtures (VE, VP, sub-VP), their orders of convergence and their counted NFE."""
 import copy
+import math
 
 import pytest
 import torch
@@ -53,14 +55,32 @@ def _class_stats(x):
   return means, stds.mean()
 
 
-def _run_pc(sde_name, predictor, corrector, n=200, scale=1.0, probability_flow=False, seed=0, snr=0.16):
+class _CountingScore:
+  """A score function counting its calls."""
+
+  def __init__(self, score_fn):
+    self.score_fn, self.calls = score_fn, 0
+
+  def __call__(self, x, t):
+    self.calls += 1
+    return self.score_fn(x, t)
+
+
+def _run_pc(sde_name, predictor, corrector, n=200, scale=1.0, probability_flow=False, seed=0):
+  """(samples, the denoiser's NFE) of the guided PC (or adaptive) sampler on the linear grid of n steps."""
   sde, eps = SDES[sde_name](n)
   score_fn, logits_fn = mixture_fns(sde)
-  sampler = sampling.get_pc_sampler(sde, (BATCH, 2), predictor, corrector, lambda x: x, snr=snr,
-                                    probability_flow=probability_flow, eps=eps, device='cpu',
-                                    scale=scale)
+  counting = _CountingScore(score_fn)
+  denoiser = sampling.GuidedDenoiser(sde, counting, logits_fn, LABELS, sampling.Guidance(scale))
+  pc = sampling.PCSettings(predictor, corrector, probability_flow=probability_flow)
   torch.manual_seed(seed)
-  return sampler(score_fn, logits_fn, LABELS)
+  x = sde.prior_sampling((BATCH, 2))
+  if predictor == 'adaptive':
+    x = sampling.sample_adaptive(denoiser, x, eps, pc)
+  else:
+    x = sampling.sample_pc(denoiser, x, time_grids.time_grid('linear', sde, n, eps), pc)
+  assert denoiser.nfe == counting.calls
+  return x, denoiser.nfe
 
 
 @pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
@@ -106,13 +126,15 @@ def test_unsupported_combinations_fail_at_construction():
     sampling.get_predictor('leapfrog')
   with pytest.raises(ValueError, match='unknown corrector'):
     sampling.get_corrector('hmc')
+  with pytest.raises(ValueError, match="unknown sampling.method 'leapfrog'"):
+    sampling.get_sampling_fn(_config(method='leapfrog'), sde, (4, 2), lambda x: x, 1e-3)
 
 
 @pytest.mark.parametrize('sde_name,probability_flow', [('ve', False), ('vp', False), ('vp', True)])
 def test_adaptive_sampler_terminates_at_the_sampler_eps(sde_name, probability_flow):
   # VP's eps is 1e-3: the original's own end time 1e-5 never terminated there, and the flow crashed (B42).
-  x, iterations = _run_pc(sde_name, 'adaptive', 'langevin', probability_flow=probability_flow)
-  assert 10 < iterations < 1000
+  x, nfe = _run_pc(sde_name, 'adaptive', 'langevin', probability_flow=probability_flow)
+  assert 10 < nfe < 1000
   means, std = _class_stats(x)
   assert torch.allclose(means, MEANS, atol=0.15), means
   assert abs(std - DATA_STD) < 0.1
@@ -120,37 +142,63 @@ def test_adaptive_sampler_terminates_at_the_sampler_eps(sde_name, probability_fl
 
 @pytest.mark.parametrize('sde_name', ['ve', 'vp'])
 def test_ode_sampler_is_guided_and_counts_evaluations(sde_name):
-  sde, eps = SDES[sde_name](1000)
-  if sde_name == 've':  # a deterministic flow keeps the prior's mismatch: make it negligible
-    sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=50., N=1000)
+  sde, eps = _flow_sde(sde_name)
   score_fn, logits_fn = mixture_fns(sde)
-  sampler = sampling.get_ode_sampler(sde, (BATCH, 2), lambda x: x, denoise=True, eps=eps, device='cpu')
-  torch.manual_seed(0)
-  x, nfe = sampler(score_fn, logits_fn, LABELS)
+
+  def sample(z):
+    counting = _CountingScore(score_fn)
+    denoiser = sampling.GuidedDenoiser(sde, counting, logits_fn, LABELS)
+    x = sampling.sample_ode(denoiser, z, eps, denoise=True)
+    assert denoiser.nfe == counting.calls
+    return x, denoiser.nfe
+
+  x, nfe = sample(sde.prior_sampling((BATCH, 2)))
   assert torch.isfinite(x).all()
-  assert 20 < nfe < 2000 and (nfe - 2) % 6 == 0  # RK45: 2 start-up evaluations + 6 per step
+  assert 20 < nfe < 2000 and (nfe - 3) % 6 == 0  # RK45: 2 start-up evaluations + 6 per step; 1 to denoise
   means, std = _class_stats(x)
   assert torch.allclose(means, MEANS, atol=0.1), means
   assert abs(std - DATA_STD) < 0.06
-  z = torch.randn(BATCH, 2) * (sde.sigma_max if sde_name == 've' else 1.)
-  assert torch.equal(sampler(score_fn, logits_fn, LABELS, z=z)[0], sampler(score_fn, logits_fn, LABELS, z=z)[0])
+  z = sde.prior_sampling((BATCH, 2))
+  assert torch.equal(sample(z)[0], sample(z)[0])
+
+
+def _config(**sampling_fields):
+  """The CIFAR-10 eval config on the CPU with these config.sampling fields ('dpmpp_2m.eta': a solver's option)."""
+  from tests.helpers import load_config
+  config = load_config('configs/eval/cifar10/eval_cifar10_configs.py')
+  config.device = 'cpu'
+  for field, value in sampling_fields.items():
+    *sections, name = field.split('.')
+    node = config.sampling
+    for section in sections:
+      node = node[section]
+    node[name] = value
+  return config
+
+
+def _sample_with_config(config, sde, eps, seed=0):
+  """(samples, reported NFE, planned NFE, counted score calls) of get_sampling_fn's sampler on the mixture."""
+  score_fn, logits_fn = mixture_fns(sde)
+  counting = _CountingScore(score_fn)
+  sampler = sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)
+  torch.manual_seed(seed)
+  x, nfe = sampler(counting, logits_fn, LABELS)
+  return x, nfe, sampler.nfe, counting.calls
 
 
 def test_get_sampling_fn_follows_the_config():
-  from tests.helpers import load_config
-  config = load_config('configs/eval/cifar10/eval_cifar10_configs.py')
-  config.device, config.model.num_scales = 'cpu', 200
+  config = _config()
+  config.model.num_scales = 200
   sde, eps = sde_lib.get_sde(config)
   score_fn, logits_fn = mixture_fns(sde)
   for method in ('pc', 'ode'):
     config.sampling.method = method
-    sampling_fn = sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)
-    torch.manual_seed(0)
-    x, nfe = sampling_fn(score_fn, logits_fn, LABELS)
+    x, nfe, planned, calls = _sample_with_config(config, sde, eps)
     assert torch.allclose(_class_stats(x)[0], MEANS, atol=0.15), method
-    assert nfe == 400 if method == 'pc' else (nfe - 2) % 6 == 0
+    assert nfe == calls and planned == (400 if method == 'pc' else None)
+    assert nfe == 400 if method == 'pc' else (nfe - 3) % 6 == 0
     with pytest.raises(ValueError, match='pass a classifier'):
-      sampling_fn(score_fn)
+      sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)(score_fn)
   config.sampling.dtype = 'float16'
   with pytest.raises(ValueError, match='sampling.dtype'):
     sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)
@@ -158,9 +206,8 @@ def test_get_sampling_fn_follows_the_config():
 
 def test_guidance_follows_sampling_conditional():
   """As in the original, an unconditional config samples without guidance even when a classifier is passed."""
-  from tests.helpers import load_config
-  config = load_config('configs/eval/cifar10/eval_cifar10_configs.py')
-  config.device, config.model.num_scales, config.sampling.conditional = 'cpu', 50, False
+  config = _config(conditional=False)
+  config.model.num_scales = 50
   sde, eps = sde_lib.get_sde(config)
   score_fn, logits_fn = mixture_fns(sde)
   sampling_fn = sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)
@@ -193,7 +240,7 @@ def test_log_prob_grad_matches_the_closed_form():
 
 
 # ---------------------------------------------------------------------------------------------
-# Time grids and the grid samplers (heun, heun_churn, dpm_solver_2m).
+# Time grids and the σ-space solvers.
 
 @pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
 def test_sigma_and_its_inverse(sde_name):
@@ -205,149 +252,243 @@ def test_sigma_and_its_inverse(sde_name):
 
 
 @pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
+def test_sde_with_other_steps_keeps_its_parameters(sde_name):
+  sde, _ = SDES[sde_name](1000)
+  resized = sde.with_steps(20)
+  assert type(resized) is type(sde) and resized.N == 20 and resized.parameters == sde.parameters
+  assert sde.with_steps(1000) is sde
+
+
+@pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
 def test_time_grids(sde_name):
   sde, eps = SDES[sde_name](1000)
-  original = sampling._time_grid(sde, eps, 3, 'cpu')
-  assert torch.equal(original[:-1, 0], torch.linspace(sde.T, eps, sde.N))  # the original's grid, bit for bit
-  assert original.shape == (sde.N + 1, 3) and original[-1].eq(0).all()
-  times = time_grids.time_grid('rho', sde, 18, eps, rho=7.)
-  assert times.shape == (19,) and times[0] == sde.T and times[-2] == eps and times[-1] == 0
-  assert (times[1:] < times[:-1]).all()
-  root = sde.sigma(times[:-1].double()) ** (1 / 7.)
-  assert torch.allclose(root.diff(), root.diff().mean().expand(17), rtol=1e-4)  # σ^(1/ρ) evenly spaced
+  original = time_grids.time_grid('linear', sde, sde.N, eps)
+  assert torch.equal(original[:-1], torch.linspace(sde.T, eps, sde.N))  # the original's grid, bit for bit
+  assert original.shape == (sde.N + 1,) and original[-1] == 0
+  for grid, spacing in (('rho', lambda sigma: sigma ** (1 / 7.)), ('logsnr', torch.log)):
+    times = time_grids.time_grid(grid, sde, 18, eps, rho=7.)
+    assert times.shape == (19,) and times[0] == sde.T and times[-2] == eps and times[-1] == 0
+    assert (times[1:] < times[:-1]).all()
+    spaced = spacing(sde.sigma(times[:-1].double()))
+    assert torch.allclose(spaced.diff(), spaced.diff().mean().expand(17), rtol=1e-4), grid  # evenly spaced
+  sigmas = time_grids.sigma_grid('rho', sde, 18, eps)
+  assert sigmas.dtype == torch.float64 and sigmas[-1] == 0 and len(sigmas) == 19
+  assert torch.equal(time_grids.sigma_grid('rho', sde, 18, eps, to_zero=False), sigmas[:-1])
   with pytest.raises(ValueError, match='unknown sampling.grid'):
     time_grids.time_grid('cosine', sde, 18, eps)
 
 
-GRID_SAMPLERS = {  # name: (grid steps, predictor options) at the recommended settings
-    'heun': (18, None),
-    'heun_churn': (40, dict(S_churn=20., num_steps=40)),
-    'dpm_solver_2m': (20, None),
-}
+def test_the_logsnr_grid_of_ve_is_the_linear_grid():
+  sde, eps = SDES['ve'](1000)
+  assert torch.allclose(time_grids.time_grid('logsnr', sde, 30, eps), time_grids.time_grid('linear', sde, 30, eps),
+                        atol=1e-6)
 
 
-def _run_grid_sampler(sde_name, predictor, steps, options, count=None):
+def _flow_sde(sde_name):
+  """The SDE and eps of SDES, VE with σ_max = 50: a deterministic flow keeps the prior's mismatch."""
   sde, eps = SDES[sde_name](1000)
-  if sde_name == 've':  # a deterministic flow keeps the prior's mismatch: make it negligible
-    sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=50., N=1000)
-  score_fn, logits_fn = mixture_fns(sde)
-  sampler = sampling.get_pc_sampler(sde, (BATCH, 2), predictor, 'none', lambda x: x, snr=0.16, eps=eps,
-                                    device='cpu', grid='rho', num_steps=steps, predictor_options=options)
-  torch.manual_seed(0)
-  return sampler(count or score_fn, logits_fn, LABELS)
+  return (sde_lib.VESDE(sigma_min=0.01, sigma_max=50., N=1000), eps) if sde_name == 've' else (sde, eps)
 
 
-class _CountingScore:
-  """A score function counting its calls."""
+# Every registered solver with settings it is tested at: (method, grid steps, its options).
+SOLVER_SETTINGS = [
+    ('euler', 40, {}),
+    ('heun', 18, {}),
+    ('heun', 40, {'s_churn': 20.}),
+    ('dpmpp_2m', 20, {}),
+    ('dpmpp_2m', 40, {'eta': 1.}),
+    ('dpmpp_2m', 40, {'eta': 10.}),
+    ('dpmpp_3m_sde', 30, {}),
+    ('dpmpp_3m_sde', 20, {'eta': 0.}),
+    ('unipc', 20, {}),
+    ('unipc', 25, {'order': 3}),
+    ('unipc', 30, {'variant': 'bh1'}),
+]
 
-  def __init__(self, score_fn):
-    self.score_fn, self.calls = score_fn, 0
 
-  def __call__(self, x, t):
-    self.calls += 1
-    return self.score_fn(x, t)
+def _solver_config(method, steps, options, grid='rho'):
+  return _config(method=method, grid=grid, num_steps=steps, **{f'{method}.{k}': v for k, v in options.items()})
+
+
+def test_every_solver_has_test_settings():
+  assert {method for method, _, _ in SOLVER_SETTINGS} == set(sampling._SOLVERS)
 
 
 @pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
-@pytest.mark.parametrize('predictor', list(GRID_SAMPLERS))
-def test_grid_samplers_hit_the_class_conditionals(sde_name, predictor):
-  steps, options = GRID_SAMPLERS[predictor]
-  x, nfe = _run_grid_sampler(sde_name, predictor, steps, options)
-  assert nfe == (steps if predictor == 'dpm_solver_2m' else 2 * steps - 1)
+@pytest.mark.parametrize('method,steps,options', SOLVER_SETTINGS)
+def test_solvers_hit_the_class_conditionals_and_count_their_evaluations(sde_name, method, steps, options):
+  sde, eps = _flow_sde(sde_name)
+  x, nfe, planned, calls = _sample_with_config(_solver_config(method, steps, options), sde, eps)
+  assert nfe == planned == calls == (2 * steps - 1 if method == 'heun' else steps)
   means, std = _class_stats(x)
   assert torch.allclose(means, MEANS, atol=0.15), means
   assert abs(std - DATA_STD) < 0.1, std
 
 
-PREDICTOR_OPTIONS = {'heun_churn': dict(S_churn=5., num_steps=7), 'dpm_solver_2m': dict(eta=10.)}
+def _gaussian_denoiser(sde, mean=1.5, std=0.5):
+  """The GuidedDenoiser of data N(mean, std²): score −(x − s·mean) / (s²·(std² + σ²)) at time t."""
+  def score_fn(x, t):
+    s, sigma = sde.mean_coeff(t)[:, None], sde.sigma(t)[:, None]
+    return -(x - s * mean) / (s ** 2 * (std ** 2 + sigma ** 2))
+  return sampling.GuidedDenoiser(sde, score_fn)
 
 
-@pytest.mark.parametrize('predictor,corrector,grid', [
-    ('heun', 'none', 'rho'), ('heun_churn', 'none', 'rho'), ('dpm_solver_2m', 'none', 'linear'),
-    ('reverse_diffusion', 'langevin', 'linear'), ('none', 'ald', 'linear'), ('euler_maruyama', 'none', 'linear')])
-def test_reported_nfe_is_the_number_of_network_calls(predictor, corrector, grid):
+# (method, options, order of convergence on the probability flow): the corrector of UniPC adds one.
+ORDERS = [('euler', {}, 1), ('heun', {}, 2), ('dpmpp_2m', {}, 2), ('dpmpp_3m_sde', {'eta': 0.}, 3),
+          ('unipc', {'order': 1}, 2), ('unipc', {'order': 2}, 3), ('unipc', {'order': 2, 'corrector': False}, 2)]
+
+
+@pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
+@pytest.mark.parametrize('method,options,order', ORDERS)
+def test_deterministic_solvers_converge_at_their_order(sde_name, method, options, order):
+  """On data N(1.5, 0.5²) the flow from σ_0 to σ_1 is x̂(σ_1) = 1.5 + (x̂(σ_0) − 1.5)·√((0.25 + σ_1²)/(0.25 + σ_0²));
+  doubling the log-spaced steps from 16 to 32 divides the error by about 2^order."""
+  sde = SDES[sde_name](1000)[0]
+  start = 1.5 + torch.linspace(-3, 3, 7, dtype=torch.float64)[:, None] * math.sqrt(0.25 + 20. ** 2)
+  exact = 1.5 + (start - 1.5) * math.sqrt((0.25 + 0.02 ** 2) / (0.25 + 20. ** 2))
+  errors = []
+  for steps in (16, 32):
+    sigmas = torch.logspace(math.log10(20.), math.log10(0.02), steps + 1, dtype=torch.float64)
+    x = sampling.get_solver(method)(_gaussian_denoiser(sde), start.clone(), sigmas, **options)
+    errors.append((x - exact).abs().max().item())
+  assert math.log2(errors[0] / errors[1]) > order - 0.25, errors
+
+
+PC_COMBINATIONS = [('reverse_diffusion', 'langevin', 'linear'), ('none', 'ald', 'linear'),
+                   ('euler_maruyama', 'none', 'linear'), ('none', 'langevin', 'rho')]
+
+
+@pytest.mark.parametrize('predictor,corrector,grid', PC_COMBINATIONS)
+def test_pc_reports_the_number_of_network_calls(predictor, corrector, grid):
+  config = _config(predictor=predictor, corrector=corrector, grid=grid, n_steps_each=2, num_steps=7)
   sde, eps = SDES['vp'](7)
-  counting = _CountingScore(mixture_fns(sde)[0])
-  sampler = sampling.get_pc_sampler(sde, (4, 2), predictor, corrector, lambda x: x, snr=0.16, n_steps=2, eps=eps,
-                                    device='cpu', grid=grid, predictor_options=(
-                                        PREDICTOR_OPTIONS.get(predictor)))
-  _, nfe = sampler(counting)
-  assert nfe == counting.calls > 0
+  _, nfe, planned, calls = _sample_with_config(config, sde, eps)
+  assert nfe == planned == calls == 7 * ((predictor != 'none') + 2 * (corrector != 'none'))
 
 
-def test_stochastic_heun_without_churn_is_the_deterministic_heun():
-  x, _ = _run_grid_sampler('vp', 'heun', 10, None)
-  y, _ = _run_grid_sampler('vp', 'heun_churn', 10, dict(S_churn=0., num_steps=10))
-  z, _ = _run_grid_sampler('vp', 'heun_churn', 10, dict(S_churn=5., num_steps=10))
-  assert torch.equal(x, y) and not torch.allclose(x, z)
-
-
-@pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
-@pytest.mark.parametrize('eta', [1., 10.])
-def test_sde_dpm_solver_hits_the_class_conditionals(sde_name, eta):
-  x, nfe = _run_grid_sampler(sde_name, 'dpm_solver_2m', 40, dict(eta=eta))
-  means, std = _class_stats(x)
-  assert nfe == 40
-  assert torch.allclose(means, MEANS, atol=0.15), means
-  assert abs(std - DATA_STD) < 0.1, std
-
-
-def test_sde_dpm_solver_without_langevin_is_the_flow():
-  x, _ = _run_grid_sampler('vp', 'dpm_solver_2m', 10, None)
-  y, _ = _run_grid_sampler('vp', 'dpm_solver_2m', 10, dict(eta=0.))
-  z, _ = _run_grid_sampler('vp', 'dpm_solver_2m', 10, dict(eta=1.))
-  assert torch.equal(x, y) and not torch.allclose(x, z)
-
-
-def test_sde_dpm_solver_step_is_exact_for_a_constant_denoiser():
-  """With D fixed (a point mass at 0: score −x/σ²) one step from σ to σ' gives N(e^{−(1+η)h}·x, σ'²(1 − e^{−2ηh}))."""
-  sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=50., N=1000)
-  t, t_next = torch.full((20000,), 0.8), torch.full((20000,), 0.5)
-  sigma, sigma_next = sde.sigma(t[:1]).item(), sde.sigma(t_next[:1]).item()
-  update = sampling.get_predictor('dpm_solver_2m')(sde, lambda x, t: -x / sde.sigma(t)[:, None] ** 2, eta=3.)
+def test_building_a_sampler_leaves_the_random_state_alone():
+  sde, eps = _flow_sde('ve')
   torch.manual_seed(0)
-  x, x_mean, nfe = update(torch.full((20000, 1), 2.), t, t_next)
-  decay = (sigma_next / sigma) ** 4
-  assert nfe == 1 and torch.allclose(x_mean, torch.full_like(x_mean, 2 * decay))
-  assert abs(x.mean().item() - 2 * decay) < 0.02
-  assert abs(x.std().item() / (sigma_next * (1 - (sigma_next / sigma) ** 6) ** 0.5) - 1) < 0.02
+  expected = torch.rand(3)
+  torch.manual_seed(0)
+  sampling.get_sampling_fn(_solver_config('heun', 10, {'s_churn': 5.}), sde, (4, 2), lambda x: x, eps)
+  assert torch.equal(torch.rand(3), expected)
 
 
-def test_table_predictors_refuse_other_grids():
+@pytest.mark.parametrize('method,noise', [('heun', 's_churn'), ('dpmpp_2m', 'eta')])
+def test_without_their_noise_the_stochastic_solvers_are_the_deterministic_ones(method, noise):
+  """Heun without churn is Algorithm 1; DPM-Solver++(2M) without Langevin mixing (η = 0) is the flow."""
+  sde, eps = _flow_sde('vp')
+  x, y, z = (_sample_with_config(_solver_config(method, 10, options), sde, eps)[0]
+             for options in ({}, {noise: 0.}, {noise: 5.}))
+  assert torch.equal(x, y) and not torch.allclose(x, z)
+
+
+@pytest.mark.parametrize('method', ['dpmpp_2m', 'dpmpp_3m_sde'])
+def test_sde_dpm_solver_step_is_exact_for_a_constant_denoiser(method):
+  """With D = 0 (a point mass at 0) one step from σ to σ' gives N(e^{−(1+η)h}·x̂, σ'²(1 − e^{−2ηh})), h = ln(σ/σ')."""
+  sigma, sigma_next, eta = 2., 1.2, 3.
+  torch.manual_seed(0)
+  x = sampling.get_solver(method)(lambda x, sigma: torch.zeros_like(x), torch.full((100000, 1), 2.),
+                                  torch.tensor([sigma, sigma_next], dtype=torch.float64), eta=eta)
+  ratio = sigma_next / sigma
+  assert abs(x.mean().item() - 2 * ratio ** (1 + eta)) < 0.02
+  assert abs(x.std().item() / (sigma_next * (1 - ratio ** (2 * eta)) ** 0.5) - 1) < 0.02
+
+
+def test_the_final_step_to_zero_is_one_evaluation_that_removes_the_noise():
+  sde, eps = _flow_sde('ve')
+  config = _solver_config('dpmpp_2m', 20, {})
+  clean, nfe = _sample_with_config(config, sde, eps)[:2]
+  config.sampling.noise_removal = False
+  noisy, nfe_noisy = _sample_with_config(config, sde, eps)[:2]
+  assert (nfe, nfe_noisy) == (20, 19)
+  assert 0 < (noisy - clean).abs().max() < 0.1  # the last step from σ(eps) = 0.01
+
+
+def test_guidance_applies_only_in_its_sigma_range():
+  sde, eps = _flow_sde('ve')
+  score_fn, logits_fn = mixture_fns(sde)
+  counting_logits = _CountingScore(logits_fn)
+  config = _solver_config('dpmpp_2m', 10, {}, grid='logsnr')
+  config.sampling.guided_sigma_min, config.sampling.guided_sigma_max = 0.5, 5.
+  sampler = sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)
+  assert 'guided where 0.5 ≤ σ ≤ 5' in sampler.description
+  sampler(score_fn, counting_logits, LABELS)
+  sigmas = time_grids.sigma_grid('logsnr', sde, 10, eps)[:-1]
+  assert counting_logits.calls == int(((sigmas >= 0.5) & (sigmas <= 5.)).sum()) > 0
+  config.sampling.guided_sigma_min = 100.  # nowhere: the unguided sampler
+  unguided_config = _solver_config('dpmpp_2m', 10, {}, grid='logsnr')
+  unguided_config.sampling.conditional = False
+  torch.manual_seed(0)
+  nowhere = sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)(score_fn, logits_fn, LABELS)[0]
+  torch.manual_seed(0)
+  unguided = sampling.get_sampling_fn(unguided_config, sde, (BATCH, 2), lambda x: x, eps)(score_fn)[0]
+  assert torch.equal(nowhere, unguided)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('dpmpp_2m.eta', -1., 'sampling.dpmpp_2m.eta=-1.0: must be a number >= 0'),
+    ('heun.s_churn', -1., 'sampling.heun.s_churn=-1.0: must be a number >= 0'),
+    ('unipc.order', 4, 'sampling.unipc.order=4: must be 1, 2 or 3'),
+    ('unipc.variant', 'bh3', "sampling.unipc.variant='bh3': must be one of ['bh1', 'bh2']")])
+def test_solver_options_out_of_range_are_refused_when_built(field, value, message):
+  config = _solver_config(field.split('.')[0], 10, {field.split('.')[1]: value})
+  sde, eps = _flow_sde('ve')
+  with pytest.raises(ValueError) as error:
+    sampling.get_sampling_fn(config, sde, (4, 2), lambda x: x, eps)
+  assert str(error.value) == message
+
+
+@pytest.mark.parametrize('fields,message', [
+    (dict(snr=0.), 'sampling.snr=0.0: must be a number > 0'),
+    (dict(n_steps_each=0), 'sampling.n_steps_each=0: must be an integer >= 1'),
+    (dict(method='ode', ode_rtol=0.), 'sampling.ode_rtol=0.0: must be a number > 0'),
+    (dict(grid='rho'), "predictor 'reverse_diffusion' steps by the SDE's own discretisation")])
+def test_pc_and_ode_settings_out_of_range_are_refused_when_built(fields, message):
   sde, eps = SDES['ve'](100)
-  with pytest.raises(ValueError, match="'reverse_diffusion' steps by the SDE's own discretisation"):
-    sampling.get_pc_sampler(sde, (4, 2), 'reverse_diffusion', 'langevin', lambda x: x, snr=0.16, eps=eps,
-                            device='cpu', grid='rho')
+  with pytest.raises(ValueError, match=message):
+    sampling.get_sampling_fn(_config(**fields), sde, (4, 2), lambda x: x, eps)
 
 
-def test_get_sampling_fn_builds_the_grid_samplers_from_the_config():
-  from tests.helpers import load_config
-  config = load_config('configs/eval/cifar10/eval_cifar10_configs.py')
-  config.device = 'cpu'  # σ_max = 50: the prior matches the marginal at T
-  config.sampling.update(dict(predictor='heun_churn', corrector='none', grid='rho', num_steps=40, S_churn=20.))
-  sde, eps = sde_lib.get_sde(config)
-  score_fn, logits_fn = mixture_fns(sde)
-  torch.manual_seed(0)
-  x, nfe = sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)(score_fn, logits_fn, LABELS)
-  assert nfe == 79
-  assert torch.allclose(_class_stats(x)[0], MEANS, atol=0.15)
+def test_discrete_time_networks_keep_their_steps():
+  config = _config(num_steps=50)
+  config.training.continuous = False
+  sde, eps = SDES['ve'](100)
+  with pytest.raises(ValueError, match='discrete-time networks'):
+    sampling.get_sampling_fn(config, sde, (4, 2), lambda x: x, eps)
 
 
-def test_get_sampling_fn_passes_eta_to_the_sde_dpm_solver(monkeypatch):
-  from tests.helpers import load_config
-  config = load_config('configs/eval/cifar10/eval_cifar10_configs.py')
-  config.device = 'cpu'
-  config.sampling.update(dict(predictor='dpm_solver_2m', corrector='none', grid='rho', num_steps=40, eta=10.,
-                              S_noise=1.01))
+def test_get_sampling_fn_passes_the_solver_options(monkeypatch):
   seen = {}
-  builder = sampling.get_predictor('dpm_solver_2m')
-  monkeypatch.setitem(sampling._PREDICTORS, 'dpm_solver_2m', lambda *a, **options: seen.update(options) or builder(
-      *a, **options))
-  sde, eps = sde_lib.get_sde(config)
-  score_fn, logits_fn = mixture_fns(sde)
-  x, nfe = sampling.get_sampling_fn(config, sde, (BATCH, 2), lambda x: x, eps)(score_fn, logits_fn, LABELS)
-  assert seen == dict(eta=10., S_noise=1.01) and nfe == 40
+  solver = sampling.get_solver('dpmpp_2m')
+  monkeypatch.setitem(sampling._SOLVERS, 'dpmpp_2m', lambda *args, **options: seen.update(options) or solver(
+      *args, **options))
+  sde, eps = _flow_sde('ve')
+  x, nfe = _sample_with_config(_solver_config('dpmpp_2m', 40, {'eta': 10., 's_noise': 1.01}), sde, eps)[:2]
+  assert seen == dict(eta=10., s_noise=1.01) and nfe == 40
   assert torch.allclose(_class_stats(x)[0], MEANS, atol=0.15)
+
+
+def test_a_new_solver_is_one_function_and_its_registration():
+  @sampling.register_solver('midpoint')
+  def sample_midpoint(denoiser, x, sigmas):
+    """The explicit midpoint rule on the probability flow, Euler to σ = 0."""
+    for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
+      denoised = denoiser(x, sigma)
+      if sigma_next == 0:
+        return denoised
+      sigma_mid = (sigma * sigma_next) ** 0.5
+      x_mid = x + (sigma_mid - sigma) * (x - denoised) / sigma
+      x = x + (sigma_next - sigma) * (x_mid - denoiser(x_mid, sigma_mid)) / sigma_mid
+    return x
+  try:
+    sde, eps = _flow_sde('vp')
+    x, nfe, planned, calls = _sample_with_config(_config(method='midpoint', grid='rho', num_steps=20), sde, eps)
+    assert nfe == planned == calls == 2 * 19 + 1
+    assert torch.allclose(_class_stats(x)[0], MEANS, atol=0.15)
+  finally:
+    del sampling._SOLVERS['midpoint']
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,12 +595,12 @@ def test_golden_mini_sampler_reproduces_the_original(golden, monkeypatch, sde_na
   centered = record['config']['data.centered']
   flags = [p.requires_grad for p in classifier.parameters()]
   for name, run in mini['runs'].items():
-    sampler = sampling.get_pc_sampler(
-        sde, tuple(mini['shape']), 'reverse_diffusion', 'langevin',
-        (lambda x: (x + 1.) / 2.) if centered else (lambda x: x), snr=record['snr'],
-        n_steps=record['n_steps_each'], probability_flow=record['probability_flow'],
-        continuous=record['continuous'], denoise=mini['denoise'], eps=mini['eps'], device='cpu',
-        scale=run['scaling_factor'])
+    config = _config(method='pc', predictor='reverse_diffusion', corrector='langevin', snr=record['snr'],
+                     n_steps_each=record['n_steps_each'], probability_flow=record['probability_flow'],
+                     noise_removal=mini['denoise'], scaling_factor=run['scaling_factor'], conditional=True)
+    config.training.continuous = record['continuous']
+    sampler = sampling.get_sampling_fn(config, sde, tuple(mini['shape']),
+                                       (lambda x: (x + 1.) / 2.) if centered else (lambda x: x), mini['eps'])
     with monkeypatch.context() as patch:
       recorder = _DrawRecorder(patch)
       torch.manual_seed(run['torch_manual_seed'])
@@ -477,13 +618,17 @@ def test_ode_sampler_on_a_small_network_returns_finite_samples_and_its_nfe(golde
   record = golden('pc_step_small_ve')
   score_model, classifier = golden_networks(golden, record)
   sde = sde_lib.VESDE()
-  sampler = sampling.get_ode_sampler(sde, (1, 3, 32, 32), lambda x: x, denoise=True, rtol=1e-3, atol=1e-3,
-                                     eps=1e-5, device='cpu', scale=10.)
   z = sde.prior_sampling((1, 3, 32, 32))
-  guided, nfe = sampler(score_model, classifier, 3, z=z)
-  unguided, _ = sampler(score_model, None, None, z=z)
+
+  def sample(classifier, labels):
+    denoiser = sampling.build_denoiser(sde, score_model, classifier, labels, sampling.Guidance(10.))
+    with torch.no_grad():
+      return sampling.sample_ode(denoiser, z, 1e-5, rtol=1e-3, atol=1e-3, denoise=True), denoiser.nfe
+
+  guided, nfe = sample(classifier, torch.tensor([3]))
+  unguided, _ = sample(None, None)
   assert torch.isfinite(guided).all() and guided.shape == (1, 3, 32, 32)
-  assert nfe >= 8 and (nfe - 2) % 6 == 0
+  assert nfe >= 9 and (nfe - 3) % 6 == 0
   assert not torch.allclose(guided, unguided)  # the classifier steers the flow
 
 
@@ -511,3 +656,23 @@ def test_golden_step_on_the_gpu(golden, monkeypatch, sde_name):
     x, x_mean = predictor(case['corrector_x'].to(device), t)
   assert_close_to_golden(x_mean, case['predictor_x_mean'], name='predictor_x_mean')
   assert_close_to_golden(x, case['predictor_x'], name='predictor_x')
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape.
+
+SAMPLER_FILES = ('sampling.py', 'time_grids.py', 'run_lib_sampling.py', 'toy/samplers.py',
+                 'benchmarks/bench_sampler_nfe.py', 'benchmarks/bench_sampling.py')
+
+
+@pytest.mark.parametrize('path', SAMPLER_FILES)
+def test_no_sampling_function_takes_more_than_eight_parameters(path):
+  import ast
+  from tests.helpers import REPO_ROOT
+
+  def count(args):
+    return len(args.posonlyargs) + len(args.args) + len(args.kwonlyargs) + bool(args.vararg) + bool(args.kwarg)
+  functions = [node for node in ast.walk(ast.parse((REPO_ROOT / path).read_text()))
+               if isinstance(node, ast.FunctionDef)]
+  too_many = [f'{node.name} ({count(node.args)})' for node in functions if count(node.args) > 8]
+  assert not too_many, too_many

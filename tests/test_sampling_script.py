@@ -91,8 +91,9 @@ def test_class_range_is_end_exclusive_and_files_are_the_originals_format(one_run
     path = one_run / 'results' / 'tiny' / 'eval_samples' / name
     if name.endswith('.npz'):
       with np.load(path) as archive:
-        assert list(archive.keys()) == ['samples']
-        samples = archive['samples']
+        assert list(archive.keys()) == ['samples', 'nfe']
+        samples, nfe = archive['samples'], archive['nfe']
+      assert nfe == 6  # 3 PC steps, each a corrector and a predictor evaluation
       assert samples.dtype == np.uint8 and samples.shape == SAMPLE_SHAPE
       assert len(np.unique(samples)) > 10  # real images, not a constant
     elif name.endswith('.png'):
@@ -130,6 +131,8 @@ def test_rerun_skips_complete_files_and_redoes_a_truncated_one(tmp_path, checkpo
   result = run_sampler(tmp_path, checkpoints, '--mode=class', '--classid=3', '--classidend=5')
   assert result.returncode == 0, result.stderr
   assert ': 1 batches of 2 left' in result.stderr
+  assert ('pc reverse_diffusion/langevin (snr=0.16, n_steps_each=1, probability_flow=False) on the linear grid, '
+          '3 steps, 6 NFE') in result.stderr  # the start line names the sampler, its grid, steps and NFE
   assert sample_files(tmp_path) == reference
   assert {name: (folder / name).stat().st_mtime_ns for name in untouched} == untouched
   assert not [p for p in folder.rglob('*.tmp')]
@@ -257,7 +260,7 @@ REFUSED_SETTINGS = {
     'ancestral + probability flow': (EVAL_CONFIG, ['--config.sampling.predictor=ancestral_sampling',
                                                    '--config.sampling.probability_flow=True'], 'probability-flow'),
     'ancestral + sub-VP': (f'{EVAL_CONFIG}:subvpsde', ['--config.sampling.predictor=ancestral_sampling',
-                                                       '--config.model.num_scales=1000'], 'vesde and vpsde only'),
+                                                       '--config.model.num_scales=1000'], 'has no ancestral step'),
     'VP table reaching beta 1': (f'{EVAL_CONFIG}:vpsde', [
         '--config.sampling.predictor=ancestral_sampling', '--config.model.num_scales=20',
         '--config.training.continuous=False'], 'β = model.beta_max / num_scales = 1'),
@@ -287,17 +290,18 @@ def test_the_vp_beta_limit_counts_the_grid_points_the_sampler_uses():
   config = get_config('vpsde')
   config.sampling.predictor, config.model.num_scales = 'reverse_diffusion', 20  # β_max / 20 = 1
   with pytest.raises(config_checks.ConfigError, match='model.num_scales=20'):
-    config_checks.check_pc_sampler(config)
+    config_checks.check_pc_table(config)
   config.sampling.num_steps = 1000  # the sampler's SDE is discretised with 1 000 steps: β = 0.02
-  config_checks.check_pc_sampler(config)
+  config_checks.check_pc_table(config)
   config.model.num_scales, config.sampling.num_steps = 1000, 19
   with pytest.raises(config_checks.ConfigError, match='sampling.num_steps=19'):
-    config_checks.check_pc_sampler(config)
+    config_checks.check_pc_table(config)
 
 
 def test_a_negative_eta_is_one_line_and_samples_nothing(tmp_path, checkpoints):
-  result = run_sampler(tmp_path, checkpoints, '--mode=class', '--config.sampling.eta=-1')
-  one_error_line(result, 'sampling.eta=-1.0: must be a number >= 0')
+  result = run_sampler(tmp_path, checkpoints, '--mode=class', '--config.sampling.method=dpmpp_2m',
+                       '--config.sampling.dpmpp_2m.eta=-1')
+  one_error_line(result, 'sampling.dpmpp_2m.eta=-1.0: must be a number >= 0')
   assert not (tmp_path / 'results' / 'tiny' / 'eval_samples').exists()
 
 

@@ -460,6 +460,7 @@ def test_a_new_sde_needs_one_class_and_its_registration():
   """A new SDE class, registered under a new name, drives get_sde, the wrappers, the loss and the samplers."""
   import losses
   import sampling
+  import time_grids
   sde_lib.register_sde('linearsigma')(LinearSigmaSDE)
   try:
     sde, eps = sde_lib.get_sde(config_from_flat({'training.sde': 'LinearSigma', 'model.num_scales': 50}))
@@ -471,9 +472,10 @@ def test_a_new_sde_needs_one_class_and_its_registration():
     assert losses.get_sde_loss_fn(sde, train=False)(net, torch.zeros(8, 2)) < 1e-10
     torch.manual_seed(0)
     exact = lambda x, t: -x / t[:, None] ** 2
+    times = time_grids.time_grid('linear', sde, sde.N, 0.2)
     for predictor, corrector in (('reverse_diffusion', 'langevin'), ('euler_maruyama', 'ald')):
-      x, _ = sampling.get_pc_sampler(sde, (4000, 2), predictor, corrector, lambda x: x, 0.16, eps=0.2,
-                                     denoise=False, device='cpu')(exact)
+      pc = sampling.PCSettings(predictor, corrector, denoise=False)
+      x = sampling.sample_pc(sampling.GuidedDenoiser(sde, exact), sde.prior_sampling((4000, 2)), times, pc)
       assert abs(x.std() - 0.2) < 0.02, (predictor, x.std())  # p_0.2 = N(0, 0.2²)
     with pytest.raises(NotImplementedError, match='LinearSigmaSDE has no ancestral step'):
       sampling.get_predictor('ancestral_sampling')(sde, exact)

@@ -2,7 +2,7 @@
 
   toy.data      the moons, the evaluation grid, exact draws of p_σ(x | y) and the PRDC reference sets
   toy.metrics   oracle scores (exact mixture scores), the distances D_P / D_L, class-wise PRDC
-  toy.samplers  the annealed PC sampler (sampling.get_pc_sampler) and the original's degenerate sampler
+  toy.samplers  the annealed PC sampler (sampling.sample_pc) and the original's degenerate sampler
   toy.table     the results table (this run and the paper's numbers)
   toy.plots     score-field and sample plots
 

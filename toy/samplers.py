@@ -1,10 +1,11 @@
-"""Moons samplers: the corrected annealed PC sampler (the shared sampling.get_pc_sampler) and the original's."""
+"""Moons samplers: the corrected annealed PC sampler (the shared sampling.sample_pc) and the original's."""
 import math
 
 import torch
 
 import sampling
 import sde_lib
+import time_grids
 from toy import full_sigma
 
 
@@ -19,9 +20,9 @@ def annealed_sampler_sde(sigma_end, sigma_max, sigma_extra_min, num_steps):
 
 
 def sample_annealed_pc(score_fn, classifier_fn, label, scale, num_samples, config, device):
-  """Corrected annealed PC sampler (T1 fixed) = sampling.get_pc_sampler on `annealed_sampler_sde`: sigma
-  decreases, reverse-diffusion predictor with step sigma_i² - sigma_{i+1}², Langevin corrector with step
-  delta and noise sqrt(2 delta), guided by sampling.get_guided_score_fn."""
+  """Corrected annealed PC sampler (T1 fixed) = sampling.sample_pc on `annealed_sampler_sde`: sigma decreases,
+  reverse-diffusion predictor with step sigma_i² - sigma_{i+1}², Langevin corrector with step delta and noise
+  sqrt(2 delta), guided by sampling.get_guided_score_fn (through sampling.GuidedDenoiser)."""
   settings = config.sampling
   sigma_end = config.model.std
   sde = annealed_sampler_sde(sigma_end, config.model.sigma_max, settings.sigma_extra_min, settings.num_steps)
@@ -29,10 +30,13 @@ def sample_annealed_pc(score_fn, classifier_fn, label, scale, num_samples, confi
   def at_time(fn):  # noise-level function -> function of the sampler's time
     return None if fn is None else (lambda x, t: fn(x, torch.sqrt(sde.marginal_std(t) ** 2 + sigma_end ** 2)))
 
-  sampler = sampling.get_pc_sampler(sde, (num_samples, 2), settings.predictor, settings.corrector, lambda x: x,
-                                    settings.snr, n_steps=settings.n_steps_each, denoise=settings.noise_removal,
-                                    eps=settings.eps, device=device, scale=scale)
-  return sampler(at_time(score_fn), at_time(classifier_fn), None if classifier_fn is None else label)[0]
+  labels = None if classifier_fn is None else torch.full((num_samples,), label, dtype=torch.long, device=device)
+  denoiser = sampling.GuidedDenoiser(sde, at_time(score_fn), at_time(classifier_fn), labels, sampling.Guidance(scale))
+  pc = sampling.PCSettings(settings.predictor, settings.corrector, settings.snr, settings.n_steps_each,
+                           denoise=settings.noise_removal)
+  with torch.no_grad():
+    x = sde.prior_sampling((num_samples, 2)).to(device)
+    return sampling.sample_pc(denoiser, x, time_grids.time_grid('linear', sde, sde.N, settings.eps), pc)
 
 
 @torch.no_grad()

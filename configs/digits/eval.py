@@ -1,12 +1,13 @@
 """Sampling and evaluation of the digits experiment (run_lib_sampling.py, run_lib_evaluation.py).
 
 Features: the reference classifier (a CNN trained on the real training split), not Inception. Sampling: guided
-SDE-DPM-Solver++(2M) on the ρ grid, 100 steps (100 network evaluations) with η = 10, ten times the reverse SDE's
-Langevin mixing, 50 samples per class in one round. benchmarks/bench_sampler_nfe.py --digits measures every sampler
-side by side: with the total-loss classifier of seed 0 (250 samples, 3 sampling seeds) these samples were recognised
-in 0.87 of cases at an FD of 19, as with guided PC at 2 000 evaluations (0.87, FD 22), against 0.82 for churned Heun
-with 199 and 0.53 for any deterministic sampler; with that of seed 1, 0.82 against PC's 0.81. At 200 evaluations
-η = 1 (the reverse SDE) gave 0.73 and η = 20 0.88 at a worse FD (21).
+SDE-DPM-Solver++(2M) (sampling.method = 'dpmpp_2m') on the ρ grid, 100 steps (100 network evaluations) with η = 10,
+ten times the reverse SDE's Langevin mixing, 50 samples per class in one round. benchmarks/bench_sampler_nfe.py
+--digits measures every sampler side by side: with the total-loss classifier of seed 0 (250 samples, 3 sampling
+seeds) these samples were recognised in 0.87 of cases at an FD of 19, as with guided PC at 2 000 evaluations (0.87,
+FD 22), against 0.82 for churned Heun (s_churn = 50) with 199 and 0.53 for any deterministic sampler; with that of
+seed 1, 0.82 against PC's 0.81. At 200 evaluations η = 1 (the reverse SDE) gave 0.73 and η = 20 0.88 at a worse FD
+(21).
 """
 from configs.digits.default_digits_configs import get_digits_configs
 
@@ -17,10 +18,9 @@ def get_config():
   config.sampling.conditional = True
   config.sampling.scaling_factor = 1.0
   sampling = config.sampling
-  sampling.predictor, sampling.corrector = 'dpm_solver_2m', 'none'
+  sampling.method = 'dpmpp_2m'
   sampling.grid, sampling.num_steps = 'rho', 100
-  sampling.eta = 10.  # the SDE form with 10× the reverse SDE's Langevin mixing
-  sampling.S_churn = 50.  # heun_churn (the benchmark's): γ = min(S_churn / num_steps, √2 − 1) = √2 − 1 at every step
+  sampling.dpmpp_2m.eta = 10.  # the SDE form with 10× the reverse SDE's Langevin mixing
   evaluate = config.eval
   evaluate.num_samples = 500  # 50 per class, one round
   evaluate.batch_size = 500
