@@ -1,6 +1,7 @@
 """Config validation, before any model loads or file is written: one ConfigError line naming the field, its value and
 what is allowed. Misspelt fields and wrong types are refused earlier, by the flag parser (plumbing.parse_flags)."""
 import sde_lib
+import time_grids
 
 VP_FAMILY = ('vpsde', 'subvpsde')
 
@@ -73,6 +74,9 @@ def check_sampling(config):
   if sampling.scaling_factor < 0 and not sampling.get('allow_negative_scale', False):
     raise ConfigError(f'sampling.scaling_factor={sampling.scaling_factor}: must be >= 0 (a negative guidance scale '
                       'pushes samples away from their class; allow it with --config.sampling.allow_negative_scale)')
+  grid, grids = sampling.get('grid', 'linear'), time_grids.grid_names()
+  if grid not in grids:  # before the builders, whose grid checks would name only the grids their sampler takes
+    raise ConfigError(f'sampling.grid={grid!r}: must be one of {", ".join(map(repr, grids))}')
   check_sampler(config)
   if sampling.method.lower() == 'pc':
     check_pc_table(config)

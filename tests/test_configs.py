@@ -27,7 +27,8 @@ FILES = {
 EXTRAS = {
     'device': 'auto', 'data.root': 'data', 'classifier.resnet_base_width': 64, 'sampling.dtype': 'float32',
     'sampling.compile': False, 'sampling.seed': 0, 'eval.inception_dir': '', 'eval.samples_dir': '',
-    'eval.cas_keep_checkpoints': 2, 'eval.cas_arch': 'resnet50', 'eval.features': 'inception',
+    'eval.cas_keep_checkpoints': 2, 'eval.cas_arch': 'resnet50', 'eval.features': 'inception', 'eval.posterior_sigmas': (0.5, 1., 2., 4.),
+    'eval.posterior_draws': 4,
     'training.keep_checkpoints': 0,
     'training.allow_tf32': False, 'sampling.ode_rtol': 1e-5, 'sampling.ode_atol': 1e-5,
     'sampling.allow_negative_scale': False, 'sampling.grid': 'linear', 'sampling.num_steps': 0, 'sampling.rho': 7.,

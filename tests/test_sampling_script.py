@@ -215,7 +215,7 @@ FAILED_STARTS = {
     'a predictor typo': (BOTH_CHECKPOINTS + ['--config.sampling.predictor=reverse_difusion'],
                          "unknown predictor 'reverse_difusion'"),
     'an unknown grid': (BOTH_CHECKPOINTS + ['--config.sampling.grid=rh0'],
-                        "sampling.grid='rh0': must be one of 'linear', 'rho'"),
+                        "sampling.grid='rh0': must be one of 'linear', 'logsnr', 'rho'"),
     'a folder as the score checkpoint': (['--restore={folder}', '--restore_classifier={classifier}'],
                                          'is a folder, not a checkpoint file'),
 }
