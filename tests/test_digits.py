@@ -193,3 +193,29 @@ def test_posterior_report_of_networks_on_digits():
     assert report[sigma]['C_unguided'] == again[sigma]['C_unguided'] and report[sigma]['share'] == again[sigma]['share']
     assert 0 < report[sigma]['share'] < 1 and set(report[sigma]['half_split']) == {'prior', 'conditional', 'likelihood'}
   assert report['4']['half_split']['likelihood'] < report['1']['half_split']['likelihood']
+
+
+def test_recipe_goal_needs_half_the_share_at_every_sigma_and_l_below_half():
+  sys.path.insert(0, str(REPO_ROOT / 'benchmarks'))
+  import bench_dlsm_recipes
+  row = {f'{key} σ={s}': value for s in ('1', '1.5', '2', '4')
+         for key, value in (('L', 0.4), ('C', 0.019), ('C_unguided', 0.03), ('share', 0.02))}
+  assert bench_dlsm_recipes.goal_met(row)
+  assert not bench_dlsm_recipes.goal_met(dict(row, **{'C σ=4': 0.0201}))  # removes less than half the share at σ 4
+  assert not bench_dlsm_recipes.goal_met(dict(row, **{'L σ=2': 0.51}))
+  assert bench_dlsm_recipes.goal_met(dict(row, **{'L σ=4': 3.}))  # L is asked for at σ 1 and 2 only
+  table = bench_dlsm_recipes.markdown([dict(row, variant='a', seed=0, accuracy=0.9, train_seconds=10.),
+                                       dict(row, variant='a', seed=1, accuracy=0.8, train_seconds=12.)])
+  assert '| a | 0,1 | 0.400 ± 0.000 |' in table and '| 2/2 |' in table
+
+
+def test_prior_criterion_compares_the_flow_with_the_make_digits_sampler():
+  sys.path.insert(0, str(REPO_ROOT / 'benchmarks'))
+  import bench_digits_prior
+  rows = [dict(score='s', sampler='deterministic', recognised=0.80, pixel_fd=0.12),
+          dict(score='s', sampler='make digits', recognised=0.82, pixel_fd=0.09)]
+  verdict = bench_digits_prior.criterion(rows, floor_fd=0.1)['s']
+  assert verdict['met'] and verdict['fd_ratio'] == pytest.approx(1.2) and verdict['recognised_gap'] == pytest.approx(0.02)
+  assert not bench_digits_prior.criterion(rows, floor_fd=0.07)['s']['met']
+  config = bench_digits_prior.sampler_config('deterministic', 20, 1.)
+  assert config.sampling.dpmpp_2m.eta == 0. and config.sampling.num_steps == 20
