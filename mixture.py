@@ -18,14 +18,20 @@ def squared_distances(x, centres):
   return distances.clamp_min(0.)
 
 
+def log_mean_density(log_components, dimension, variance):
+  """log mean_j N_j [P, 1] from the components' exponents −‖x − c_j‖²/2σ² [P, M] (normalised d-dimensional
+  Gaussians of variance σ², one per row or shared)."""
+  variance = torch.as_tensor(variance, dtype=torch.float64)
+  return (torch.logsumexp(log_components, dim=1, keepdim=True) - math.log(log_components.shape[1])
+          - 0.5 * dimension * torch.log(2 * math.pi * variance))
+
+
 def mixture_log_density(x, centres, sigma):
   """log p_σ(x) [P] of the mixture with normalised d-dimensional components (differentiable in x)."""
   x = torch.as_tensor(x, dtype=torch.float64)
   centres = torch.as_tensor(centres, dtype=torch.float64)
-  dimension = centres[0].numel()
   log_components = -squared_distances(x, centres) / (2 * sigma ** 2)
-  return (torch.logsumexp(log_components, dim=1) - math.log(len(centres))
-          - 0.5 * dimension * math.log(2 * math.pi * sigma ** 2))
+  return log_mean_density(log_components, centres[0].numel(), sigma ** 2)[:, 0]
 
 
 def mixture_score(x, centres, sigma, eps=0., chunk=1024):
@@ -45,9 +51,7 @@ def mixture_score(x, centres, sigma, eps=0., chunk=1024):
     log_components = -squared_distances(flat, flat_centres) / (2 * variance)
     score = (torch.softmax(log_components, dim=1) @ flat_centres - flat) / variance
     if eps:
-      log_mean = (torch.logsumexp(log_components, dim=1, keepdim=True) - math.log(len(centres))
-                  - 0.5 * flat.shape[1] * torch.log(2 * math.pi * variance))
-      score = score / (1 + eps * torch.exp(-log_mean))
+      score = score / (1 + eps * torch.exp(-log_mean_density(log_components, flat.shape[1], variance)))
     scores.append(score.reshape(part.shape))
   return torch.cat(scores)
 
