@@ -531,14 +531,15 @@ def posterior_score_errors(oracle, prior, likelihood, scale):
               share=(oracle['likelihood'] ** 2).sum().item() / (oracle['conditional'] ** 2).sum().item())
 
 
-def network_fields(sde, score_model, classifier, noisy, labels, sigma, batch_size=500):
-  """(s_θ(x̃, σ), ∇x log p_φ(y | x̃, σ), the classifier's accuracy) at the noisy points, the fields in float64; the
-  networks run in eval mode and float32, and the likelihood gradient is the one guidance uses (sampling.log_prob_grad)."""
+def network_fields(sde, networks, noisy, labels, sigma, settings=None, batch_size=500):
+  """(s_θ(x̃, σ), ∇x log p_φ(y | x̃, σ), the classifier's accuracy) at the noisy points, the fields in float64, of
+  networks = (score model, classifier) in eval mode, run as `settings` (a sampling.NetworkSettings; default
+  float32) say; the likelihood gradient is the one guidance uses (sampling.log_prob_grad)."""
   import sampling
-  from models import utils as mutils
-  score_fn = mutils.get_score_fn(sde, score_model, train=False, continuous=True)
-  classifier_fn = mutils.get_classifier_fn(sde, classifier, train=False, continuous=True)
-  device = next(score_model.parameters()).device
+  settings = settings or sampling.NetworkSettings()
+  score_fn = sampling.as_score_fn(sde, networks[0], True, settings.dtype, settings.compile)
+  classifier_fn = sampling.as_classifier_fn(sde, networks[1], True, settings.compile, settings.classifier_dtype)
+  device = next(networks[0].parameters()).device
   t = float(sde.time_of_sigma(torch.tensor(sigma, dtype=torch.float64)))
   priors, likelihoods, correct = [], [], 0
   for x, y in zip(noisy.split(batch_size), labels.split(batch_size)):
@@ -551,10 +552,11 @@ def network_fields(sde, score_model, classifier, noisy, labels, sigma, batch_siz
   return torch.cat(priors), torch.cat(likelihoods), correct / len(labels)
 
 
-def posterior_score_report(sde, score_model, classifier, splits, sigmas, scale, draws=4, seed=0):
-  """{σ: posterior_score_errors, the classifier's accuracy and the half-split agreement} of the networks, with
-  x̃ = test image + σz (`draws` per image, the same points for every network: `seed`) and the oracle over the training
-  images; 'clean' holds the classifier's accuracy at the SDE's smallest σ.
+def posterior_score_report(sde, networks, splits, sigmas, scale, draws=4, seed=0, settings=None):
+  """{σ: posterior_score_errors, the classifier's accuracy and the half-split agreement} of networks = (score model,
+  classifier), run as `settings` say (network_fields), with x̃ = test image + σz (`draws` per image, the same points
+  for every network: `seed`) and the oracle over the training images; 'clean' holds the classifier's accuracy at
+  the SDE's smallest σ.
 
   splits = (train images, train labels, test images, test labels), images as the networks see them (NCHW).
   """
@@ -562,12 +564,12 @@ def posterior_score_report(sde, score_model, classifier, splits, sigmas, scale, 
   train, train_labels, test, test_labels = splits
   generator = torch.Generator().manual_seed(seed)
   noisy, labels = noisy_points(test, test_labels, sde.sigma_min, 1, generator)
-  report = dict(clean=dict(accuracy=network_fields(sde, score_model, classifier, noisy, labels, sde.sigma_min)[2]))
+  report = dict(clean=dict(accuracy=network_fields(sde, networks, noisy, labels, sde.sigma_min, settings)[2]))
   for sigma in sigmas:
     generator = torch.Generator().manual_seed(seed)
     noisy, labels = noisy_points(test, test_labels, sigma, draws, generator)
     oracle = mixture.posterior_scores(noisy, labels, train, train_labels, sigma)
-    prior, likelihood, accuracy = network_fields(sde, score_model, classifier, noisy, labels, sigma)
+    prior, likelihood, accuracy = network_fields(sde, networks, noisy, labels, sigma, settings)
     report[f'{sigma:g}'] = dict(posterior_score_errors(oracle, prior, likelihood, scale), accuracy=accuracy,
                                 half_split=half_split_agreement(train, train_labels, noisy, labels, sigma, generator))
   return report

@@ -225,8 +225,10 @@ def run_posterior(config, workdir):
     splits += [scaler(evaluation.images_to_unit_nchw(torch.from_numpy(images))).double(), torch.from_numpy(labels)]
   sde, _ = sde_lib.get_sde(config)
   scale = config.sampling.scaling_factor
-  report = evaluation.posterior_score_report(sde, score_model, classifier, splits, config.eval.posterior_sigmas,
-                                             scale, config.eval.posterior_draws)
+  import sampling
+  report = evaluation.posterior_score_report(sde, (score_model, classifier), splits, config.eval.posterior_sigmas,
+                                             scale, config.eval.posterior_draws,
+                                             settings=sampling.network_settings(config))
   print(f'Classifier accuracy at σ {sde.sigma_min:g}: {100 * report["clean"]["accuracy"]:.2f}%')
   for sigma, row in report.items():
     if sigma == 'clean':

@@ -199,25 +199,36 @@ def as_score_fn(sde, score_model, continuous=True, dtype=torch.float32, compile=
   return _autocast(mutils.get_score_fn(sde, model, train=False, continuous=continuous), dtype)
 
 
-def as_classifier_fn(sde, classifier_model, continuous=True, compile=False):
-  """A logits function f(x, t) from a classifier (eval mode) or an already-built callable.
+def as_classifier_fn(sde, classifier_model, continuous=True, compile=False, dtype=torch.float32):
+  """A logits function f(x, t) from a classifier (eval mode) or an already-built callable; `dtype=torch.bfloat16`
+  runs its forward (and so its input-gradient) under autocast.
 
-  The classifier always runs in float32: its input-gradient under bf16 autocast is 10-20% off (relative L2,
+  The default is float32: the classifier's input-gradient under bf16 autocast is 10-20% off (relative L2,
   measured in benchmarks/bench_sampling.py) while it costs only ~7% of a guided step's FLOPs.
   """
   if classifier_model is None or not isinstance(classifier_model, torch.nn.Module):
     return classifier_model
   model = _compiled(classifier_model, compile)
-  return mutils.get_classifier_fn(sde, model, train=False, continuous=continuous)
+  return _autocast(mutils.get_classifier_fn(sde, model, train=False, continuous=continuous), dtype)
 
 
-def build_denoiser(sde, score_model, classifier_model=None, labels=None, guidance=Guidance(), *, continuous=True,
-                   dtype=torch.float32, compile=False):
-  """The GuidedDenoiser of networks (or callables f(x, t)); guided when both a classifier and `labels` (one class
-  per sample) are given. `dtype=torch.bfloat16` runs the score network under autocast (the classifier stays
-  float32); `compile` applies torch.compile to both networks."""
-  classifier_fn = None if labels is None else as_classifier_fn(sde, classifier_model, continuous, compile)
-  score_fn = as_score_fn(sde, score_model, continuous, dtype, compile)
+@dataclasses.dataclass(frozen=True)
+class NetworkSettings:
+  """How the networks run while sampling: continuous time input (or the discrete σ index), the score network's
+  autocast dtype, the classifier's (its forward and input-gradient) and torch.compile of both."""
+  continuous: bool = True
+  dtype: torch.dtype = torch.float32
+  classifier_dtype: torch.dtype = torch.float32
+  compile: bool = False
+
+
+def build_denoiser(sde, score_model, classifier_model=None, labels=None, guidance=Guidance(),
+                   settings=NetworkSettings()):
+  """The GuidedDenoiser of networks (or callables f(x, t)) run as `settings` say; guided when both a classifier and
+  `labels` (one class per sample) are given."""
+  classifier_fn = None if labels is None else as_classifier_fn(sde, classifier_model, settings.continuous,
+                                                               settings.compile, settings.classifier_dtype)
+  score_fn = as_score_fn(sde, score_model, settings.continuous, settings.dtype, settings.compile)
   return GuidedDenoiser(sde, score_fn, classifier_fn, labels, guidance)
 
 
@@ -709,13 +720,14 @@ def build_method(config, sde, eps):
     raise ValueError(f'sampling.{error}') from None
 
 
-def _network_settings(config):
-  """continuous, dtype and compile of the networks, from config.training and config.sampling."""
-  dtype = config.sampling.dtype
-  if dtype not in ('float32', 'bfloat16'):
-    raise ValueError(f'sampling.dtype={dtype!r}: must be float32 or bfloat16')
-  return dict(continuous=config.training.continuous, dtype=getattr(torch, dtype),
-              compile=bool(config.sampling.compile))
+def network_settings(config):
+  """NetworkSettings from config.training.continuous and config.sampling (dtype, classifier_dtype, compile)."""
+  s = config.sampling
+  for field in ('dtype', 'classifier_dtype'):
+    if s[field] not in ('float32', 'bfloat16'):
+      raise ValueError(f'sampling.{field}={s[field]!r}: must be float32 or bfloat16')
+  return NetworkSettings(continuous=config.training.continuous, dtype=getattr(torch, s.dtype),
+                         classifier_dtype=getattr(torch, s.classifier_dtype), compile=bool(s.compile))
 
 
 def _as_labels(labels, batch_size, device):
@@ -744,7 +756,7 @@ class Sampler:
     elif classifier_model is None or labels is None:
       raise ValueError('sampling.conditional is set: pass a classifier and the target classes')
     denoiser = build_denoiser(self.method.sde, score_model, classifier_model,
-                              _as_labels(labels, self.shape[0], self.device), self.guidance, **self.networks)
+                              _as_labels(labels, self.shape[0], self.device), self.guidance, self.networks)
     with torch.no_grad(), _FrozenParameters(score_model, classifier_model):
       x = self.method.sde.prior_sampling(self.shape).to(self.device) if z is None else z.to(self.device)
       x = self.method.run(denoiser, x)
@@ -761,5 +773,5 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps):
   """
   s = config.sampling
   guidance = Guidance(float(s.scaling_factor), s.guided_sigma_min, s.guided_sigma_max)
-  return Sampler(build_method(config, sde, eps), guidance, _network_settings(config), shape, inverse_scaler,
+  return Sampler(build_method(config, sde, eps), guidance, network_settings(config), shape, inverse_scaler,
                  s.conditional, mutils.get_device(config))

@@ -141,8 +141,8 @@ def make_sampler(mode, sde, shape, device, scale):
   times = time_grids.time_grid('linear', sde, sde.N, 1e-5)
 
   def sampler(score_model, classifier, labels):
-    denoiser = sampling.build_denoiser(sde, score_model, classifier, labels, sampling.Guidance(scale), dtype=dtype,
-                                       compile=compile_)
+    denoiser = sampling.build_denoiser(sde, score_model, classifier, labels, sampling.Guidance(scale),
+                                       sampling.NetworkSettings(dtype=dtype, compile=compile_))
     with torch.no_grad(), sampling._FrozenParameters(score_model, classifier):
       return sampling.sample_pc(denoiser, sde.prior_sampling(shape).to(device), times), denoiser.nfe
   return sampler

@@ -32,6 +32,7 @@ def get_default_configs():
   sampling.scaling_factor = 1.0  # guidance scale λ (--scale); a float, so later int assignments are cast to float
   sampling.conditional = False
   sampling.dtype = 'float32'  # 'bfloat16' opts into reduced-precision sampling
+  sampling.classifier_dtype = 'float32'  # 'bfloat16': the classifier's forward and input-gradient under autocast too
   sampling.compile = False  # torch.compile the networks for sampling
   sampling.seed = 0  # base seed of the per-(class, round) sampling seeds
   sampling.ode_rtol = 1e-5  # tolerances of the probability-flow ODE solver (sampling.method = 'ode')

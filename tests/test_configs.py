@@ -26,6 +26,7 @@ FILES = {
 # Fields this project adds (contract); the same value in every file.
 EXTRAS = {
     'device': 'auto', 'data.root': 'data', 'classifier.resnet_base_width': 64, 'sampling.dtype': 'float32',
+    'sampling.classifier_dtype': 'float32',
     'sampling.compile': False, 'sampling.seed': 0, 'eval.inception_dir': '', 'eval.samples_dir': '',
     'eval.cas_keep_checkpoints': 2, 'eval.cas_arch': 'resnet50', 'eval.features': 'inception', 'eval.posterior_sigmas': (0.5, 1., 2., 4.),
     'eval.posterior_draws': 4,

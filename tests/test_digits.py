@@ -185,8 +185,8 @@ def test_posterior_report_of_networks_on_digits():
     images, labels = datasets.load_split(config, split)
     splits += [evaluation.images_to_unit_nchw(torch.from_numpy(images[:300])).double(), torch.from_numpy(labels[:300])]
   sde, _ = sde_lib.get_sde(config)
-  report = evaluation.posterior_score_report(sde, score_model, classifier, splits, (1., 4.), 1., draws=1)
-  again = evaluation.posterior_score_report(sde, score_model, mutils.create_classifier(config).eval(), splits,
+  report = evaluation.posterior_score_report(sde, (score_model, classifier), splits, (1., 4.), 1., draws=1)
+  again = evaluation.posterior_score_report(sde, (score_model, mutils.create_classifier(config).eval()), splits,
                                             (1., 4.), 3., draws=1)
   assert set(report) == {'clean', '1', '4'} and 0 <= report['clean']['accuracy'] <= 1
   for sigma in ('1', '4'):
