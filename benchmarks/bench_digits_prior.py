@@ -2,12 +2,17 @@
 
   python benchmarks/bench_digits_prior.py --score S.pth [S2.pth ...] --classifier C.pth [--seeds 0,1,2]
 
-For every score checkpoint, guided samples (the classifier C, λ = --scale, 50 per class) of two samplers:
-`deterministic`, DPM-Solver++(2M) (sampling.method dpmpp_2m) as the probability-flow ODE (η = 0) with --steps steps (one network evaluation each)
-on the ρ grid, and `make digits`, the sampler of configs/digits/eval.py. evaluation.PixelJudge rates them: an RBF-SVC
-fitted on every real digit (`recognised`, class-wise averaged) and the Fréchet distance in pixel space to the training
-split (`pixel_fd`); the real test digits are the floor of the FD. The criterion: the deterministic samples' FD within
-1.5× the test digits' and recognised within 0.03 of the `make digits` samples'.
+For every score checkpoint, guided samples (the classifier C, λ = --scale, 50 per class) of three samplers:
+`deterministic`, DPM-Solver++(2M) (sampling.method dpmpp_2m) as the probability-flow ODE (η = 0) with --steps
+steps (one network evaluation each) on the ρ grid; `deterministic, shell prior`, the same from prior draws rescaled
+to the norm σ_max·√d; and `make digits`, the sampler of configs/digits/eval.py. evaluation.PixelJudge rates them: an
+RBF-SVC fitted on every real digit (`recognised`, class-wise averaged) and the Fréchet distance in pixel space to the
+training split (`pixel_fd`); the real test digits are the floor of the FD. The criterion: the deterministic samples'
+FD within 1.5× the test digits' and recognised within 0.03 of the `make digits` samples'.
+
+Then the norm calibration of the score network (norm_calibration): whether the size of s_θ(x̃) follows the size of
+the exact score from one noisy point to the next. The flow keeps whatever the network gets wrong about a draw's
+norm (the SDE's fresh noise redraws it), and the shell prior removes the norm's spread from the start.
 Prints one row per run as it is measured and writes <out>/bench_digits_prior.json.
 """
 import argparse
@@ -23,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import datasets  # noqa: E402
 import evaluation  # noqa: E402
+import mixture  # noqa: E402
 import plumbing  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
@@ -30,24 +36,58 @@ from configs.digits import eval as digits_eval  # noqa: E402
 from models import checkpoint as ckpt  # noqa: E402
 
 
+SAMPLERS = ('deterministic', 'deterministic, shell prior', 'make digits')
+
+
 def sampler_config(name, steps, scale):
   """configs/digits/eval.py, as `make digits` samples ('make digits') or as the η = 0 flow with `steps` steps."""
   config = digits_eval.get_config()
   config.sampling.scaling_factor = scale
-  if name == 'deterministic':
+  if name.startswith('deterministic'):
     config.sampling.dpmpp_2m.eta, config.sampling.num_steps = 0., steps
   return config
 
 
-def guided_samples(config, networks, seed, per_class):
-  """(uint8 NHWC samples, labels): per_class samples of every class in one batch, seeded."""
+def guided_samples(config, networks, seed, per_class, shell=False):
+  """(uint8 NHWC samples, labels): per_class samples of every class in one batch, seeded; `shell`: every prior
+  draw rescaled to the norm σ_max·√d, the mode of the prior's norm, which is what the score network assumes."""
   labels = torch.arange(config.classifier.classes).repeat_interleave(per_class)
   shape = (len(labels), config.data.num_channels, config.data.image_size, config.data.image_size)
   sde, eps = sde_lib.get_sde(config)
   sampling_fn = sampling.get_sampling_fn(config, sde, shape, datasets.get_data_inverse_scaler(config), eps)
   torch.manual_seed(seed)
-  samples, nfe = sampling_fn(*networks, labels)
+  z = sde.prior_sampling(shape)
+  if shell:
+    z = z * (sde.sigma_max * z[0].numel() ** 0.5 / z.flatten(1).norm(dim=1)).reshape(-1, 1, 1, 1)
+  samples, nfe = sampling_fn(*networks, labels, z=z)
   return plumbing.to_uint8(samples), labels.numpy(), nfe
+
+
+def norm_calibration(config, score_model, sigmas, draws=4):
+  """{σ: ...} how the score network's per-sample size follows the truth's, at x̃ = test digit + σz against the
+  mixture score of the training digits: a_i = ⟨s_θ, s⟩/‖s‖² per point (1 for an exact network), its spread and
+  its correlation with ‖z_i‖, and the spread of σ‖s_θ‖ against that of σ‖s‖ (relative to their means)."""
+  sde, _ = sde_lib.get_sde(config)
+  scaler = datasets.get_data_scaler(config)
+  train, test = (scaler(evaluation.images_to_unit_nchw(torch.from_numpy(datasets.load_split(config, split)[0])))
+                 .double() for split in ('train', 'test'))
+  score_fn = sampling.as_score_fn(sde, score_model)
+  generator, report = torch.Generator().manual_seed(0), {}
+  for sigma in sigmas:
+    z = torch.randn(draws * len(test), *test.shape[1:], generator=generator, dtype=torch.float64)
+    noisy = test.repeat(draws, 1, 1, 1) + sigma * z
+    t = sde.time_of_sigma(torch.tensor(sigma, dtype=torch.float64)).float()
+    with torch.no_grad():
+      network = torch.cat([score_fn(x.float(), t.repeat(len(x))).double() for x in noisy.split(500)]).flatten(1)
+    exact = mixture.mixture_score(noisy.flatten(1), train.flatten(1), sigma)
+    a = (network * exact).sum(1) / (exact * exact).sum(1)
+    network_norm, exact_norm = network.norm(dim=1), exact.norm(dim=1)
+    report[f'{sigma:g}'] = dict(
+        a_mean=a.mean().item(), a_spread=a.std().item(),
+        corr_a_noise_norm=float(np.corrcoef(a.numpy(), z.flatten(1).norm(dim=1).numpy())[0, 1]),
+        network_norm_spread=(network_norm.std() / network_norm.mean()).item(),
+        exact_norm_spread=(exact_norm.std() / exact_norm.mean()).item())
+  return report
 
 
 def criterion(rows, floor_fd):
@@ -55,7 +95,7 @@ def criterion(rows, floor_fd):
   verdicts = {}
   for score in sorted({row['score'] for row in rows}):
     mean = {name: {key: float(np.mean([r[key] for r in rows if r['score'] == score and r['sampler'] == name]))
-                   for key in ('recognised', 'pixel_fd')} for name in ('deterministic', 'make digits')}
+                   for key in ('recognised', 'pixel_fd')} for name in SAMPLERS}
     fd_ratio = mean['deterministic']['pixel_fd'] / floor_fd
     gap = mean['make digits']['recognised'] - mean['deterministic']['recognised']
     verdicts[score] = dict(fd_ratio=fd_ratio, recognised_gap=gap, met=bool(fd_ratio <= 1.5 and gap <= 0.03), **{
@@ -73,6 +113,8 @@ def parse_args(argv=None):
   parser.add_argument('--steps', type=int, default=20, help='steps (= evaluations) of the deterministic sampler')
   parser.add_argument('--scale', type=float, default=1.)
   parser.add_argument('--per_class', type=int, default=50)
+  parser.add_argument('--norm_sigmas', type=float, nargs='+', default=[0.5, 1., 2., 4.],
+                      help='σ of the norm calibration of the score network')
   parser.add_argument('--out', default='results/bench')
   return parser.parse_args(argv)
 
@@ -83,6 +125,24 @@ def model_overrides(config, text):
     config.model[field] = type(config.model[field])(value)
 
 
+def sample_rows(args, score, judge):
+  """Rows (recognised, pixel FD) of every sampler and seed with the score checkpoint `score`; the score network."""
+  rows = []
+  for name in SAMPLERS:
+    config = sampler_config(name, args.steps, args.scale)
+    model_overrides(config, args.config_overrides)
+    networks = ckpt.load_guidance_models(config, score, args.classifier)
+    for seed in map(int, args.seeds.split(',')):
+      begin = time.time()
+      images, labels, nfe = guided_samples(config, networks, seed, args.per_class, shell=name.endswith('prior'))
+      row = dict(score=score, sampler=name, nfe=nfe, seed=seed, **judge(images, labels),
+                 seconds=round(time.time() - begin, 1))
+      rows.append(row)
+      print(f'{score} | {name:26s} | NFE {nfe:4d} | seed {seed} | recognised {row["recognised"]:.3f} | '
+            f'pixel FD {row["pixel_fd"]:.3f} | {row["seconds"]} s', flush=True)
+  return rows, networks[0]
+
+
 def main(argv=None):
   args = parse_args(argv)
   torch.set_num_threads(1)
@@ -90,27 +150,24 @@ def main(argv=None):
   test_images, _ = datasets.load_split(digits_eval.get_config(), 'test')
   floor_fd = evaluation.frechet_distance(judge.train_pixels, judge.pixels(test_images))
   print(f'real test digits: pixel FD {floor_fd:.3f} (the floor)', flush=True)
-  rows = []
+  rows, calibration = [], {}
   for score in args.score:
-    for name in ('deterministic', 'make digits'):
-      config = sampler_config(name, args.steps, args.scale)
-      model_overrides(config, args.config_overrides)
-      networks = ckpt.load_guidance_models(config, score, args.classifier)
-      for seed in map(int, args.seeds.split(',')):
-        begin = time.time()
-        images, labels, nfe = guided_samples(config, networks, seed, args.per_class)
-        row = dict(score=score, sampler=name, nfe=nfe, seed=seed, **judge(images, labels),
-                   seconds=round(time.time() - begin, 1))
-        rows.append(row)
-        print(f'{score} | {name:13s} | NFE {nfe:4d} | seed {seed} | recognised {row["recognised"]:.3f} | '
-              f'pixel FD {row["pixel_fd"]:.3f} | {row["seconds"]} s', flush=True)
+    score_rows, score_model = sample_rows(args, score, judge)
+    rows += score_rows
+    calibration[score] = norm_calibration(sampler_config('make digits', args.steps, args.scale), score_model,
+                                          args.norm_sigmas)
+    for sigma, row in calibration[score].items():
+      print(f'{score} | σ {sigma}: a = <s_θ, s>/|s|² {row["a_mean"]:.3f} ± {row["a_spread"]:.3f}, corr(a, |z|) '
+            f'{row["corr_a_noise_norm"]:+.3f}; relative spread of |s_θ| {row["network_norm_spread"]:.3f}, of the '
+            f'exact |s| {row["exact_norm_spread"]:.3f}', flush=True)
   verdicts = criterion(rows, floor_fd)
   for score, verdict in verdicts.items():
     print(f'{score}: deterministic FD {verdict["fd_ratio"]:.2f}× the floor, recognised '
           f'{verdict["recognised_gap"]:+.3f} below make digits -> {"met" if verdict["met"] else "not met"}')
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, 'bench_digits_prior.json'), 'w') as file:
-    json.dump(dict(rows=rows, floor_pixel_fd=floor_fd, verdicts=verdicts, args=vars(args)), file, indent=1)
+    json.dump(dict(rows=rows, floor_pixel_fd=floor_fd, verdicts=verdicts, norm_calibration=calibration,
+                   args=vars(args)), file, indent=1)
 
 
 if __name__ == '__main__':
