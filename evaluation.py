@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 import evaluation_tf
-import plumbing
+import fileio
+import registry
 
 INCEPTION_HANDLE = 'https://tfhub.dev/tensorflow/tfgan/eval/inception/1'
 INCEPTION_POOL = 'pool_3'
@@ -38,7 +39,7 @@ class InceptionModuleNotFound(FileNotFoundError):
   """The TF-GAN Inception module is not where the run was told to look."""
 
 
-class EvaluationExtraMissing(plumbing.ScriptError):
+class EvaluationExtraMissing(fileio.ExpectedError):
   """TensorFlow, needed to run the Inception module, is not installed (reported in one line by the scripts)."""
 
 
@@ -467,7 +468,7 @@ def update_metrics_file(workdir, section, values):
       metrics = json.load(f)
   metrics.setdefault(section, {}).update(values)
   write_json_atomic(path, metrics)
-  plumbing.write_text_atomic(os.path.join(workdir, 'metrics.txt'), format_metrics(metrics))
+  fileio.write_text_atomic(os.path.join(workdir, 'metrics.txt'), format_metrics(metrics))
   return metrics
 
 
@@ -491,7 +492,7 @@ def _format_number(value):
 
 
 def write_json_atomic(path, obj):
-  plumbing.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
+  fileio.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,10 +12,12 @@ from models import utils as mutils
 from models.utils import LOG_PROB_EPS, log_prob_input_grad  # noqa: F401 (the likelihood gradient, shared with guidance)
 from sde_lib import batch_broadcast
 
+import fileio
+import registry
 LOSS_TYPES = ('ce', 'dlsm', 'total')
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(FloatingPointError, fileio.ExpectedError):
   """Raised when a training loss or the parameters stop being finite."""
 
 

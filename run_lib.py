@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 import config_checks
 import datasets
 import losses
+import fileio
 import plumbing
 import sde_lib
 from models import checkpoint as ckpt
@@ -101,7 +102,7 @@ class Run:
       self.log_handler.handle(record)
     self.held = None
     root.addHandler(self.log_handler)
-    for path in plumbing.remove_stale_temp_files(self.workdir):
+    for path in fileio.remove_stale_temp_files(self.workdir):
       logging.info('Removed %s, left by an interrupted run', path)
     self.writer = tensorboard_writer(os.path.join(self.workdir, 'tensorboard'))
     record_start(self.workdir, self.config)
@@ -359,9 +360,9 @@ def snapshot_samples(run, config, sde, sampling_eps, score_model, ema, step):
     return
   folder = snapshot_folder(run, step)
   images = samples.clamp(0, 1)
-  plumbing.atomic_write(os.path.join(folder, 'sample.png'),
-                        lambda file: plumbing.save_png_grid(images, file, int(np.sqrt(len(images)))))
-  plumbing.atomic_write(os.path.join(folder, 'sample.npy'), lambda file: np.save(file, plumbing.to_uint8(images)))
+  fileio.atomic_write(os.path.join(folder, 'sample.png'),
+                        lambda file: fileio.save_png_grid(images, file, int(np.sqrt(len(images)))))
+  fileio.atomic_write(os.path.join(folder, 'sample.npy'), lambda file: np.save(file, fileio.to_uint8(images)))
 
 
 def snapshot_folder(run, step):

@@ -31,6 +31,7 @@ from absl import flags
 from tqdm.auto import tqdm
 
 import evaluation
+import fileio
 import plumbing
 from configs.digits import eval as digits_eval
 from models import checkpoint as ckpt
@@ -327,7 +328,7 @@ def write_grids(workdir, seed):
     images, labels = evaluation.load_class_samples(samples_dir, 10)
     rows = np.concatenate([images[labels == c][:10] for c in range(10)])
     x = rows.transpose(0, 3, 1, 2).repeat(4, axis=2).repeat(4, axis=3) / 255.
-    plumbing.save_png_grid(x, os.path.join(workdir, f'samples_{method}.png'), nrow=len(rows) // 10)
+    fileio.save_png_grid(x, os.path.join(workdir, f'samples_{method}.png'), nrow=len(rows) // 10)
 
 
 def write_table(workdir, per_seed, timings, total_seconds):
@@ -346,7 +347,7 @@ def write_table(workdir, per_seed, timings, total_seconds):
           'L: E‖λ∇log p_φ(y|x̃) − ∇log p_σ(y|x̃)‖² / E‖∇log p_σ(y|x̃)‖²; C: the same for s_θ + λ∇log p_φ against '
           '∇log p_σ(x̃|y) (x̃ = test digit + σz).\n\n'
           + markdown_table(table, num_seeds, POSTERIOR_COLUMNS) + '\n' + prior_table(table, num_seeds))
-  plumbing.write_text_atomic(os.path.join(workdir, 'digits_table.md'), text)
+  fileio.write_text_atomic(os.path.join(workdir, 'digits_table.md'), text)
   plot_posterior_errors(table, os.path.join(workdir, 'posterior_errors.png'))
   return text
 

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import datasets  # noqa: E402
 import evaluation  # noqa: E402
-import plumbing  # noqa: E402
+import fileio  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
 from configs.digits import eval as digits_eval  # noqa: E402
@@ -47,7 +47,7 @@ def guided_samples(config, networks, seed, per_class):
   sampling_fn = sampling.get_sampling_fn(config, sde, shape, datasets.get_data_inverse_scaler(config), eps)
   torch.manual_seed(seed)
   samples, nfe = sampling_fn(*networks, labels)
-  return plumbing.to_uint8(samples), labels.numpy(), nfe
+  return fileio.to_uint8(samples), labels.numpy(), nfe
 
 
 def criterion(rows, floor_fd):

@@ -50,8 +50,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import datasets  # noqa: E402
 import evaluation  # noqa: E402
-import plumbing  # noqa: E402
-import run_lib_sampling  # noqa: E402
+import fileio  # noqa: E402
+import mixture  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
 import toy  # noqa: E402
@@ -352,7 +352,8 @@ def digits_config(paths, device, scale):
 def digits_state(args, paths):
   """Everything a digits job reads: networks, SDE, labels, the reference classifier and the real features."""
   config = digits_config(paths, args.device, args.digits_scale)
-  networks = run_lib_sampling.load_models(config, torch.device(args.device))
+  networks = ckpt.load_guidance_models(config, paths['score model'], paths['classifier'], torch.device(args.device),
+                                        channels_last=True)
   reference = evaluation.ReferenceFeatures(config)
   real_images, real_labels = datasets.load_split(config, 'train')
   test_images, test_labels = datasets.load_split(config, 'test')
@@ -390,7 +391,7 @@ def digits_samples(job, state):
   begin = time.perf_counter()
   x, nfe = sampler(*state['networks'], labels)
   seconds = time.perf_counter() - begin
-  return plumbing.to_uint8(datasets.get_data_inverse_scaler(config)(x)), sampler_config, nfe, seconds
+  return fileio.to_uint8(datasets.get_data_inverse_scaler(config)(x)), sampler_config, nfe, seconds
 
 
 def digits_job(job, state):

@@ -248,7 +248,7 @@ def speed_table(args, device):
   classifier = activate(mutils.create_classifier(config), 1)
   # The original ran the networks as built (NCHW); run_lib_sampling converts its networks to channels_last.
   models = {'original': (copy.deepcopy(score_model), copy.deepcopy(classifier)),
-            'project': sampling.to_channels_last(score_model, classifier)}
+            'project': mutils.to_channels_last(score_model, classifier)}
   sde, _ = sde_lib.get_sde(config)
   batch = args.batch or (128 if device.type == 'cuda' else 8)
   shape = (batch, 3, 32, 32)
@@ -374,7 +374,7 @@ def quality_experiment(args, device):
   config = small_training_config(device)
   sde, eps = sde_lib.get_sde(config)
   start = time.perf_counter()
-  score_model, classifier = sampling.to_channels_last(
+  score_model, classifier = mutils.to_channels_last(
       *train_small_models(config, sde, data, args.train_steps, 32, device))
   print(f'\nQuality experiment: small NCSN++ (nf 16, ch_mult (1,2,2)) and resnet18_cond (width 8) trained '
         f'{args.train_steps} steps each on synthetic 3-class images ({time.perf_counter() - start:.0f} s); '
