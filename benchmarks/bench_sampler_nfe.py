@@ -117,21 +117,9 @@ def build_for_budget(base, spec, budget, sde, eps, shape):
 
 # ---------------------------------------------------------------------------------------------- toy target
 
-def exact_draws(centres, sigma, num_samples, generator):
-  """num_samples draws of the mixture of N(c, σ²I) over the centres, float32."""
-  index = torch.randint(len(centres), (num_samples,), generator=generator)
-  return (centres[index] + sigma * torch.randn(num_samples, 2, generator=generator, dtype=torch.float64)).float()
-
-
-def mixture_posterior_score(x, centres, sigma):
-  """Exact score of the mixture of N(c, σ²I) over the centres, computed with a stable softmax (float64)."""
-  x, sigma = x.double(), sigma.double()[:, None]
-  logits = (x @ centres.T - 0.5 * (centres ** 2).sum(1)) / sigma ** 2
-  return ((torch.softmax(logits, dim=1) @ centres - x) / sigma ** 2).float()
-
-
 class ToyTarget:
-  """The class-conditional targets of one toy setting: centres per class, the posterior score, exact draws."""
+  """The class-conditional targets of one toy setting: centres per class, the posterior score, exact draws (the
+  mixture of N(c, σ²I) over a class's centres, mixture.py), float32."""
 
   def __init__(self, centres_per_class, num_samples):
     self.centres = centres_per_class
@@ -139,11 +127,12 @@ class ToyTarget:
     self.labels = torch.arange(len(centres_per_class)).repeat_interleave(num_samples)
 
   def draws(self, sigma, generator):
-    return [exact_draws(c, sigma, self.num_samples, generator) for c in self.centres]
+    return [torch.from_numpy(mixture.exact_draws(c, sigma, self.num_samples, generator)).float()
+            for c in self.centres]
 
   def score(self, x, sigma):
     n = self.num_samples
-    return torch.cat([mixture_posterior_score(x[k * n:(k + 1) * n], c, sigma[k * n:(k + 1) * n])
+    return torch.cat([mixture.mixture_score(x[k * n:(k + 1) * n], c, sigma[k * n:(k + 1) * n]).float()
                       for k, c in enumerate(self.centres)])
 
 
