@@ -30,8 +30,7 @@ import plumbing
 import sde_lib
 from models import checkpoint as ckpt
 from models import utils as mutils
-
-SCORE_LOSS_EPS = 1e-3  # the DLSM repository trains the score model on t in [1e-3, 1] (score_sde uses 1e-5 for VE)
+from models.ema import ExponentialMovingAverage, ema_weights
 
 
 # ---------------------------------------------------------------------------------------------- run set-up
@@ -253,7 +252,6 @@ def loss_eps(config, default):
 
 
 def new_ema(config, model):
-  from models.ema import ExponentialMovingAverage
   return ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
 
 
@@ -281,7 +279,7 @@ def train_score(config, workdir):
     state = dict(model=run.wrap(score_model), optimizer=optimizer, ema=ema, step=initial_step)
     step_options = dict(reduce_mean=config.training.reduce_mean, continuous=config.training.continuous,
                         likelihood_weighting=config.training.likelihood_weighting,
-                        eps=loss_eps(config, SCORE_LOSS_EPS), weighting=config.model.get('weighting_dsm', 1))
+                        eps=loss_eps(config, losses.SCORE_LOSS_EPS), weighting=config.model.get('weighting_dsm', 1))
     train_step = losses.get_step_fn(sde, True, losses.optimization_manager(config), **step_options)
     eval_step = losses.get_step_fn(sde, False, **step_options)
     train_batches = iter(run.data(config, 'train', initial_step))
@@ -348,10 +346,8 @@ def snapshot_samples(run, config, sde, sampling_eps, score_model, ema, step):
   shape = (config.training.batch_size // run.world_size, config.data.num_channels, config.data.image_size,
            config.data.image_size)
   sampling_fn = sampling.get_sampling_fn(config, sde, shape, datasets.get_data_inverse_scaler(config), sampling_eps)
-  ema.store(score_model.parameters())
-  ema.copy_to(score_model.parameters())
-  samples, _ = sampling_fn(score_model)
-  ema.restore(score_model.parameters())
+  with ema_weights(ema, score_model.parameters()):
+    samples, _ = sampling_fn(score_model)
   if run.world_size > 1:
     gathered = [torch.empty_like(samples) for _ in range(run.world_size)]
     dist.all_gather(gathered, samples.contiguous())
@@ -407,10 +403,8 @@ def train_classifier(config, workdir):
     run.seed(config, initial_step)
     eps = loss_eps(config, sampling_eps)
     state = dict(model=run.wrap(classifier), score_model=score_model, optimizer=optimizer, step=initial_step)
-    train_step = losses.get_classifier_step_fn(
-        sde, True, losses.optimization_manager(config), num_classes=config.classifier.classes, continuous=True,
-        loss_type=config.model.loss_type, weighting_dlsm=config.model.weighting_dlsm,
-        weighting_ce=config.model.weighting_ce, coef=config.model.coef, eps=eps)
+    objective = losses.get_classifier_objective(config.model, sde, eps)
+    train_step = losses.get_classifier_step_fn(objective, losses.optimization_manager(config))
     correct_fn = losses.get_classifier_accuracy_fn(sde, eps)
     train_batches = iter(run.data(config, 'train', initial_step))
     test_batches = run.data(config, 'test', 0, batch_size=config.eval.batch_size, repeat=False, shuffle=False,

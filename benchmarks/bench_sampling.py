@@ -352,9 +352,8 @@ def train_small_models(config, sde, data, steps, batch, device):
   import losses
   torch.manual_seed(0)
   score_model, classifier = mutils.create_model(config), mutils.create_classifier(config)
-  score_loss = losses.get_sde_loss_fn(sde, True, reduce_mean=False, continuous=True, likelihood_weighting=False,
-                                      eps=1e-3)
-  classifier_loss = losses.get_sde_classifier_loss_fn(sde, True, 3, loss_type='ce', eps=1e-5)
+  score_loss = losses.get_sde_loss_fn(sde, True, reduce_mean=False, continuous=True, likelihood_weighting=False)
+  classifier_loss = losses.CrossEntropyObjective(sde, eps=1e-5)
   images, labels = data
   for model, loss_of in ((score_model, lambda b, y: score_loss(score_model, b)),
                          (classifier, lambda b, y: classifier_loss(classifier, score_model, b, y))):
