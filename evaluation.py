@@ -33,6 +33,8 @@ INCEPTION_POOL = 'pool_3'
 INCEPTION_LOGITS = 'logits'
 METRIC_NAMES = ('fid', 'is', 'precision', 'recall', 'density', 'coverage')
 EVALUATION_EXTRA = 'pip install -r requirements-eval.txt'
+FEATURE_SPACES = {}  # config.eval.features -> the class that encodes images
+register_feature_space = registry.decorator_for(FEATURE_SPACES)
 
 
 class InceptionModuleNotFound(FileNotFoundError):
@@ -143,6 +145,7 @@ def get_inception_features(images, inception, batch_size=200):
 # Feature spaces: one interface for Inception (CIFAR) and the reference classifier (digits)
 
 
+@register_feature_space('inception')
 class InceptionFeatures:
   """TF-GAN's Inception: pool_3 (2048-d) and 1008 ImageNet logits; FID and IS with tensorflow-gan, as the paper."""
   name = 'inception'
@@ -171,6 +174,7 @@ class InceptionFeatures:
   score = staticmethod(lambda logits: inception_score_from_logits(logits))
 
 
+@register_feature_space('reference_classifier')
 class ReferenceFeatures:
   """The reference classifier (models/reference.py): penultimate 32-d features and the data set's logits.
 
@@ -193,9 +197,6 @@ class ReferenceFeatures:
   distance = staticmethod(lambda real, fake: frechet_distance(real, fake))
 
 
-FEATURE_SPACES = {'inception': InceptionFeatures, 'reference_classifier': ReferenceFeatures}
-
-
 def feature_space(config):
   """The feature-space class named by config.eval.features (default 'inception'); instantiate it to encode images.
 
@@ -203,7 +204,8 @@ def feature_space(config):
   """
   name = config.eval.get('features', 'inception')
   if name not in FEATURE_SPACES:
-    raise ValueError(f'config.eval.features={name!r} is not a feature space; known: {", ".join(FEATURE_SPACES)}')
+    raise ValueError(f'config.eval.features={name!r} is not a feature space; '
+                     f'known: {", ".join(sorted(FEATURE_SPACES))}')
   return FEATURE_SPACES[name]
 
 

@@ -27,10 +27,14 @@ import datasets
 import losses
 import fileio
 import plumbing
+import registry
 import sde_lib
 from models import checkpoint as ckpt
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage, ema_weights
+
+TRAINERS = {}  # main.py --model -> trainer(config, workdir)
+register_trainer = registry.decorator_for(TRAINERS)
 
 
 # ---------------------------------------------------------------------------------------------- run set-up
@@ -258,6 +262,7 @@ def new_ema(config, model):
 # ---------------------------------------------------------------------------------------------- score model
 
 
+@register_trainer('score')
 def train_score(config, workdir):
   """Train the score model of `config` in `workdir` (resuming when it holds checkpoints)."""
   config_checks.check_training(config, 'score', plumbing.torchrun_rank()[1])
@@ -390,6 +395,7 @@ def load_frozen_score_model(run, config):
   return score_model
 
 
+@register_trainer('classifier')
 def train_classifier(config, workdir):
   """Train the noise-conditioned classifier of `config` with the loss of config.model.loss_type (ce, dlsm, total)."""
   config_checks.check_training(config, 'classifier', plumbing.torchrun_rank()[1])
@@ -442,9 +448,6 @@ def evaluate_accuracy(run, classifier, correct_fn, test_batches, scaler):
     counts[1] += len(labels)
   correct, total = run.total(counts).tolist()
   return 100. * correct / total
-
-
-TRAINERS = {'score': train_score, 'classifier': train_classifier}
 
 
 def train(config, workdir, model='score'):

@@ -22,7 +22,7 @@ def get_sigmas(config):
                             config.model.num_scales))
 
 
-@register_model(name='ncsnpp')
+@register_model('ncsnpp')
 class NCSNpp(nn.Module):
   """NCSN++ U-Net; forward(x, time_cond) with time_cond = σ (VE), 999·t (VP) or a discrete index."""
 
