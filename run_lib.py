@@ -9,6 +9,7 @@ A run lives in `workdir`: checkpoints/checkpoint_<step>.pth (step = completed up
 log.txt. A restarted run resumes from the newest complete checkpoint (model, EMA, optimizer, step; B25). Updates run
 for steps 0 … n_iters inclusive, i.e. n_iters + 1 updates, as the original (B27).
 """
+import contextlib
 import datetime
 import logging
 import os
@@ -24,8 +25,8 @@ from tqdm.auto import tqdm
 
 import config_checks
 import datasets
-import losses
 import fileio
+import losses
 import plumbing
 import registry
 import sde_lib
@@ -259,16 +260,23 @@ def new_ema(config, model):
   return ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
 
 
+@contextlib.contextmanager
+def training_run(config, workdir, model):
+  """The checked config's Run of `model` ('score' or 'classifier'), seeded for reproducible initial weights:
+  yields (run, sde, sampling_eps)."""
+  config_checks.check_training(config, model, plumbing.torchrun_rank()[1])
+  with Run(config, workdir) as run:
+    run.seed(config, 0)
+    yield (run, *sde_lib.get_sde(config))
+
+
 # ---------------------------------------------------------------------------------------------- score model
 
 
 @register_trainer('score')
 def train_score(config, workdir):
   """Train the score model of `config` in `workdir` (resuming when it holds checkpoints)."""
-  config_checks.check_training(config, 'score', plumbing.torchrun_rank()[1])
-  with Run(config, workdir) as run:
-    run.seed(config, 0)  # reproducible initial weights
-    sde, sampling_eps = sde_lib.get_sde(config)
+  with training_run(config, workdir, 'score') as (run, sde, sampling_eps):
     score_model = mutils.create_model(config)
     ema = new_ema(config, score_model)
     optimizer = losses.get_optimizer(config, score_model.parameters())
@@ -341,8 +349,6 @@ def log_value(run, tag, value, step, fmt='%.5e'):
 
 def snapshot_samples(run, config, sde, sampling_eps, score_model, ema, step):
   """Unconditional samples with the EMA weights -> samples/iter_<step>/sample.npy and sample.png, as the original."""
-  if config.data.dataset == 'moons':
-    return
   try:
     import sampling
   except ImportError as error:
@@ -372,7 +378,7 @@ def snapshot_folder(run, step):
 
 def missing_snapshot(run, config, step):
   """True when a resumed run's starting checkpoint has no snapshot samples (the kill came between the two)."""
-  return (step > 0 and config.training.snapshot_sampling and config.data.dataset != 'moons'
+  return (step > 0 and config.training.snapshot_sampling
           and not os.path.isfile(os.path.join(snapshot_folder(run, step), 'sample.npy')))
 
 
@@ -397,11 +403,9 @@ def load_frozen_score_model(run, config):
 
 @register_trainer('classifier')
 def train_classifier(config, workdir):
-  """Train the noise-conditioned classifier of `config` with the loss of config.model.loss_type (ce, dlsm, total)."""
-  config_checks.check_training(config, 'classifier', plumbing.torchrun_rank()[1])
-  with Run(config, workdir) as run:
-    run.seed(config, 0)  # reproducible initial weights
-    sde, sampling_eps = sde_lib.get_sde(config)
+  """Train the noise-conditioned classifier of `config` with the objective named by config.model.loss_type
+  (losses.CLASSIFIER_OBJECTIVES: ce, dlsm, total)."""
+  with training_run(config, workdir, 'classifier') as (run, sde, sampling_eps):
     score_model = load_frozen_score_model(run, config)
     classifier = mutils.create_classifier(config)
     optimizer = losses.get_optimizer(config, classifier.parameters())
@@ -440,7 +444,8 @@ def train_classifier(config, workdir):
 
 
 def evaluate_accuracy(run, classifier, correct_fn, test_batches, scaler):
-  """Accuracy in % over one pass of the test batches at a random t ~ U(eps, 1) per image, summed over the ranks."""
+  """Accuracy in % over one pass of the test batches at t = eps for every image (the original's protocol), summed
+  over the ranks."""
   counts = torch.zeros(2, dtype=torch.float64, device=run.device)
   for images, labels in test_batches:
     labels = labels.to(run.device)

@@ -271,8 +271,7 @@ def validate_shadows(model, shadow_params, what='score model'):
 
 
 def copy_shadows_into(model, shadow_params):
-  """Overwrite the trainable parameters (in parameters() order) with the EMA shadows."""
-  validate_shadows(model, shadow_params)
+  """Overwrite the trainable parameters (in parameters() order) with EMA shadows that validate_shadows accepted."""
   trainable = [p for p in unwrap(model).parameters() if p.requires_grad]
   with torch.no_grad():
     for param, shadow in zip(trainable, shadow_params):
