@@ -275,9 +275,11 @@ class Batches:
         return
 
 
-def get_dataset(config, split='train', *, batch_size=None, repeat=True, shuffle=True, random_flip=None, seed=0,
-                rank=0, world_size=1):
+def get_dataset(config, split='train', *, batch_size=None, repeat=True, shuffle=True, seed=0, rank=0, world_size=1):
   """Batches of `split` ('train' or 'test'); see `Batches`. The moons have one split, used for both.
+
+  repeat=True: endless, with the training options (data.random_flip, as the original's eval batches too, B34);
+  repeat=False: one pass over the images as stored (no flips), the classifier accuracy's.
 
   `batch_size` (default training.batch_size) is the GLOBAL batch: with `world_size` processes each rank receives its
   1/world_size share of every global batch (same seed on every rank), so the data seen per update does not depend on
@@ -291,7 +293,7 @@ def get_dataset(config, split='train', *, batch_size=None, repeat=True, shuffle=
     dataset = PointBatches(data, labels)
   else:
     check_channels(config, data)
-    flip = config.data.random_flip if random_flip is None else random_flip
+    flip = config.data.random_flip and repeat
     dataset = ImageBatches(data, labels, config.data.image_size, flip, config.data.uniform_dequantization,
                            seed=seed + 7919 * (rank + 1))
   if len(dataset) < batch_size:

@@ -417,8 +417,7 @@ def train_classifier(config, workdir):
     train_step = losses.get_classifier_step_fn(objective, losses.optimization_manager(config))
     correct_fn = losses.get_classifier_accuracy_fn(sde, eps)
     train_batches = iter(run.data(config, 'train', initial_step))
-    test_batches = run.data(config, 'test', 0, batch_size=config.eval.batch_size, repeat=False, shuffle=False,
-                            random_flip=False)
+    test_batches = run.data(config, 'test', 0, batch_size=config.eval.batch_size, repeat=False, shuffle=False)
     scaler = datasets.get_data_scaler(config)
     num_updates = config.training.n_iters + 1
     run.open_records()

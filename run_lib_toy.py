@@ -139,7 +139,8 @@ def add_sample_quality(config, rows, samples, positions, labels):
   """Class-wise precision / recall / density / coverage of every sampled method (and of exact draws, the oracle
   row) against the class points plus sigma·z, as the original."""
   generator = torch.Generator().manual_seed(config.seed)
-  samples['oracle'] = toy_data.exact_draws(positions, labels, config.model.std, config.eval.num_samples, generator)
+  samples['oracle'] = toy_data.exact_draws_per_class(positions, labels, config.model.std, config.eval.num_samples,
+                                                     generator)
   real = toy_data.reference_sets(positions, labels, config.model.std, generator)
   for method, per_class in samples.items():
     prdc = toy_metrics.classwise_prdc(real, per_class, config.eval.nearest_k)

@@ -28,10 +28,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import evaluation  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
 import time_grids  # noqa: E402
 from models import utils as mutils  # noqa: E402
+from tests.helpers import load_config  # noqa: E402
 
 EVAL_CONFIG = 'configs/eval/cifar10/eval_cifar10_configs.py'
 MODES = {  # name: (dtype, torch.compile)
@@ -41,15 +43,6 @@ MODES = {  # name: (dtype, torch.compile)
     'fp32+compile': (torch.float32, True),
     'bf16+compile': (torch.bfloat16, True),
 }
-
-
-def load_config(path):
-  import importlib.util
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location('bench_config', os.path.join(root, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def synchronize(device):
@@ -301,14 +294,6 @@ def pooled_features(images):
   return F.avg_pool2d(images, 4).reshape(images.shape[0], -1).double().numpy()
 
 
-def frechet_distance(a, b):
-  from scipy import linalg
-  mu_a, mu_b = a.mean(0), b.mean(0)
-  cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-  root = linalg.sqrtm(cov_a @ cov_b).real
-  return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
-
-
 def quality_metrics(samples, labels, data):
   """Colour-oracle accuracy (dominant channel of the bright pixels), per-class Fréchet distance of 8x8 pooled
   pixels to the data, mean pixel value."""
@@ -318,8 +303,8 @@ def quality_metrics(samples, labels, data):
   dominant = (samples * weight).sum((2, 3)).argmax(1)
   accuracy = (dominant == labels).float().mean().item()
   data_images, data_labels = data
-  fd = np.mean([frechet_distance(pooled_features(samples[labels == c]),
-                                 pooled_features(data_images[data_labels == c])) for c in range(3)])
+  fd = np.mean([evaluation.frechet_distance(pooled_features(data_images[data_labels == c]),
+                                            pooled_features(samples[labels == c])) for c in range(3)])
   return accuracy, fd, samples.mean().item()
 
 
@@ -327,7 +312,7 @@ def oracle_accuracy(data):
   return quality_metrics(data[0][:600], data[1][:600], data)[0]
 
 
-def classifier_accuracy(sde, classifier, data, device):
+def noisy_classifier_accuracy(sde, classifier, data, device):
   classifier_fn = mutils.get_classifier_fn(sde, classifier, train=False, continuous=True)
   images, labels = data[0][:600].to(device), data[1][:600].to(device)
   correct = []
@@ -379,7 +364,7 @@ def quality_experiment(args, device):
         f'{args.train_steps} steps each on synthetic 3-class images ({time.perf_counter() - start:.0f} s); '
         f'{args.sample_steps}-step guided PC (scale {args.scale}), {args.quality_batch} samples per run.\n'
         f'Reference: the colour oracle labels {oracle_accuracy(data):.3f} of the data correctly; the classifier '
-        f'{classifier_accuracy(sde, classifier, data, device):.3f} at t = 1e-5, 0.3, 0.6 (mean).')
+        f'{noisy_classifier_accuracy(sde, classifier, data, device):.3f} at t = 1e-5, 0.3, 0.6 (mean).')
   short = sde_lib.VESDE(sde.sigma_min, sde.sigma_max, N=args.sample_steps)
   shape = (args.quality_batch, 3, 32, 32)
   labels = torch.arange(shape[0], device=device) % 3
