@@ -1,5 +1,6 @@
 """Config validation, before any model loads or file is written: one ConfigError line naming the field, its value and
 what is allowed. Misspelt fields and wrong types are refused earlier, by the flag parser (plumbing.parse_flags)."""
+import losses
 import sde_lib
 import time_grids
 
@@ -63,6 +64,19 @@ def check_training(config, model, world_size=1):
     require_positive(config, 'eval.batch_size', 'classifier.classes')
     require_divisible(config, 'eval.batch_size', world_size)
     require(config, 'training.continuous', 'True for classifier training (as the original)', bool)
+    check_classifier_objective(config)
+  elif config.training.snapshot_sampling and 'image_size' not in config.data:
+    raise ConfigError(f'training.snapshot_sampling=True: needs image data (data.image_size), but '
+                      f'data.dataset={config.data.dataset!r} has none')
+
+
+def check_classifier_objective(config):
+  """Builds the objective of config.model.loss_type: its name and hyperparameter fields."""
+  sde, _ = sde_lib.get_sde(config)
+  try:
+    losses.get_classifier_objective(config.model, sde)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
 
 
 def check_sampling(config):

@@ -2,7 +2,8 @@
 
 CIFAR-10/100 come from a local folder (never downloaded); `digits` is scikit-learn's 8x8 handwritten digits (inside
 its wheel); `moons` is the toy's point set (float positions instead of images). Adding a data set means one loader
-and one registry line. Training, the evaluation's stat file and the CAS test split all read data through `load_split`.
+and its `@register_dataset` line. Training, the evaluation's stat file and the CAS test split all read data through
+`load_split`.
 
 Batches are float32 in [0, 1] (images: NCHW; moons: [B, 2]) with int64 labels; the model-side scaler is applied by
 the trainer. Shuffling, flips and dequantisation noise come from seeded torch generators, so a run is reproducible (B30).
@@ -20,6 +21,12 @@ import pickle
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+import registry
+
+# config.data.dataset -> loader(config, train) returning (images uint8 NHWC | points, labels int64)
+DATASETS = {}
+register_dataset = registry.decorator_for(DATASETS)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -110,6 +117,7 @@ def load_cifar(root, dataset, train):
   return images, labels
 
 
+@register_dataset('moons')
 def load_moons(config, train=True):
   """The toy's inter-twinning moons (positions float64 [N, 2], labels int64 [N]); one split, used for both."""
   del train
@@ -134,6 +142,7 @@ def digits_split_indices(labels, test_fraction=DIGITS_TEST_FRACTION, seed=DIGITS
   return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+@register_dataset('digits')
 def load_digits(config=None, train=True):
   """scikit-learn's handwritten digits: uint8 [N, 8, 8, 1] (values 0..16 -> round(v * 255 / 16)), int64 labels 0..9."""
   del config
@@ -150,20 +159,15 @@ def _cifar_loader(dataset):
   return lambda config, train=True: load_cifar(config.data.root, dataset, train)
 
 
-# config.data.dataset -> loader(config, train) returning (images uint8 NHWC | points, labels int64)
-DATASETS = {
-    'CIFAR10': _cifar_loader('CIFAR10'),
-    'CIFAR100': _cifar_loader('CIFAR100'),
-    'digits': load_digits,
-    'moons': load_moons,
-}
+for _name in CIFAR_NAMES:
+  register_dataset(_name)(_cifar_loader(_name))
 
 
 def load_split(config, split='train'):
   """(data, labels) of `split` ('train' or 'test') of config.data.dataset, through the registry."""
   name = config.data.dataset
   if name not in DATASETS:
-    raise ValueError(f'config.data.dataset={name!r} is not a known data set; known: {", ".join(DATASETS)}')
+    raise ValueError(f'config.data.dataset={name!r} is not a known data set; known: {", ".join(sorted(DATASETS))}')
   if split not in ('train', 'test'):
     raise ValueError(f'split must be train or test, got {split!r}')
   return DATASETS[name](config, train=(split == 'train'))
@@ -271,9 +275,11 @@ class Batches:
         return
 
 
-def get_dataset(config, split='train', *, batch_size=None, repeat=True, shuffle=True, random_flip=None, seed=0,
-                rank=0, world_size=1):
+def get_dataset(config, split='train', *, batch_size=None, repeat=True, shuffle=True, seed=0, rank=0, world_size=1):
   """Batches of `split` ('train' or 'test'); see `Batches`. The moons have one split, used for both.
+
+  repeat=True: endless, with the training options (data.random_flip, as the original's eval batches too, B34);
+  repeat=False: one pass over the images as stored (no flips), the classifier accuracy's.
 
   `batch_size` (default training.batch_size) is the GLOBAL batch: with `world_size` processes each rank receives its
   1/world_size share of every global batch (same seed on every rank), so the data seen per update does not depend on
@@ -287,7 +293,7 @@ def get_dataset(config, split='train', *, batch_size=None, repeat=True, shuffle=
     dataset = PointBatches(data, labels)
   else:
     check_channels(config, data)
-    flip = config.data.random_flip if random_flip is None else random_flip
+    flip = config.data.random_flip and repeat
     dataset = ImageBatches(data, labels, config.data.image_size, flip, config.data.uniform_dequantization,
                            seed=seed + 7919 * (rank + 1))
   if len(dataset) < batch_size:

@@ -25,20 +25,23 @@ import torch
 import torch.nn.functional as F
 
 import evaluation_tf
-import plumbing
+import fileio
+import registry
 
 INCEPTION_HANDLE = 'https://tfhub.dev/tensorflow/tfgan/eval/inception/1'
 INCEPTION_POOL = 'pool_3'
 INCEPTION_LOGITS = 'logits'
 METRIC_NAMES = ('fid', 'is', 'precision', 'recall', 'density', 'coverage')
 EVALUATION_EXTRA = 'pip install -r requirements-eval.txt'
+FEATURE_SPACES = {}  # config.eval.features -> the class that encodes images
+register_feature_space = registry.decorator_for(FEATURE_SPACES)
 
 
 class InceptionModuleNotFound(FileNotFoundError):
   """The TF-GAN Inception module is not where the run was told to look."""
 
 
-class EvaluationExtraMissing(plumbing.ScriptError):
+class EvaluationExtraMissing(fileio.ExpectedError):
   """TensorFlow, needed to run the Inception module, is not installed (reported in one line by the scripts)."""
 
 
@@ -142,6 +145,7 @@ def get_inception_features(images, inception, batch_size=200):
 # Feature spaces: one interface for Inception (CIFAR) and the reference classifier (digits)
 
 
+@register_feature_space('inception')
 class InceptionFeatures:
   """TF-GAN's Inception: pool_3 (2048-d) and 1008 ImageNet logits; FID and IS with tensorflow-gan, as the paper."""
   name = 'inception'
@@ -170,6 +174,7 @@ class InceptionFeatures:
   score = staticmethod(lambda logits: inception_score_from_logits(logits))
 
 
+@register_feature_space('reference_classifier')
 class ReferenceFeatures:
   """The reference classifier (models/reference.py): penultimate 32-d features and the data set's logits.
 
@@ -192,9 +197,6 @@ class ReferenceFeatures:
   distance = staticmethod(lambda real, fake: frechet_distance(real, fake))
 
 
-FEATURE_SPACES = {'inception': InceptionFeatures, 'reference_classifier': ReferenceFeatures}
-
-
 def feature_space(config):
   """The feature-space class named by config.eval.features (default 'inception'); instantiate it to encode images.
 
@@ -202,7 +204,8 @@ def feature_space(config):
   """
   name = config.eval.get('features', 'inception')
   if name not in FEATURE_SPACES:
-    raise ValueError(f'config.eval.features={name!r} is not a feature space; known: {", ".join(FEATURE_SPACES)}')
+    raise ValueError(f'config.eval.features={name!r} is not a feature space; '
+                     f'known: {", ".join(sorted(FEATURE_SPACES))}')
   return FEATURE_SPACES[name]
 
 
@@ -467,7 +470,7 @@ def update_metrics_file(workdir, section, values):
       metrics = json.load(f)
   metrics.setdefault(section, {}).update(values)
   write_json_atomic(path, metrics)
-  plumbing.write_text_atomic(os.path.join(workdir, 'metrics.txt'), format_metrics(metrics))
+  fileio.write_text_atomic(os.path.join(workdir, 'metrics.txt'), format_metrics(metrics))
   return metrics
 
 
@@ -491,7 +494,7 @@ def _format_number(value):
 
 
 def write_json_atomic(path, obj):
-  plumbing.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
+  fileio.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
 
 
 # ---------------------------------------------------------------------------------------------------------------

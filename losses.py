@@ -1,21 +1,29 @@
-"""Training losses and one-step functions: score matching, the classifier objective (CE / DLSM / total), the optimiser.
+"""Training losses and one-step functions: score matching, the classifier objectives (CE / DLSM / total), the
+optimiser.
 
 One implementation serves the CIFAR models and the toy: the score loss (denoising score matching with a σ-power
-weighting), the classifier objective (CE / DLSM / total) and the optimiser step with warm-up and clipping.
+weighting), the classifier objectives (registered classes: ce, dlsm, total) and the optimiser step with warm-up and
+clipping.
 Random draws follow the original's calls and order (`torch.rand(B)` for t, then `torch.randn_like(batch)` for z), so
 `torch.manual_seed(s)` reproduces the original's loss; explicit `t` and `z` may be passed instead.
 """
+import inspect
+
 import torch
 import torch.nn.functional as F
 
+import fileio
+import registry
 from models import utils as mutils
+from models.ema import ema_weights
 from models.utils import LOG_PROB_EPS, log_prob_input_grad  # noqa: F401 (the likelihood gradient, shared with guidance)
 from sde_lib import batch_broadcast
 
-LOSS_TYPES = ('ce', 'dlsm', 'total')
+
+SCORE_LOSS_EPS = 1e-3  # the DLSM repository trains the score model on t in [1e-3, 1] (score_sde uses 1e-5 for VE)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(FloatingPointError, fileio.ExpectedError):
   """Raised when a training loss or the parameters stop being finite."""
 
 
@@ -63,7 +71,8 @@ def perturb(sde, batch, t, z):
   return mean + batch_broadcast(std, batch) * z, std
 
 
-def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_weighting=True, eps=1e-5, weighting=1):
+def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_weighting=True, eps=SCORE_LOSS_EPS,
+                    weighting=1):
   """Continuous denoising score matching with x̃ = mean(x, t) + σ(t) z; `weighting` w gives the element term
   (s σ^w + z σ^(w-1))², or (s + z/σ)²·g(t)² with likelihood_weighting.
 
@@ -140,61 +149,111 @@ def dlsm_loss(log_prob_grad, prior_score, z, std, weighting_dlsm=0):
   return torch.mean(0.5 * torch.square(residual))
 
 
-def classifier_objective(logits_fn, perturbed, labels, prior_score, z, std, loss_type='total', weighting_dlsm=0,
-                         weighting_ce=0, coef=1.0, create_graph=True):
-  """The ONE classifier objective, for CIFAR and the toy: 'ce', 'dlsm' or 'total' = dlsm + coef·ce (CE weighted by
-  σ^(−2·weighting_ce), on the raw logits).
+def weighted_cross_entropy(logits, labels, std, weighting_ce=0):
+  """mean of CE(logits, y)·σ^(−2·weighting_ce), on the raw logits."""
+  return torch.mean(F.cross_entropy(logits, labels, reduction='none') * std ** (-2 * weighting_ce))
 
-  logits_fn(x) gives the classifier logits at the (fixed) time of `perturbed`; `prior_score` is the frozen score
-  model's output, `z` the noise and `std` (B,) the marginal std that produced `perturbed`. `create_graph=False` gives
-  a loss that can be evaluated but not back-propagated into the parameters through the DLSM term.
+
+CLASSIFIER_OBJECTIVES = {}
+register_objective = registry.decorator_for(CLASSIFIER_OBJECTIVES)
+
+
+class ClassifierObjective:
+  """A classifier loss on noisy data, for CIFAR and the toy: t ~ U(eps, T) then z ~ N(0, I) (the original's draws and
+  order, unless given), x̃ = mean(x, t) + σ(t) z, and a subclass's `loss` on the classifier's logits at (x̃, t).
+
+  A new objective is a subclass registered by name: its hyperparameters are keyword-only __init__ parameters named
+  as config.model fields, its `loss` the formula. eps defaults to the SDE's sampling eps, as the original classifier
+  trainer (1e-5 VE, 1e-3 VP / sub-VP). The frozen
+  score model runs in eval mode without autograd; the classifier runs in train mode when `train`, which also lets
+  the DLSM term back-propagate into the parameters (create_graph).
   """
-  if loss_type not in LOSS_TYPES:
-    raise ValueError(f'loss_type={loss_type!r}; expected one of {LOSS_TYPES}.')
-  needs_grad = loss_type != 'ce'
-  x = perturbed.detach().clone().requires_grad_(needs_grad)
-  logits = logits_fn(x)
-  loss = 0.
-  if needs_grad:
-    grad = log_prob_input_grad(logits, x, labels, create_graph=create_graph)
-    loss = dlsm_loss(grad, prior_score, z, std, weighting_dlsm)
-  if loss_type != 'dlsm':
-    loss_ce = torch.mean(F.cross_entropy(logits, labels, reduction='none') * std ** (-2 * weighting_ce))
-    loss = loss_ce if loss_type == 'ce' else loss + coef * loss_ce
-  return loss
+  uses_score = True  # the loss reads the score model's prior score and ∇x of the classifier
 
+  def __init__(self, sde, eps=None, train=True):
+    self.sde = sde
+    self.eps = sde.sampling_eps if eps is None else eps
+    self.train = train
 
-def get_sde_classifier_loss_fn(sde, train, num_classes, continuous=True, loss_type='total', weighting_dlsm=0,
-                               weighting_ce=0, coef=1.0, eps=None):
-  """loss_fn(classifier, score_model, batch, labels, t=None, z=None) -> scalar, with t ~ U(eps, T); eps defaults to
-  the SDE's sampling eps, as the original classifier trainer (1e-5 VE, 1e-3 VP / sub-VP).
-
-  The frozen score model runs in eval mode without autograd; the classifier runs in train mode when `train`.
-  """
-  if loss_type not in LOSS_TYPES:
-    raise ValueError(f'loss_type={loss_type!r}; expected one of {LOSS_TYPES}.')
-  if not continuous:
-    raise ValueError('The classifier loss needs training.continuous=True (as the original trainer).')
-  eps = sde.sampling_eps if eps is None else eps
-
-  def loss_fn(classifier, score_model, batch, labels, t=None, z=None):
-    classifier_fn = mutils.get_classifier_fn(sde, classifier, train=train, continuous=continuous)
-    t, z = draw_time_and_noise(sde, batch, eps, t, z)
-    perturbed, std = perturb(sde, batch, t, z)
+  def __call__(self, classifier, score_model, batch, labels, t=None, z=None):
+    classifier_fn = mutils.get_classifier_fn(self.sde, classifier, train=self.train, continuous=True)
+    t, z = draw_time_and_noise(self.sde, batch, self.eps, t, z)
+    perturbed, std = perturb(self.sde, batch, t, z)
     prior_score = 0.
-    if loss_type != 'ce':
-      score_fn = mutils.get_score_fn(sde, score_model, train=False, continuous=continuous)
+    if self.uses_score:
+      score_fn = mutils.get_score_fn(self.sde, score_model, train=False, continuous=True)
       with torch.no_grad():
         prior_score = score_fn(perturbed, t)
     with torch.enable_grad():  # the DLSM term needs ∇x even when evaluating
-      return classifier_objective(lambda x: classifier_fn(x, t), perturbed, labels, prior_score, z, std,
-                                  loss_type, weighting_dlsm, weighting_ce, coef, create_graph=train)
+      return self.from_draws(lambda x: classifier_fn(x, t), perturbed, labels, prior_score, z, std)
 
-  return loss_fn
+  def from_draws(self, logits_fn, perturbed, labels, prior_score, z, std):
+    """The loss at given draws: logits_fn(x) gives the logits at the (fixed) time of `perturbed`, `prior_score` the
+    frozen score model's output there, `z` and `std` (B,) the noise and marginal std that produced `perturbed`."""
+    x = perturbed.detach().clone().requires_grad_(self.uses_score)
+    return self.loss(logits_fn(x), x, labels, prior_score, z, std)
+
+  def loss(self, logits, x, labels, prior_score, z, std):
+    raise NotImplementedError
+
+
+@register_objective('ce')
+class CrossEntropyObjective(ClassifierObjective):
+  """Cross-entropy weighted by σ^(−2·weighting_ce): the base classifier."""
+  uses_score = False
+
+  def __init__(self, sde, eps=None, train=True, *, weighting_ce=0):
+    super().__init__(sde, eps, train)
+    self.weighting_ce = weighting_ce
+
+  def loss(self, logits, x, labels, prior_score, z, std):
+    return weighted_cross_entropy(logits, labels, std, self.weighting_ce)
+
+
+@register_objective('dlsm')
+class DLSMObjective(ClassifierObjective):
+  """Denoising likelihood score matching: ½σ^{2·weighting_dlsm} ‖∇x log p(y|x̃) + s(x̃) + z/σ‖²."""
+
+  def __init__(self, sde, eps=None, train=True, *, weighting_dlsm=0):
+    super().__init__(sde, eps, train)
+    self.weighting_dlsm = weighting_dlsm
+
+  def loss(self, logits, x, labels, prior_score, z, std):
+    grad = log_prob_input_grad(logits, x, labels, create_graph=self.train)
+    return dlsm_loss(grad, prior_score, z, std, self.weighting_dlsm)
+
+
+@register_objective('total')
+class TotalObjective(DLSMObjective):
+  """DLSM + coef·CE: the paper's "ours"."""
+
+  def __init__(self, sde, eps=None, train=True, *, weighting_dlsm=0, weighting_ce=0, coef=1.0):
+    super().__init__(sde, eps, train, weighting_dlsm=weighting_dlsm)
+    self.weighting_ce = weighting_ce
+    self.coef = coef
+
+  def loss(self, logits, x, labels, prior_score, z, std):
+    dlsm = super().loss(logits, x, labels, prior_score, z, std)
+    return dlsm + self.coef * weighted_cross_entropy(logits, labels, std, self.weighting_ce)
+
+
+def get_classifier_objective(settings, sde, eps=None, train=True):
+  """The objective named by settings['loss_type'], its hyperparameters read from `settings` (config.model, where the
+  original keeps them, or any mapping holding the same keys): the keyword-only parameters of its __init__."""
+  name = settings['loss_type']
+  if name not in CLASSIFIER_OBJECTIVES:
+    raise ValueError(f'model.loss_type={name!r}: must be one of {", ".join(map(repr, CLASSIFIER_OBJECTIVES))}')
+  objective = CLASSIFIER_OBJECTIVES[name]
+  fields = [name for name, parameter in inspect.signature(objective.__init__).parameters.items()
+            if parameter.kind == parameter.KEYWORD_ONLY]
+  missing = [field for field in fields if field not in settings]
+  if missing:
+    raise ValueError(f'model.loss_type={name!r} needs ' + ', '.join(f'model.{field}' for field in missing))
+  return objective(sde, eps, train, **{field: settings[field] for field in fields})
 
 
 def get_step_fn(sde, train, optimize_fn=None, reduce_mean=False, continuous=True, likelihood_weighting=False,
-                eps=1e-3, weighting=1):
+                eps=SCORE_LOSS_EPS, weighting=1):
   """Score-model step: step_fn(state, batch) -> loss. state = {'model','optimizer','ema','step'}.
 
   Train: one update, step += 1, EMA update. Eval: the loss with the EMA weights, no gradients.
@@ -220,33 +279,25 @@ def get_step_fn(sde, train, optimize_fn=None, reduce_mean=False, continuous=True
       state['step'] += 1
       state['ema'].update(model.parameters())
       return loss.detach()
-    with torch.no_grad():
-      ema = state['ema']
-      ema.store(model.parameters())
-      ema.copy_to(model.parameters())
-      loss = loss_fn(model, batch)
-      ema.restore(model.parameters())
-    return loss
+    with torch.no_grad(), ema_weights(state['ema'], model.parameters()):
+      return loss_fn(model, batch)
 
   return step_fn
 
 
-def get_classifier_step_fn(sde, train, optimize_fn=None, num_classes=10, continuous=True, loss_type='total',
-                           weighting_dlsm=0, weighting_ce=0, coef=1.0, eps=None):
-  """Classifier step: step_fn(state, batch, labels) -> loss. state = {'model','score_model','optimizer','step'}.
+def get_classifier_step_fn(objective, optimize_fn=None):
+  """Classifier step of a ClassifierObjective: step_fn(state, batch, labels) -> loss.
+  state = {'model','score_model','optimizer','step'}.
 
-  Train: one update and step += 1 (the original never counted, B1). Eval: the loss, classifier in eval mode.
+  objective.train: one update and step += 1 (the original never counted, B1); else the loss, classifier in eval mode.
   """
-  loss_fn = get_sde_classifier_loss_fn(sde, train, num_classes, continuous=continuous, loss_type=loss_type,
-                                       weighting_dlsm=weighting_dlsm, weighting_ce=weighting_ce, coef=coef, eps=eps)
-
   def step_fn(state, batch, labels):
     classifier = state['model']
-    if not train:
-      return loss_fn(classifier, state['score_model'], batch, labels).detach()
+    if not objective.train:
+      return objective(classifier, state['score_model'], batch, labels).detach()
     optimizer = state['optimizer']
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(classifier, state['score_model'], batch, labels)
+    loss = objective(classifier, state['score_model'], batch, labels)
     loss.backward()
     optimize_fn(optimizer, classifier.parameters(), step=state['step'])
     state['step'] += 1

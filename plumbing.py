@@ -1,5 +1,5 @@
-"""Plumbing shared by main.py and the run_lib* scripts: flags, one-line errors, torchrun set-up, atomic writes,
-the run-folder lock and the uint8 conversion of samples.
+"""Plumbing shared by main.py and the run_lib* scripts: flags, one-line errors, torchrun set-up and the run-folder
+lock. File writes (atomic writes, PNG grids, the uint8 samples) sit one floor down, in fileio.
 
 Every script follows one pattern:
 
@@ -12,28 +12,26 @@ Every script follows one pattern:
 """
 import contextlib
 import datetime
-import errno
 import fcntl
 import os
 import re
-import shutil
 import socket
 import sys
 
-import numpy as np
 from absl import app, flags
+
+import fileio
 
 FLAGS = flags.FLAGS
 HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
-TEMP_FILE = re.compile(r'^\..+\.(\d+)(\.[0-9a-f]{8})?\.tmp$')  # .<name>.<pid>[.<random>].tmp, see atomic_write
 LOCK_NAME = 'run.lock'
 
 
 INTERRUPTED_STATUS = 130  # the shell's status for a process ended by SIGINT (128 + 2)
 
 
-class ScriptError(Exception):
-  """A failure the user can fix (busy folder, bad samples, ...): reported in one line without a traceback."""
+class ScriptError(fileio.ExpectedError):
+  """A script's run cannot go on (busy folder, bad samples, ...): reported in one line without a traceback."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -149,10 +147,9 @@ def fail(message):
   sys.exit(1)
 
 
-def expected_errors():
-  """What a user's input or machine can cause: missing/corrupt files, bad configs, full disks, busy folders."""
-  import losses
-  return (FileNotFoundError, ValueError, KeyError, OSError, ScriptError, losses.NonFiniteLossError)
+# What a user's input or machine can cause: missing/corrupt files, bad configs, full disks, busy folders, a loss that
+# stopped being finite.
+EXPECTED_ERRORS = (FileNotFoundError, ValueError, KeyError, OSError, fileio.ExpectedError)
 
 
 def _message(error):
@@ -178,7 +175,7 @@ def run_script(main):
   def guarded_main(args):
     try:
       main(args)
-    except expected_errors() as error:
+    except EXPECTED_ERRORS as error:
       fail(_message(error))
   try:
     app.run(guarded_main, argv=argv, flags_parser=parse_flags)
@@ -210,8 +207,10 @@ def torchrun_rank():
   return int(env.get('RANK', 0)), int(env.get('WORLD_SIZE', 1)), int(env.get('LOCAL_RANK', 0))
 
 
-def process_device(config):
-  """config.device, or cuda:<LOCAL_RANK> for each torchrun process; written back into config.device."""
+def process_device(config, deterministic=False):
+  """config.device, or cuda:<LOCAL_RANK> for each torchrun process; written back into config.device.
+
+  deterministic: the same cuDNN algorithms in every process (sampling shards then write the same files)."""
   import torch
   from models import utils as mutils
   _, world_size, local_rank = torchrun_rank()
@@ -220,6 +219,9 @@ def process_device(config):
     device = torch.device('cuda', local_rank)
   if device.type == 'cuda' and device.index is not None:
     torch.cuda.set_device(device)
+  if device.type == 'cuda' and deterministic:
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
   config.device = str(device)  # so create_model / samplers place everything here
   return device
 
@@ -262,98 +264,6 @@ def newest_checkpoint_below(folder):
       return found[-1][1]
   return None
 
-
-def _temp_path(path):
-  folder, name = os.path.split(os.path.abspath(path))
-  return os.path.join(folder, f'.{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp')
-
-
-def atomic_write(path, write, mode='wb'):
-  """write(file) into a temporary file beside `path`, fsync, rename: `path` is never left half-written.
-
-  A full disk or a read-only folder raises OSError naming `path` and the cause; nothing at `path` changes.
-  """
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp_path = _temp_path(path)
-  try:
-    with open(tmp_path, mode) as file:
-      write(file)
-      file.flush()
-      os.fsync(file.fileno())
-    os.replace(tmp_path, path)
-  except OSError as error:
-    raise OSError(error.errno, f'cannot write: {error.strerror or error}', path) from error
-  except RuntimeError as error:  # torch.save reports some write failures as RuntimeError
-    raise OSError(errno.EIO, f'cannot write: {_disk_cause(error, path)}', path) from error
-  finally:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-
-
-def _disk_cause(error, path):
-  """The errno text inside torch's message, or 'No space left on device' when the disk is (nearly) full."""
-  text = str(error)
-  for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
-    if os.strerror(code) in text:
-      return os.strerror(code)
-  if shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < 2**20:
-    return os.strerror(errno.ENOSPC)
-  return text.strip().splitlines()[0] if text.strip() else type(error).__name__
-
-
-def write_text_atomic(path, text):
-  atomic_write(path, lambda file: file.write(text), mode='w')
-
-
-def _process_alive(pid):
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-def remove_stale_temp_files(folder):
-  """Delete temporary files of atomic_write whose writer process is gone (left by kill -9); returns their paths."""
-  removed = []
-  for root, _, names in os.walk(folder):
-    for name in names:
-      match = TEMP_FILE.match(name)
-      if match and not _process_alive(int(match.group(1))):
-        os.remove(os.path.join(root, name))
-        removed.append(os.path.join(root, name))
-  return removed
-
-
-def to_uint8(images):
-  """NCHW floats in [0, 1] -> NHWC uint8 by clip(x·255, 0, 255) and truncation (the original's quantisation)."""
-  return np.clip(images.permute(0, 2, 3, 1).cpu().numpy() * 255., 0, 255).astype(np.uint8)
-
-
-def save_png_grid(images, file, nrow, padding=2):
-  """The PNG of torchvision.utils.save_image, without importing torchvision (2 s of every process's start-up).
-
-  images: NCHW floats in [0, 1] (tensor or array). Tiles `nrow` per row with `padding` black pixels around each
-  (one image: no padding), grey images as RGB; pixel = clip(255·x + 0.5, 0, 255) truncated, as save_image.
-  """
-  from PIL import Image
-  x = images.detach().cpu().numpy() if hasattr(images, 'detach') else np.asarray(images)
-  x = np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x
-  if len(x) == 1:
-    grid = x[0]
-  else:
-    count, channels, height, width = x.shape
-    columns = min(nrow, count)
-    rows = -(-count // columns)
-    grid = np.zeros((channels, rows * (height + padding) + padding, columns * (width + padding) + padding), x.dtype)
-    for index, image in enumerate(x):
-      top = (index // columns) * (height + padding) + padding
-      left = (index % columns) * (width + padding) + padding
-      grid[:, top:top + height, left:left + width] = image
-  pixels = np.clip(grid * 255 + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 0)
-  Image.fromarray(pixels).save(file, format='png')
 
 
 # ---------------------------------------------------------------------------------------------- run-folder lock

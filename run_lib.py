@@ -9,6 +9,7 @@ A run lives in `workdir`: checkpoints/checkpoint_<step>.pth (step = completed up
 log.txt. A restarted run resumes from the newest complete checkpoint (model, EMA, optimizer, step; B25). Updates run
 for steps 0 … n_iters inclusive, i.e. n_iters + 1 updates, as the original (B27).
 """
+import contextlib
 import datetime
 import logging
 import os
@@ -24,13 +25,17 @@ from tqdm.auto import tqdm
 
 import config_checks
 import datasets
+import fileio
 import losses
 import plumbing
+import registry
 import sde_lib
 from models import checkpoint as ckpt
 from models import utils as mutils
+from models.ema import ExponentialMovingAverage, ema_weights
 
-SCORE_LOSS_EPS = 1e-3  # the DLSM repository trains the score model on t in [1e-3, 1] (score_sde uses 1e-5 for VE)
+TRAINERS = {}  # main.py --model -> trainer(config, workdir)
+register_trainer = registry.decorator_for(TRAINERS)
 
 
 # ---------------------------------------------------------------------------------------------- run set-up
@@ -101,7 +106,7 @@ class Run:
       self.log_handler.handle(record)
     self.held = None
     root.addHandler(self.log_handler)
-    for path in plumbing.remove_stale_temp_files(self.workdir):
+    for path in fileio.remove_stale_temp_files(self.workdir):
       logging.info('Removed %s, left by an interrupted run', path)
     self.writer = tensorboard_writer(os.path.join(self.workdir, 'tensorboard'))
     record_start(self.workdir, self.config)
@@ -252,19 +257,26 @@ def loss_eps(config, default):
 
 
 def new_ema(config, model):
-  from models.ema import ExponentialMovingAverage
   return ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
+
+
+@contextlib.contextmanager
+def training_run(config, workdir, model):
+  """The checked config's Run of `model` ('score' or 'classifier'), seeded for reproducible initial weights:
+  yields (run, sde, sampling_eps)."""
+  config_checks.check_training(config, model, plumbing.torchrun_rank()[1])
+  with Run(config, workdir) as run:
+    run.seed(config, 0)
+    yield (run, *sde_lib.get_sde(config))
 
 
 # ---------------------------------------------------------------------------------------------- score model
 
 
+@register_trainer('score')
 def train_score(config, workdir):
   """Train the score model of `config` in `workdir` (resuming when it holds checkpoints)."""
-  config_checks.check_training(config, 'score', plumbing.torchrun_rank()[1])
-  with Run(config, workdir) as run:
-    run.seed(config, 0)  # reproducible initial weights
-    sde, sampling_eps = sde_lib.get_sde(config)
+  with training_run(config, workdir, 'score') as (run, sde, sampling_eps):
     score_model = mutils.create_model(config)
     ema = new_ema(config, score_model)
     optimizer = losses.get_optimizer(config, score_model.parameters())
@@ -280,7 +292,7 @@ def train_score(config, workdir):
     state = dict(model=run.wrap(score_model), optimizer=optimizer, ema=ema, step=initial_step)
     step_options = dict(reduce_mean=config.training.reduce_mean, continuous=config.training.continuous,
                         likelihood_weighting=config.training.likelihood_weighting,
-                        eps=loss_eps(config, SCORE_LOSS_EPS), weighting=config.model.get('weighting_dsm', 1))
+                        eps=loss_eps(config, losses.SCORE_LOSS_EPS), weighting=config.model.get('weighting_dsm', 1))
     train_step = losses.get_step_fn(sde, True, losses.optimization_manager(config), **step_options)
     eval_step = losses.get_step_fn(sde, False, **step_options)
     train_batches = iter(run.data(config, 'train', initial_step))
@@ -337,8 +349,6 @@ def log_value(run, tag, value, step, fmt='%.5e'):
 
 def snapshot_samples(run, config, sde, sampling_eps, score_model, ema, step):
   """Unconditional samples with the EMA weights -> samples/iter_<step>/sample.npy and sample.png, as the original."""
-  if config.data.dataset == 'moons':
-    return
   try:
     import sampling
   except ImportError as error:
@@ -347,10 +357,8 @@ def snapshot_samples(run, config, sde, sampling_eps, score_model, ema, step):
   shape = (config.training.batch_size // run.world_size, config.data.num_channels, config.data.image_size,
            config.data.image_size)
   sampling_fn = sampling.get_sampling_fn(config, sde, shape, datasets.get_data_inverse_scaler(config), sampling_eps)
-  ema.store(score_model.parameters())
-  ema.copy_to(score_model.parameters())
-  samples, _ = sampling_fn(score_model)
-  ema.restore(score_model.parameters())
+  with ema_weights(ema, score_model.parameters()):
+    samples, _ = sampling_fn(score_model)
   if run.world_size > 1:
     gathered = [torch.empty_like(samples) for _ in range(run.world_size)]
     dist.all_gather(gathered, samples.contiguous())
@@ -359,9 +367,9 @@ def snapshot_samples(run, config, sde, sampling_eps, score_model, ema, step):
     return
   folder = snapshot_folder(run, step)
   images = samples.clamp(0, 1)
-  plumbing.atomic_write(os.path.join(folder, 'sample.png'),
-                        lambda file: plumbing.save_png_grid(images, file, int(np.sqrt(len(images)))))
-  plumbing.atomic_write(os.path.join(folder, 'sample.npy'), lambda file: np.save(file, plumbing.to_uint8(images)))
+  fileio.atomic_write(os.path.join(folder, 'sample.png'),
+                        lambda file: fileio.save_png_grid(images, file, int(np.sqrt(len(images)))))
+  fileio.atomic_write(os.path.join(folder, 'sample.npy'), lambda file: np.save(file, fileio.to_uint8(images)))
 
 
 def snapshot_folder(run, step):
@@ -370,7 +378,7 @@ def snapshot_folder(run, step):
 
 def missing_snapshot(run, config, step):
   """True when a resumed run's starting checkpoint has no snapshot samples (the kill came between the two)."""
-  return (step > 0 and config.training.snapshot_sampling and config.data.dataset != 'moons'
+  return (step > 0 and config.training.snapshot_sampling
           and not os.path.isfile(os.path.join(snapshot_folder(run, step), 'sample.npy')))
 
 
@@ -393,12 +401,11 @@ def load_frozen_score_model(run, config):
   return score_model
 
 
+@register_trainer('classifier')
 def train_classifier(config, workdir):
-  """Train the noise-conditioned classifier of `config` with the loss of config.model.loss_type (ce, dlsm, total)."""
-  config_checks.check_training(config, 'classifier', plumbing.torchrun_rank()[1])
-  with Run(config, workdir) as run:
-    run.seed(config, 0)  # reproducible initial weights
-    sde, sampling_eps = sde_lib.get_sde(config)
+  """Train the noise-conditioned classifier of `config` with the objective named by config.model.loss_type
+  (losses.CLASSIFIER_OBJECTIVES: ce, dlsm, total)."""
+  with training_run(config, workdir, 'classifier') as (run, sde, sampling_eps):
     score_model = load_frozen_score_model(run, config)
     classifier = mutils.create_classifier(config)
     optimizer = losses.get_optimizer(config, classifier.parameters())
@@ -406,14 +413,11 @@ def train_classifier(config, workdir):
     run.seed(config, initial_step)
     eps = loss_eps(config, sampling_eps)
     state = dict(model=run.wrap(classifier), score_model=score_model, optimizer=optimizer, step=initial_step)
-    train_step = losses.get_classifier_step_fn(
-        sde, True, losses.optimization_manager(config), num_classes=config.classifier.classes, continuous=True,
-        loss_type=config.model.loss_type, weighting_dlsm=config.model.weighting_dlsm,
-        weighting_ce=config.model.weighting_ce, coef=config.model.coef, eps=eps)
+    objective = losses.get_classifier_objective(config.model, sde, eps)
+    train_step = losses.get_classifier_step_fn(objective, losses.optimization_manager(config))
     correct_fn = losses.get_classifier_accuracy_fn(sde, eps)
     train_batches = iter(run.data(config, 'train', initial_step))
-    test_batches = run.data(config, 'test', 0, batch_size=config.eval.batch_size, repeat=False, shuffle=False,
-                            random_flip=False)
+    test_batches = run.data(config, 'test', 0, batch_size=config.eval.batch_size, repeat=False, shuffle=False)
     scaler = datasets.get_data_scaler(config)
     num_updates = config.training.n_iters + 1
     run.open_records()
@@ -439,7 +443,8 @@ def train_classifier(config, workdir):
 
 
 def evaluate_accuracy(run, classifier, correct_fn, test_batches, scaler):
-  """Accuracy in % over one pass of the test batches at a random t ~ U(eps, 1) per image, summed over the ranks."""
+  """Accuracy in % over one pass of the test batches at t = eps for every image (the original's protocol), summed
+  over the ranks."""
   counts = torch.zeros(2, dtype=torch.float64, device=run.device)
   for images, labels in test_batches:
     labels = labels.to(run.device)
@@ -447,9 +452,6 @@ def evaluate_accuracy(run, classifier, correct_fn, test_batches, scaler):
     counts[1] += len(labels)
   correct, total = run.total(counts).tolist()
   return 100. * correct / total
-
-
-TRAINERS = {'score': train_score, 'classifier': train_classifier}
 
 
 def train(config, workdir, model='score'):

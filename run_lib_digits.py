@@ -31,7 +31,9 @@ from absl import flags
 from tqdm.auto import tqdm
 
 import evaluation
+import fileio
 import plumbing
+import tables
 from configs.digits import eval as digits_eval
 from models import checkpoint as ckpt
 
@@ -45,12 +47,7 @@ flags.DEFINE_bool('tiny', False, 'A few updates, steps and samples per stage: ch
 REPO = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(REPO, 'configs', 'digits')
 RUN_ROOT = 'digits'  # under results/
-METHODS = (  # table row, classifier loss, guidance scale (None: eval.scaling_baseline)
-    ('base', 'ce', 1.0),
-    ('scaling', 'ce', None),
-    ('dlsm', 'dlsm', 1.0),
-    ('ours', 'total', 1.0),
-)
+METHODS = tables.METHODS  # (table row, classifier loss, guidance scale), shared with the toy and the benchmarks
 SCALING_BASELINE = digits_eval.get_config().eval.scaling_baseline  # λ of the scaled-CE row
 TINY_STEPS = ['--config.training.n_iters=3', '--config.training.batch_size=16', '--config.training.eval_freq=2',
               '--config.model.num_scales=3']  # num_scales sizes the score model's σ table
@@ -204,10 +201,10 @@ def read_metrics(workdir):
     return json.load(file)
 
 
-def sample_and_evaluate(seed, method, scale, classifier, score, timings):
+def sample_and_evaluate(seed, method, classifier, score, timings):
   """Sampling, evaluation and CAS of one method and seed (a finished evaluation is not looked at again)."""
-  workdir = f'{RUN_ROOT}/seed{seed}/{method}'
-  networks = guidance_flags(score, classifier, SCALING_BASELINE if scale is None else scale)
+  workdir = f'{RUN_ROOT}/seed{seed}/{method.name}'
+  networks = guidance_flags(score, classifier, tables.method_scale(method, SCALING_BASELINE))
   if not evaluated(read_metrics(workdir)):
     sample(workdir, networks, seed, timings)
   return evaluate(workdir, seed, timings, networks)
@@ -233,7 +230,7 @@ def run_experiment(seeds, timings):
   """The score model (the reference classifier meanwhile), then every classifier and every method's samples and
   metrics; a method waits for its own classifier only, so it can take a slot that the last classifiers leave free:
   {seed: {method: metrics}}."""
-  losses = sorted({loss for _, loss, _ in METHODS})
+  losses = tables.method_losses()
   with ThreadPoolExecutor(max_workers=len(seeds) * (len(losses) + len(METHODS)) + 1) as threads:
     score_job = threads.submit(train, 'score', os.path.join(CONFIGS, 'score.py'), f'{RUN_ROOT}/score',
                                FLAGS.score_seed, timings)
@@ -241,9 +238,9 @@ def run_experiment(seeds, timings):
     score = score_job.result()
     classifiers = {(seed, loss): threads.submit(train_classifier, seed, loss, score, timings)
                    for seed in seeds for loss in losses}
-    methods = {(seed, method): threads.submit(lambda seed, method, loss, scale: sample_and_evaluate(
-                   seed, method, scale, classifiers[seed, loss].result(), score, timings), seed, method, loss, scale)
-               for seed in seeds for method, loss, scale in METHODS}
+    methods = {(seed, method.name): threads.submit(lambda seed, method: sample_and_evaluate(
+                   seed, method, classifiers[seed, method.loss].result(), score, timings), seed, method)
+               for seed in seeds for method in METHODS}
     try:
       finish(classifiers, 'classifiers', 0)
       metrics = finish(methods, 'sampling and evaluation', 1)
@@ -274,8 +271,6 @@ PRIOR_COLUMNS = tuple((f'{key} σ={sigma}', ('posterior', sigma, *key.split('/')
                       for key in ('C_unguided', 'share', 'score_error', 'half_split/likelihood')
                       for sigma in POSTERIOR_SIGMAS)
 TRUSTED_HALF_SPLIT = 0.1  # the oracle is trusted at σ where half the training set moves its likelihood score less
-ROW_NAMES = {'base': '(a) Base (CE, λ = 1)', 'scaling': f'(b) Scaling (CE, λ = {SCALING_BASELINE:g})',
-             'dlsm': "(d') DLSM only", 'ours': '(d) Ours (total loss)'}
 
 
 def lookup(metrics, path):
@@ -284,14 +279,15 @@ def lookup(metrics, path):
   return float(metrics)
 
 
-def summarize(per_seed, columns=COLUMNS + POSTERIOR_COLUMNS + PRIOR_COLUMNS):
+def seed_statistics(per_seed, columns=COLUMNS + POSTERIOR_COLUMNS + PRIOR_COLUMNS):
   """{method: {column: {'mean', 'std', 'values'}}} over the seeds (std with ddof 0)."""
   table = {}
   for method, _, _ in METHODS:
     table[method] = {}
     for column, path, _ in columns:
       values = [lookup(per_seed[seed][method], path) for seed in per_seed]
-      table[method][column] = dict(mean=float(np.mean(values)), std=float(np.std(values)), values=values)
+      mean, std = tables.mean_and_std(values)
+      table[method][column] = dict(mean=mean, std=std, values=values)
   return table
 
 
@@ -299,25 +295,22 @@ def cell(entry, fmt, num_seeds):
   return f'{entry["mean"]:{fmt}} ± {entry["std"]:{fmt}}' if num_seeds > 1 else f'{entry["mean"]:{fmt}}'
 
 
-def markdown_table(table, num_seeds, columns=COLUMNS, methods=tuple(ROW_NAMES)):
-  lines = ['| method | ' + ' | '.join(column for column, *_ in columns) + ' |', '|' + '---|' * (len(columns) + 1)]
-  for method in methods:
-    cells = [cell(table[method][column], fmt, num_seeds) for column, _, fmt in columns]
-    lines.append(f'| {ROW_NAMES[method]} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines) + '\n'
+def method_table(table, num_seeds, columns=COLUMNS):
+  """One row per method, one column per (column, path, format) of `columns`."""
+  rows = [[tables.row_label(method, SCALING_BASELINE)] + [cell(table[method][column], fmt, num_seeds)
+                                                           for column, _, fmt in columns] for method, _, _ in METHODS]
+  return tables.markdown_table(['method'] + [column for column, *_ in columns], rows) + '\n'
 
 
 def prior_table(table, num_seeds):
   """The rows shared by every method (the score model and the oracle): one row per quantity, one column per σ."""
   first = table[METHODS[0][0]]
   trusted = [first[f'half_split/likelihood σ={sigma}']['mean'] <= TRUSTED_HALF_SPLIT for sigma in POSTERIOR_SIGMAS]
-  lines = ['| σ | ' + ' | '.join(f'{s}{"" if ok else " (not trusted)"}' for s, ok in zip(POSTERIOR_SIGMAS, trusted))
-           + ' |', '|' + '---|' * (len(POSTERIOR_SIGMAS) + 1)]
-  for key, name in (('C_unguided', 'C unguided (s_θ alone)'), ('share', 'share (perfect classifier\'s gain)'),
-                    ('score_error', 'score model error'), ('half_split/likelihood', 'half-split, likelihood')):
-    lines.append(f'| {name} | ' + ' | '.join(cell(first[f'{key} σ={sigma}'], '.4f', num_seeds)
-                                             for sigma in POSTERIOR_SIGMAS) + ' |')
-  return '\n'.join(lines) + '\n'
+  head = ['σ'] + [f'{s}{"" if ok else " (not trusted)"}' for s, ok in zip(POSTERIOR_SIGMAS, trusted)]
+  rows = [[name] + [cell(first[f'{key} σ={sigma}'], '.4f', num_seeds) for sigma in POSTERIOR_SIGMAS]
+          for key, name in (('C_unguided', 'C unguided (s_θ alone)'), ('share', 'share (perfect classifier\'s gain)'),
+                            ('score_error', 'score model error'), ('half_split/likelihood', 'half-split, likelihood'))]
+  return tables.markdown_table(head, rows) + '\n'
 
 
 def write_grids(workdir, seed):
@@ -327,11 +320,12 @@ def write_grids(workdir, seed):
     images, labels = evaluation.load_class_samples(samples_dir, 10)
     rows = np.concatenate([images[labels == c][:10] for c in range(10)])
     x = rows.transpose(0, 3, 1, 2).repeat(4, axis=2).repeat(4, axis=3) / 255.
-    plumbing.save_png_grid(x, os.path.join(workdir, f'samples_{method}.png'), nrow=len(rows) // 10)
+    fileio.save_png_grid(x, os.path.join(workdir, f'samples_{method}.png'), nrow=len(rows) // 10)
 
 
-def write_table(workdir, per_seed, timings, total_seconds):
-  table = summarize(per_seed)
+def write_report(workdir, per_seed, timings, total_seconds):
+  """digits_table.json (every number), digits_table.md (the tables) and the posterior-error plot; returns the text."""
+  table = seed_statistics(per_seed)
   first = per_seed[next(iter(per_seed))]['ours']
   report = dict(table=table, seeds=list(per_seed), timings_s=timings, total_s=round(total_seconds, 1),
                 reference_test_accuracy=first['reference']['test_accuracy'],
@@ -339,14 +333,14 @@ def write_table(workdir, per_seed, timings, total_seconds):
   evaluation.write_json_atomic(os.path.join(workdir, 'digits_table.json'), report)
   num_seeds = len(per_seed)
   text = (f'# Digits: CE vs DLSM vs total (seeds {", ".join(map(str, per_seed))}; mean ± std over seeds)\n\n'
-          + markdown_table(table, num_seeds)
+          + method_table(table, num_seeds)
           + f'\nReference classifier test accuracy: {100 * report["reference_test_accuracy"]:.2f}%. '
           f'Wall time {total_seconds / 60:.1f} min.\n\n'
           '## Posterior-score errors against the exact scores of the noisy training digits\n\n'
           'L: E‖λ∇log p_φ(y|x̃) − ∇log p_σ(y|x̃)‖² / E‖∇log p_σ(y|x̃)‖²; C: the same for s_θ + λ∇log p_φ against '
           '∇log p_σ(x̃|y) (x̃ = test digit + σz).\n\n'
-          + markdown_table(table, num_seeds, POSTERIOR_COLUMNS) + '\n' + prior_table(table, num_seeds))
-  plumbing.write_text_atomic(os.path.join(workdir, 'digits_table.md'), text)
+          + method_table(table, num_seeds, POSTERIOR_COLUMNS) + '\n' + prior_table(table, num_seeds))
+  fileio.write_text_atomic(os.path.join(workdir, 'digits_table.md'), text)
   plot_posterior_errors(table, os.path.join(workdir, 'posterior_errors.png'))
   return text
 
@@ -359,7 +353,7 @@ def plot_posterior_errors(table, path):
   sigmas = [float(s) for s in POSTERIOR_SIGMAS]
   figure, axes = plt.subplots(1, 2, figsize=(10, 4))
   for ax, key in zip(axes, ('L', 'C')):
-    curves = [(ROW_NAMES[method], table[method], key) for method, _, _ in METHODS]
+    curves = [(tables.row_label(method, SCALING_BASELINE), table[method], key) for method, _, _ in METHODS]
     if key == 'C':
       curves += [('unguided s_θ', table['base'], 'C_unguided'), ('score model error', table['base'], 'score_error')]
     for label, rows, name in curves:
@@ -384,7 +378,7 @@ def main(argv):
   STAGES = Stages(FLAGS.jobs)
   per_seed = run_experiment(seeds, timings)
   write_grids(FLAGS.workdir, seeds[0])
-  print(write_table(FLAGS.workdir, per_seed, timings, time.time() - start))
+  print(write_report(FLAGS.workdir, per_seed, timings, time.time() - start))
 
 
 if __name__ == '__main__':

@@ -28,6 +28,7 @@ import torch
 from absl import flags
 
 import config_checks
+import fileio
 import plumbing
 
 FLAGS = flags.FLAGS
@@ -106,8 +107,8 @@ def write_samples(path, samples, nfe):
   'nfe', the network evaluations that made them."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   nrow = int(np.sqrt(samples.shape[0]))
-  plumbing.atomic_write(path[:-len('.npz')] + '.png', lambda file: plumbing.save_png_grid(samples, file, nrow))
-  plumbing.atomic_write(path, lambda file: write_npz(file, samples=plumbing.to_uint8(samples), nfe=np.int64(nfe)))
+  fileio.atomic_write(path[:-len('.npz')] + '.png', lambda file: fileio.save_png_grid(samples, file, nrow))
+  fileio.atomic_write(path, lambda file: write_npz(file, samples=fileio.to_uint8(samples), nfe=np.int64(nfe)))
 
 
 def pending_work(sample_dir, classes, rounds, shape, rank=0, world_size=1, redo_all=False):
@@ -168,7 +169,7 @@ def record_settings(sample_dir, settings, changes, rank):
     logging.warning('Moved the samples made with other settings to %s', aside)
   path = os.path.join(sample_dir, SETTINGS_FILE)
   if changes or not os.path.isfile(path):
-    plumbing.write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True) + '\n')
+    fileio.write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True) + '\n')
 
 
 def read_settings(path):
@@ -193,34 +194,13 @@ def describe(config):
           f'{", compiled" if s.compile else ""}')
 
 
-def load_models(config, device):
-  """The EMA score model and the classifier, in eval mode on `device`, weights in channels_last.
-
-  channels_last keeps every weight's value but makes oneDNN / cuDNN run other convolution kernels, so these samples
-  equal the original's (and those of sampling.get_sampling_fn on the networks as built, NCHW) to float32 rounding
-  only: the guided score differs by about 1e-6 relative (measured on CPU), not bit for bit."""
-  import sampling
-  from models import checkpoint
-  models = checkpoint.load_guidance_models(config, *plumbing.checkpoint_paths(config), device)
-  return sampling.to_channels_last(*models)
-
-
-def process_device(config):
-  """This process's device (torchrun's ranks spread over the local GPUs), with deterministic cuDNN."""
-  device = plumbing.process_device(config)
-  if device.type == 'cuda':  # the same cuDNN algorithms in every process: shards give the same files
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-  return device
-
-
 def prepare(config, workdir, classes, fresh=False):
   """Check the folder's settings; returns this process's pending (class, round) list, R, and fn(class, round).
 
   settings.json is written (and --fresh moves old samples aside) only once the models have loaded and the sampler
   is built, so a start that fails on a checkpoint or a sampler setting never blocks the corrected command."""
   rank, world_size, _ = plumbing.torchrun_rank()
-  device = process_device(config)
+  device = plumbing.process_device(config, deterministic=True)
   rounds = rounds_per_class(config)
   batch_size, channels, size = config.training.batch_size, config.data.num_channels, config.data.image_size
   sample_dir = os.path.join(workdir, 'eval_samples')
@@ -234,7 +214,7 @@ def prepare(config, workdir, classes, fresh=False):
     return work, rounds, None
   sample_batch = batch_sampler(config, device, sample_dir)
   record_settings(sample_dir, settings, changes, rank)
-  plumbing.remove_stale_temp_files(sample_dir)
+  fileio.remove_stale_temp_files(sample_dir)
   return work, rounds, sample_batch
 
 
@@ -243,11 +223,13 @@ def batch_sampler(config, device, sample_dir):
   import datasets
   import sampling
   import sde_lib
+  from models import checkpoint
   batch_size = config.training.batch_size
   sde, eps = sde_lib.get_sde(config)
   shape = (batch_size, config.data.num_channels, config.data.image_size, config.data.image_size)
   sampling_fn = sampling.get_sampling_fn(config, sde, shape, datasets.get_data_inverse_scaler(config), eps)
-  score_model, classifier = load_models(config, device)
+  score_model, classifier = checkpoint.load_guidance_models(config, *plumbing.checkpoint_paths(config), device,
+                                                            channels_last=True)
 
   def sample_batch(class_id, round_id):
     torch.manual_seed(sample_seed(config.sampling.seed, class_id, round_id))

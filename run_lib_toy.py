@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 import plumbing
 import run_lib
+import tables
 from configs.toy.default_toy_configs import STAGES, stage_config
 from models import checkpoint as ckpt
 from models import utils as mutils
@@ -32,12 +33,10 @@ from toy import table as toy_table
 
 FLAGS = flags.FLAGS
 
-CLASSIFIER_METHODS = (  # table row, classifier stage, guidance scale (None: the scaling baseline's)
-    ('base', 'classifier_ce', 1.0),
-    ('scaling', 'classifier_ce', None),
-    ('dlsm', 'classifier_dlsm', 1.0),
-    ('ours', 'classifier_total', 1.0),
-)
+
+def classifier_stage(method):
+  """The training stage of the method's classifier (configs/toy/default_toy_configs.STAGES)."""
+  return f'classifier_{method.loss}'
 
 
 def train_stages(config, workdir, timings, stages=tuple(STAGES)):
@@ -71,8 +70,8 @@ def load_networks(config, paths):
   return networks
 
 
-def scale_of(config, scale):
-  return config.eval.scaling_baseline if scale is None else scale
+def scale_of(config, method):
+  return tables.method_scale(method, config.eval.scaling_baseline)
 
 
 def grid_fields(config, networks, grid):
@@ -82,10 +81,10 @@ def grid_fields(config, networks, grid):
   grid = grid.to(device)
   prior = toy_metrics.prior_score(networks['score'], grid, sigma).cpu()
   likelihoods, fields = {}, {}
-  for method, stage, scale in CLASSIFIER_METHODS:
-    likelihoods[method] = [toy_metrics.likelihood_score(networks[stage], grid, sigma, c).cpu()
-                           for c in range(len(CLASS_NAMES))]
-    fields[method] = [prior + scale_of(config, scale) * likelihood for likelihood in likelihoods[method]]
+  for method in tables.METHODS:
+    likelihoods[method.name] = [toy_metrics.likelihood_score(networks[classifier_stage(method)], grid, sigma, c).cpu()
+                                for c in range(len(CLASS_NAMES))]
+    fields[method.name] = [prior + scale_of(config, method) * likelihood for likelihood in likelihoods[method.name]]
   fields['posterior_sm'] = [toy_metrics.prior_score(networks[f'score_{name}'], grid, sigma).cpu()
                             for name in CLASS_NAMES]
   return prior, likelihoods, fields
@@ -94,11 +93,11 @@ def grid_fields(config, networks, grid):
 def distance_rows(config, oracle, prior, likelihoods, fields):
   """E[D_P] and E[D_L] per method and class on the grid, and D_full of the prior score model."""
   rows = {}
-  for method, _, scale in CLASSIFIER_METHODS:
-    distances = toy_metrics.classifier_distances(oracle, prior, likelihoods[method], scale_of(config, scale))
-    rows[method] = {'scale': scale_of(config, scale),
-                    'D_P': [distances[f'D_P_{name}'] for name in CLASS_NAMES],
-                    'D_L': [distances[f'D_L_{name}'] for name in CLASS_NAMES]}
+  for method in tables.METHODS:
+    distances = toy_metrics.classifier_distances(oracle, prior, likelihoods[method.name], scale_of(config, method))
+    rows[method.name] = {'scale': scale_of(config, method),
+                         'D_P': [distances[f'D_P_{name}'] for name in CLASS_NAMES],
+                         'D_L': [distances[f'D_L_{name}'] for name in CLASS_NAMES]}
   distances = toy_metrics.posterior_sm_distances(oracle, fields['posterior_sm'])
   rows['posterior_sm'] = {'D_P': [distances[f'D_P_{name}'] for name in CLASS_NAMES], 'D_L': None}
   rows['oracle'] = {'D_P': [0., 0.], 'D_L': [0., 0.]}
@@ -107,8 +106,8 @@ def distance_rows(config, oracle, prior, likelihoods, fields):
 
 def sampling_jobs(config, networks):
   """(row, score_fn, classifier_fn, scale, sampling config) for every sampled method."""
-  jobs = [(method, networks['score'], networks[stage], scale_of(config, scale), config)
-          for method, stage, scale in CLASSIFIER_METHODS]
+  jobs = [(method.name, networks['score'], networks[classifier_stage(method)], scale_of(config, method), config)
+          for method in tables.METHODS]
   jobs.append(('posterior_sm', None, None, 1.0, config))
   if config.eval.compare_original_sampler:
     original = config.copy_and_resolve_references()
@@ -140,7 +139,8 @@ def add_sample_quality(config, rows, samples, positions, labels):
   """Class-wise precision / recall / density / coverage of every sampled method (and of exact draws, the oracle
   row) against the class points plus sigma·z, as the original."""
   generator = torch.Generator().manual_seed(config.seed)
-  samples['oracle'] = toy_data.exact_draws(positions, labels, config.model.std, config.eval.num_samples, generator)
+  samples['oracle'] = toy_data.exact_draws_per_class(positions, labels, config.model.std, config.eval.num_samples,
+                                                     generator)
   real = toy_data.reference_sets(positions, labels, config.model.std, generator)
   for method, per_class in samples.items():
     prdc = toy_metrics.classwise_prdc(real, per_class, config.eval.nearest_k)

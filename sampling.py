@@ -172,14 +172,6 @@ def _compiled(model, compile=False):
   return _COMPILED[model]
 
 
-def to_channels_last(*models):
-  """Converts the networks' 4-D weights to channels_last in place (same values): oneDNN and cuDNN convolutions
-  run faster on it (benchmarks/bench_sampling.py). Meant for networks that are only sampled from."""
-  for model in models:
-    model.to(memory_format=torch.channels_last)
-  return models
-
-
 def _autocast(fn, dtype):
   """fn under autocast to `dtype` on the device of its input, returning float32."""
   if dtype in (None, torch.float32):

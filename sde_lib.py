@@ -42,10 +42,12 @@ class SDE(abc.ABC):
     self.N = N
     self._device_tables = {}
 
+  config_fields = ()  # the config.model fields holding the constructor's arguments before N, in order
+
   @classmethod
-  @abc.abstractmethod
   def from_config(cls, config):
-    """The SDE with the parameters of config.model (num_scales, sigma_* or beta_*)."""
+    """The SDE with the parameters of config.model: its config_fields, then num_scales as N."""
+    return cls(*(config.model[field] for field in cls.config_fields), N=config.model.num_scales)
 
   @property
   def T(self):
@@ -67,9 +69,10 @@ class SDE(abc.ABC):
   def prior_sampling(self, shape):
     """One draw from the prior p_T (a single torch.randn call)."""
 
-  @abc.abstractmethod
   def prior_logp(self, z):
-    """Log-density of the prior at z, one value per sample."""
+    """Log-density of the prior at z, one value per sample. Kept from score_sde (its likelihood computation); no
+    sampler or loss here reads it."""
+    raise NotImplementedError(f'{type(self).__name__} has no prior log-density')
 
   @abc.abstractmethod
   def network_time(self, t, continuous=True):
@@ -150,11 +153,6 @@ class ReverseSDE:
     self.forward_sde = forward_sde
     self.score_fn = score_fn
     self.probability_flow = probability_flow
-    self.N = forward_sde.N
-
-  @property
-  def T(self):
-    return self.forward_sde.T
 
   @property
   def score_weight(self):
@@ -180,6 +178,7 @@ class LinearBetaSDE(SDE):
   and predict the noise (score = −output / std), and the float32 tables β_k = linspace(β₀/N, β₁/N, N), α_k = 1 − β_k."""
 
   sampling_eps = 1e-3
+  config_fields = ('beta_min', 'beta_max')
 
   def __init__(self, beta_min=0.1, beta_max=20, N=1000):
     super().__init__(N)
@@ -187,10 +186,6 @@ class LinearBetaSDE(SDE):
     self.beta_1 = beta_max
     self.discrete_betas = torch.linspace(beta_min / N, beta_max / N, N)
     self.alphas = 1. - self.discrete_betas
-
-  @classmethod
-  def from_config(cls, config):
-    return cls(beta_min=config.model.beta_min, beta_max=config.model.beta_max, N=config.model.num_scales)
 
   @property
   def parameters(self):
@@ -312,6 +307,7 @@ class VESDE(SDE):
 
   discrete_loss = 'smld'
   has_ancestral_step = True
+  config_fields = ('sigma_min', 'sigma_max')
 
   def __init__(self, sigma_min=0.01, sigma_max=50, N=1000):
     super().__init__(N)
@@ -319,10 +315,6 @@ class VESDE(SDE):
     self.sigma_max = sigma_max
     # Ascending float32 table σ_k = exp(linspace(ln σ_min, ln σ_max, N)).
     self.discrete_sigmas = torch.exp(torch.linspace(np.log(sigma_min), np.log(sigma_max), N))
-
-  @classmethod
-  def from_config(cls, config):
-    return cls(sigma_min=config.model.sigma_min, sigma_max=config.model.sigma_max, N=config.model.num_scales)
 
   @property
   def parameters(self):

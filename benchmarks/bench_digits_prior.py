@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import datasets  # noqa: E402
 import evaluation  # noqa: E402
+import fileio  # noqa: E402
 import mixture  # noqa: E402
-import plumbing  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
 from configs.digits import eval as digits_eval  # noqa: E402
@@ -60,7 +60,7 @@ def guided_samples(config, networks, seed, per_class, shell=False):
   if shell:
     z = z * (sde.sigma_max * z[0].numel() ** 0.5 / z.flatten(1).norm(dim=1)).reshape(-1, 1, 1, 1)
   samples, nfe = sampling_fn(*networks, labels, z=z)
-  return plumbing.to_uint8(samples), labels.numpy(), nfe
+  return fileio.to_uint8(samples), labels.numpy(), nfe
 
 
 def norm_calibration(config, score_model, sigmas, draws=4):

@@ -20,18 +20,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from models import layers  # noqa: E402
 from models.utils import get_model  # noqa: E402
+from tests.helpers import load_config  # noqa: E402
 
 SCORE_CONFIG = 'configs/score/cifar10_score_configs.py'
 CLASSIFIER_CONFIG = 'configs/classifier/cifar10_classifier_resnet18_cond_configs.py'
 TAPS = (1, 3, 3, 1)
-
-
-def load_config(relative_path):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location('bench_config', REPO_ROOT / relative_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def median_seconds(fn, repeats):

@@ -24,6 +24,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+import tables  # noqa: E402
 from models import checkpoint as ckpt  # noqa: E402
 from run_lib_digits import COLUMNS, POSTERIOR_SIGMAS, cell, lookup  # noqa: E402
 
@@ -100,12 +101,10 @@ def summary(per_run, modes, seeds):
 
 
 def markdown(table, verdicts, seeds):
-  lines = ['| mode | ' + ' | '.join(column for column, *_ in QUALITY) + ' | outside fp32\'s spread |',
-           '|' + '---|' * (len(QUALITY) + 2)]
-  for mode, entries in table.items():
-    cells = [cell(entries[column], fmt, len(seeds)) for column, _, fmt in QUALITY]
-    lines.append(f'| {mode} | ' + ' | '.join(cells) + f' | {", ".join(verdicts[mode]["outside"]) or "none"} |')
-  return '\n'.join(lines) + '\n'
+  head = ['mode', *(column for column, *_ in QUALITY), 'outside fp32\'s spread']
+  rows = [[mode, *(cell(entries[column], fmt, len(seeds)) for column, _, fmt in QUALITY),
+           ', '.join(verdicts[mode]['outside']) or 'none'] for mode, entries in table.items()]
+  return tables.markdown_table(head, rows) + '\n'
 
 
 def main(argv=None):

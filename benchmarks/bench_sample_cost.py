@@ -120,7 +120,7 @@ def networks_of(config, quick):
     config.classifier.nf, config.classifier.resnet_base_width = 8, 8
   torch.manual_seed(0)
   networks = activate(mutils.create_model(config), 0), activate(mutils.create_classifier(config), 1)
-  return sampling.to_channels_last(*networks)
+  return mutils.to_channels_last(*networks)
 
 
 def main(argv=None):

@@ -50,10 +50,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import datasets  # noqa: E402
 import evaluation  # noqa: E402
-import plumbing  # noqa: E402
-import run_lib_sampling  # noqa: E402
+import fileio  # noqa: E402
+import mixture  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
+import tables  # noqa: E402
 import toy  # noqa: E402
 from models import checkpoint as ckpt  # noqa: E402
 from toy import data as toy_data  # noqa: E402
@@ -117,21 +118,9 @@ def build_for_budget(base, spec, budget, sde, eps, shape):
 
 # ---------------------------------------------------------------------------------------------- toy target
 
-def exact_draws(centres, sigma, num_samples, generator):
-  """num_samples draws of the mixture of N(c, σ²I) over the centres, float32."""
-  index = torch.randint(len(centres), (num_samples,), generator=generator)
-  return (centres[index] + sigma * torch.randn(num_samples, 2, generator=generator, dtype=torch.float64)).float()
-
-
-def mixture_posterior_score(x, centres, sigma):
-  """Exact score of the mixture of N(c, σ²I) over the centres, computed with a stable softmax (float64)."""
-  x, sigma = x.double(), sigma.double()[:, None]
-  logits = (x @ centres.T - 0.5 * (centres ** 2).sum(1)) / sigma ** 2
-  return ((torch.softmax(logits, dim=1) @ centres - x) / sigma ** 2).float()
-
-
 class ToyTarget:
-  """The class-conditional targets of one toy setting: centres per class, the posterior score, exact draws."""
+  """The class-conditional targets of one toy setting: centres per class, the posterior score, exact draws (the
+  mixture of N(c, σ²I) over a class's centres, mixture.py), float32."""
 
   def __init__(self, centres_per_class, num_samples):
     self.centres = centres_per_class
@@ -139,11 +128,12 @@ class ToyTarget:
     self.labels = torch.arange(len(centres_per_class)).repeat_interleave(num_samples)
 
   def draws(self, sigma, generator):
-    return [exact_draws(c, sigma, self.num_samples, generator) for c in self.centres]
+    return [torch.from_numpy(mixture.exact_draws(c, sigma, self.num_samples, generator)).float()
+            for c in self.centres]
 
   def score(self, x, sigma):
     n = self.num_samples
-    return torch.cat([mixture_posterior_score(x[k * n:(k + 1) * n], c, sigma[k * n:(k + 1) * n])
+    return torch.cat([mixture.mixture_score(x[k * n:(k + 1) * n], c, sigma[k * n:(k + 1) * n]).float()
                       for k, c in enumerate(self.centres)])
 
 
@@ -352,7 +342,8 @@ def digits_config(paths, device, scale):
 def digits_state(args, paths):
   """Everything a digits job reads: networks, SDE, labels, the reference classifier and the real features."""
   config = digits_config(paths, args.device, args.digits_scale)
-  networks = run_lib_sampling.load_models(config, torch.device(args.device))
+  networks = ckpt.load_guidance_models(config, paths['score model'], paths['classifier'], torch.device(args.device),
+                                        channels_last=True)
   reference = evaluation.ReferenceFeatures(config)
   real_images, real_labels = datasets.load_split(config, 'train')
   test_images, test_labels = datasets.load_split(config, 'test')
@@ -390,7 +381,7 @@ def digits_samples(job, state):
   begin = time.perf_counter()
   x, nfe = sampler(*state['networks'], labels)
   seconds = time.perf_counter() - begin
-  return plumbing.to_uint8(datasets.get_data_inverse_scaler(config)(x)), sampler_config, nfe, seconds
+  return fileio.to_uint8(datasets.get_data_inverse_scaler(config)(x)), sampler_config, nfe, seconds
 
 
 def digits_job(job, state):
@@ -442,39 +433,36 @@ TOY_GROUPS = ('score', 'sigma_end', 'sampler', 'nfe')
 DIGITS_GROUPS = ('scale', 'sampler', 'nfe')
 
 
-def summarise(rows, metric, group_keys):
+def group_statistics(rows, metric, group_keys):
   """{group: (mean over seeds of the class-mean metric, std over seeds)}; groups end with (sampler, nfe)."""
   per_seed = {}
   for row in rows:
     key = tuple(row[k] for k in group_keys)
     per_seed.setdefault(key, {}).setdefault(row['seed'], []).append(row[metric])
-  return {key: (float(np.mean([np.mean(v) for v in seeds.values()])),
-                float(np.std([np.mean(v) for v in seeds.values()])))
-          for key, seeds in per_seed.items()}
+  return {key: tables.mean_and_std([np.mean(v) for v in seeds.values()]) for key, seeds in per_seed.items()}
 
 
 def print_table(rows, metrics, group_keys):
-  stats = {metric: summarise(rows, metric, group_keys) for metric in metrics}
+  stats = {metric: group_statistics(rows, metric, group_keys) for metric in metrics}
   print('\n' + ''.join(f'{k:>18}' for k in group_keys) + ''.join(f'{m:>19}' for m in metrics))
   for key in sorted(stats[metrics[0]], key=lambda k: (k[:-2], k[-2] != 'exact', k[-2], k[-1])):
     cells = ''.join(f'{stats[m][key][0]:>11.3f} ± {stats[m][key][1]:<5.3f}' for m in metrics)
     print(''.join(f'{v:>18}' for v in key) + cells)
 
 
-def markdown_table(rows, metrics, group_keys, decimals=2):
+def nfe_table(rows, metrics, group_keys, decimals=2):
   """A Markdown table of the metrics (mean ± std over seeds): one row per (sampler, NFE), one column per panel and
   metric (headed by the panel with one metric, by the metric with one panel)."""
-  stats = {metric: summarise(rows, metric, group_keys) for metric in metrics}
+  stats = {metric: group_statistics(rows, metric, group_keys) for metric in metrics}
   panels = sorted({k[:-2] for k in stats[metrics[0]]})
   columns = [(p, m) for p in panels for m in metrics]
   heads = [', '.join(map(str, p)) if len(metrics) == 1 else m if len(panels) == 1 else f'{", ".join(map(str, p))} {m}'
            for p, m in columns]
-  lines = ['| sampler | NFE | ' + ' | '.join(heads) + ' |', '|---|---|' + '---|' * len(columns)]
+  table = []
   for name, nfe in sorted({k[-2:] for k in stats[metrics[0]]}, key=lambda k: (k[0] != 'exact', k[0] != 'pc', *k)):
     cells = [stats[m].get(p + (name, nfe)) for p, m in columns]
-    lines.append(f'| {name} | {nfe} | ' + ' | '.join('' if c is None else f'{c[0]:.{decimals}f} ± {c[1]:.{decimals}f}'
-                                                       for c in cells) + ' |')
-  return '\n'.join(lines)
+    table.append([name, str(nfe)] + ['' if c is None else f'{c[0]:.{decimals}f} ± {c[1]:.{decimals}f}' for c in cells])
+  return tables.markdown_table(['sampler', 'NFE'] + heads, table)
 
 
 def contenders(keys, panel, budget):
@@ -489,7 +477,7 @@ def as_good(candidate, reference, sign):
 
 def verdicts(rows, metric, group_keys, higher_is_better=False, budget=200, reference_nfe=2000):
   """Per panel: the best non-PC sampler at ≤ budget NFE against PC at reference_nfe (mean ± std over seeds)."""
-  stats, sign = summarise(rows, metric, group_keys), (-1 if higher_is_better else 1)
+  stats, sign = group_statistics(rows, metric, group_keys), (-1 if higher_is_better else 1)
   lines = []
   for panel in sorted({k[:-2] for k in stats}):
     pc = stats.get(panel + ('pc', reference_nfe))
@@ -507,7 +495,7 @@ def verdicts(rows, metric, group_keys, higher_is_better=False, budget=200, refer
 def joint_verdicts(rows, higher_is_better, group_keys, budget=200, reference_nfe=2000):
   """Per panel: the non-PC (sampler, NFE ≤ budget) as good as PC at reference_nfe on every metric at once;
   higher_is_better maps each metric to its direction."""
-  stats = {metric: summarise(rows, metric, group_keys) for metric in higher_is_better}
+  stats = {metric: group_statistics(rows, metric, group_keys) for metric in higher_is_better}
   first = stats[next(iter(higher_is_better))]
   lines = []
   for panel in sorted({k[:-2] for k in first}):
@@ -527,7 +515,7 @@ def plot(rows, path, group_keys, curves, floor_label='exact draws'):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  stats = {metric: summarise(rows, metric, group_keys) for metric, _, _ in curves}
+  stats = {metric: group_statistics(rows, metric, group_keys) for metric, _, _ in curves}
   panels = [(p, curve) for p in sorted({k[:-2] for k in stats[curves[0][0]]}) for curve in curves]
   names = sorted({k[-2] for k in stats[curves[0][0]]} - {'exact'})
   colours = {name: f'C{index % 10}' for index, name in enumerate(names)}
@@ -568,7 +556,7 @@ def print_toy(rows, out, extra, budget=None):
   """Table, verdicts (the best at ≤ budget NFE, default 200), JSON and plot of toy rows."""
   print_table(rows, ('sw', 'precision', 'recall'), TOY_GROUPS)
   print('\n' + '\n'.join(verdicts(rows, 'sw', TOY_GROUPS, budget=budget or 200)))
-  print('\n' + markdown_table(rows, ('sw',), TOY_GROUPS))
+  print('\n' + nfe_table(rows, ('sw',), TOY_GROUPS))
   paths = [write_json(rows, out, 'toy', extra),
            plot(rows, os.path.join(out, 'sampler_nfe_toy.png'), TOY_GROUPS,
                 [('sw', 'sliced Wasserstein to exact draws', True)])]
@@ -582,7 +570,7 @@ def print_digits(rows, out, extra, budget=None):
   print('\n' + '\n'.join(verdicts(rows, 'recognised', DIGITS_GROUPS, higher_is_better=True, budget=budget)
                           + verdicts(rows, 'fd', DIGITS_GROUPS, budget=budget)
                           + joint_verdicts(rows, dict(recognised=True, fd=False), DIGITS_GROUPS, budget=budget)))
-  print('\n' + markdown_table(rows, ('recognised', 'fd', 'cw_fd'), DIGITS_GROUPS, decimals=3))
+  print('\n' + nfe_table(rows, ('recognised', 'fd', 'cw_fd'), DIGITS_GROUPS, decimals=3))
   paths = [write_json(rows, out, 'digits', extra),
            plot(rows, os.path.join(out, 'sampler_nfe_digits.png'), DIGITS_GROUPS,
                 [('recognised', 'recognised (class-wise)', False), ('fd', 'FD to the real training digits', True)],
@@ -654,7 +642,7 @@ def parse_args(argv=None):
   parser.add_argument('--toy_samples', type=int, default=1000, help='samples per class and run')
   parser.add_argument('--digits_root', default='results/digits', help='digits: the run folder of make digits')
   parser.add_argument('--digits_seed_dir', default='seed0', help='digits: the seed folder of the classifier')
-  parser.add_argument('--digits_classifier', default='total', choices=['total', 'ce', 'dlsm'],
+  parser.add_argument('--digits_classifier', default='total', choices=tables.method_losses(),
                       help='digits: the loss of the guiding classifier (classifier_<loss> of the seed folder)')
   parser.add_argument('--digits_samples', type=int, default=250, help='digits: samples per run (class = index mod 10)')
   parser.add_argument('--digits_scale', type=float, default=1., help='digits: guidance scale λ')

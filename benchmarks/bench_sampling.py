@@ -28,10 +28,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import evaluation  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
 import time_grids  # noqa: E402
 from models import utils as mutils  # noqa: E402
+from tests.helpers import load_config  # noqa: E402
 
 EVAL_CONFIG = 'configs/eval/cifar10/eval_cifar10_configs.py'
 MODES = {  # name: (dtype, torch.compile)
@@ -41,15 +43,6 @@ MODES = {  # name: (dtype, torch.compile)
     'fp32+compile': (torch.float32, True),
     'bf16+compile': (torch.bfloat16, True),
 }
-
-
-def load_config(path):
-  import importlib.util
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location('bench_config', os.path.join(root, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def synchronize(device):
@@ -248,7 +241,7 @@ def speed_table(args, device):
   classifier = activate(mutils.create_classifier(config), 1)
   # The original ran the networks as built (NCHW); run_lib_sampling converts its networks to channels_last.
   models = {'original': (copy.deepcopy(score_model), copy.deepcopy(classifier)),
-            'project': sampling.to_channels_last(score_model, classifier)}
+            'project': mutils.to_channels_last(score_model, classifier)}
   sde, _ = sde_lib.get_sde(config)
   batch = args.batch or (128 if device.type == 'cuda' else 8)
   shape = (batch, 3, 32, 32)
@@ -301,14 +294,6 @@ def pooled_features(images):
   return F.avg_pool2d(images, 4).reshape(images.shape[0], -1).double().numpy()
 
 
-def frechet_distance(a, b):
-  from scipy import linalg
-  mu_a, mu_b = a.mean(0), b.mean(0)
-  cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-  root = linalg.sqrtm(cov_a @ cov_b).real
-  return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
-
-
 def quality_metrics(samples, labels, data):
   """Colour-oracle accuracy (dominant channel of the bright pixels), per-class Fréchet distance of 8x8 pooled
   pixels to the data, mean pixel value."""
@@ -318,8 +303,8 @@ def quality_metrics(samples, labels, data):
   dominant = (samples * weight).sum((2, 3)).argmax(1)
   accuracy = (dominant == labels).float().mean().item()
   data_images, data_labels = data
-  fd = np.mean([frechet_distance(pooled_features(samples[labels == c]),
-                                 pooled_features(data_images[data_labels == c])) for c in range(3)])
+  fd = np.mean([evaluation.frechet_distance(pooled_features(data_images[data_labels == c]),
+                                            pooled_features(samples[labels == c])) for c in range(3)])
   return accuracy, fd, samples.mean().item()
 
 
@@ -327,7 +312,7 @@ def oracle_accuracy(data):
   return quality_metrics(data[0][:600], data[1][:600], data)[0]
 
 
-def classifier_accuracy(sde, classifier, data, device):
+def noisy_classifier_accuracy(sde, classifier, data, device):
   classifier_fn = mutils.get_classifier_fn(sde, classifier, train=False, continuous=True)
   images, labels = data[0][:600].to(device), data[1][:600].to(device)
   correct = []
@@ -352,9 +337,8 @@ def train_small_models(config, sde, data, steps, batch, device):
   import losses
   torch.manual_seed(0)
   score_model, classifier = mutils.create_model(config), mutils.create_classifier(config)
-  score_loss = losses.get_sde_loss_fn(sde, True, reduce_mean=False, continuous=True, likelihood_weighting=False,
-                                      eps=1e-3)
-  classifier_loss = losses.get_sde_classifier_loss_fn(sde, True, 3, loss_type='ce', eps=1e-5)
+  score_loss = losses.get_sde_loss_fn(sde, True, reduce_mean=False, continuous=True, likelihood_weighting=False)
+  classifier_loss = losses.CrossEntropyObjective(sde, eps=1e-5)
   images, labels = data
   for model, loss_of in ((score_model, lambda b, y: score_loss(score_model, b)),
                          (classifier, lambda b, y: classifier_loss(classifier, score_model, b, y))):
@@ -374,13 +358,13 @@ def quality_experiment(args, device):
   config = small_training_config(device)
   sde, eps = sde_lib.get_sde(config)
   start = time.perf_counter()
-  score_model, classifier = sampling.to_channels_last(
+  score_model, classifier = mutils.to_channels_last(
       *train_small_models(config, sde, data, args.train_steps, 32, device))
   print(f'\nQuality experiment: small NCSN++ (nf 16, ch_mult (1,2,2)) and resnet18_cond (width 8) trained '
         f'{args.train_steps} steps each on synthetic 3-class images ({time.perf_counter() - start:.0f} s); '
         f'{args.sample_steps}-step guided PC (scale {args.scale}), {args.quality_batch} samples per run.\n'
         f'Reference: the colour oracle labels {oracle_accuracy(data):.3f} of the data correctly; the classifier '
-        f'{classifier_accuracy(sde, classifier, data, device):.3f} at t = 1e-5, 0.3, 0.6 (mean).')
+        f'{noisy_classifier_accuracy(sde, classifier, data, device):.3f} at t = 1e-5, 0.3, 0.6 (mean).')
   short = sde_lib.VESDE(sde.sigma_min, sde.sigma_max, N=args.sample_steps)
   shape = (args.quality_batch, 3, 32, 32)
   labels = torch.arange(shape[0], device=device) % 3

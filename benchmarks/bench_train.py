@@ -62,7 +62,7 @@ def score_step(device, batch):
   state = dict(model=model, optimizer=losses.get_optimizer(config, model.parameters()),
                ema=ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate), step=0)
   step_fn = losses.get_step_fn(sde, True, losses.optimization_manager(config), reduce_mean=False, continuous=True,
-                               likelihood_weighting=False, eps=1e-3)
+                               likelihood_weighting=False)
   x = torch.rand(batch, 3, 32, 32, device=device)
   return lambda: step_fn(state, x)
 
@@ -74,8 +74,7 @@ def classifier_step(device, batch):
   classifier = mutils.create_classifier(config)
   state = dict(model=classifier, score_model=score_model, step=0,
                optimizer=losses.get_optimizer(config, classifier.parameters()))
-  step_fn = losses.get_classifier_step_fn(sde, True, losses.optimization_manager(config), num_classes=10,
-                                          loss_type='total', eps=eps)
+  step_fn = losses.get_classifier_step_fn(losses.TotalObjective(sde, eps), losses.optimization_manager(config))
   x = torch.rand(batch, 3, 32, 32, device=device)
   labels = torch.randint(0, 10, (batch,), device=device)
   return lambda: step_fn(state, x, labels)

@@ -1,11 +1,26 @@
 """Exponential moving average of the trainable parameters (decay min(model.ema_rate, (1 + n)/(10 + n)) at update n;
 ema_rate 0.999 on CIFAR), with the original's state_dict {'decay', 'num_updates', 'shadow_params': [tensors]} so EMA
 entries move both ways between the codes."""
+import contextlib
+
 import torch
 
 
 def _trainable(parameters):
   return [p for p in parameters if p.requires_grad]
+
+
+@contextlib.contextmanager
+def ema_weights(ema, parameters):
+  """Inside the block the parameters hold the EMA's weights (ema.store, ema.copy_to); after it, their own values
+  again (ema.restore)."""
+  parameters = list(parameters)
+  ema.store(parameters)
+  ema.copy_to(parameters)
+  try:
+    yield
+  finally:
+    ema.restore(parameters)
 
 
 class ExponentialMovingAverage:

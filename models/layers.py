@@ -4,6 +4,7 @@
 Construction order and random draws follow the original code (so the same seed should give the original's
 initial weights); parameter names and registration order match its checkpoints.
 """
+import dataclasses
 import functools
 import math
 
@@ -329,13 +330,25 @@ class AttnBlockpp(nn.Module):
     return residual_sum(x, h, self.skip_rescale)
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockSettings:
+  """What every residual block of one network shares: the activation, the time-embedding width (None: no time
+  input), the dropout rate, the last convolution's init scale and whether the residual sum is divided by √2."""
+  act: nn.Module
+  temb_dim: int = None
+  dropout: float = 0.1
+  init_scale: float = 0.0
+  skip_rescale: bool = True
+
+
 class _ResidualBlock(nn.Module):
   """The path both residual blocks share: GN, act, [resample], conv; + Dense(act(temb)); GN, act, dropout, conv.
 
   Sub-modules are registered (and initialised) in the original's order, which fixes checkpoint keys and random draws.
   """
 
-  def _add_path(self, act, in_ch, out_ch, temb_dim, dropout, init_scale):
+  def _add_path(self, settings, in_ch, out_ch):
+    act, temb_dim, dropout, init_scale = settings.act, settings.temb_dim, settings.dropout, settings.init_scale
     self.GroupNorm_0 = group_norm(in_ch)
     self.Conv_0 = conv3x3(in_ch, out_ch)
     if temb_dim is not None:
@@ -357,16 +370,15 @@ class ResnetBlockBigGANpp(_ResidualBlock):
   """BigGAN-style residual block; up/down-sampling by FIR (or nearest / 2x2 mean) inside, a 1x1 shortcut conv
   when the width or the resolution changes."""
 
-  def __init__(self, act, in_ch, out_ch=None, temb_dim=None, up=False, down=False, dropout=0.1,
-               fir=False, fir_kernel=(1, 3, 3, 1), skip_rescale=True, init_scale=0.0):
+  def __init__(self, settings, in_ch, out_ch=None, up=False, down=False, fir=False, fir_kernel=(1, 3, 3, 1)):
     super().__init__()
     out_ch = out_ch if out_ch else in_ch
-    self._add_path(act, in_ch, out_ch, temb_dim, dropout, init_scale)
+    self._add_path(settings, in_ch, out_ch)
     self.has_shortcut_conv = in_ch != out_ch or up or down
     if self.has_shortcut_conv:
       self.Conv_2 = conv1x1(in_ch, out_ch)
     self.up, self.down, self.fir, self.fir_kernel = up, down, fir, as_taps(fir_kernel)
-    self.skip_rescale = skip_rescale
+    self.skip_rescale = settings.skip_rescale
 
   def _resample(self, x):
     if self.up:
@@ -386,17 +398,16 @@ class ResnetBlockBigGANpp(_ResidualBlock):
 class ResnetBlockDDPMpp(_ResidualBlock):
   """DDPM-style residual block without resampling; a NIN (or 3x3 conv) shortcut when the width changes."""
 
-  def __init__(self, act, in_ch, out_ch=None, temb_dim=None, conv_shortcut=False, dropout=0.1,
-               skip_rescale=False, init_scale=0.0):
+  def __init__(self, settings, in_ch, out_ch=None, conv_shortcut=False):
     super().__init__()
     out_ch = out_ch if out_ch else in_ch
-    self._add_path(act, in_ch, out_ch, temb_dim, dropout, init_scale)
+    self._add_path(settings, in_ch, out_ch)
     if in_ch != out_ch:
       if conv_shortcut:
         self.Conv_2 = conv3x3(in_ch, out_ch)
       else:
         self.NIN_0 = NIN(in_ch, out_ch)
-    self.skip_rescale, self.out_ch, self.conv_shortcut = skip_rescale, out_ch, conv_shortcut
+    self.skip_rescale, self.out_ch, self.conv_shortcut = settings.skip_rescale, out_ch, conv_shortcut
 
   def forward(self, x, temb=None):
     h = self._convolve(self.act(self.GroupNorm_0(x)), temb)

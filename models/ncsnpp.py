@@ -22,7 +22,7 @@ def get_sigmas(config):
                             config.model.num_scales))
 
 
-@register_model(name='ncsnpp')
+@register_model('ncsnpp')
 class NCSNpp(nn.Module):
   """NCSN++ U-Net; forward(x, time_cond) with time_cond = σ (VE), 999·t (VP) or a discrete index."""
 
@@ -60,14 +60,13 @@ class NCSNpp(nn.Module):
   # Construction: one list, appended in the order the forward pass consumes it
 
   def _block_factories(self, config):
-    arch, act, nf = config.model, self.act, self.nf
+    arch = config.model
+    settings = layers.BlockSettings(self.act, temb_dim=self.nf * 4, dropout=arch.dropout, init_scale=arch.init_scale,
+                                    skip_rescale=arch.skip_rescale)
     if self.resblock_type == 'ddpm':
-      resblock = functools.partial(layers.ResnetBlockDDPMpp, act=act, dropout=arch.dropout, init_scale=arch.init_scale,
-                                   skip_rescale=arch.skip_rescale, temb_dim=nf * 4)
+      resblock = functools.partial(layers.ResnetBlockDDPMpp, settings)
     else:
-      resblock = functools.partial(layers.ResnetBlockBigGANpp, act=act, dropout=arch.dropout, fir=arch.fir,
-                                   fir_kernel=arch.fir_kernel, init_scale=arch.init_scale,
-                                   skip_rescale=arch.skip_rescale, temb_dim=nf * 4)
+      resblock = functools.partial(layers.ResnetBlockBigGANpp, settings, fir=arch.fir, fir_kernel=arch.fir_kernel)
     attn = functools.partial(layers.AttnBlockpp, init_scale=arch.init_scale, skip_rescale=arch.skip_rescale)
     return resblock, attn
 

@@ -132,7 +132,7 @@ def resnet34_cond(config):
 _CLASSIFIER_BODIES = {'resnet18_cond': resnet18_cond, 'resnet34_cond': resnet34_cond}
 
 
-@register_model(name='classifier')
+@register_model('classifier')
 class Classifier(nn.Module):
   """The registered `classifier`: forward(x, time_cond) -> logits, time_cond = σ(t) (VE) or 999·t (VP)."""
 

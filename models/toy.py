@@ -33,7 +33,7 @@ class NoiseConditionedMLP(nn.Module):
     return self.linear(torch.cat([self.layers(x), self.cond_layers(sigma)], dim=1))
 
 
-@register_model(name='toy_score')
+@register_model('toy_score')
 class ToyScore(NoiseConditionedMLP):
   """Score network s(x, sigma) of the moons (config.model.nf)."""
 
@@ -41,7 +41,7 @@ class ToyScore(NoiseConditionedMLP):
     super().__init__(config.model.nf, 2)
 
 
-@register_model(name='toy_classifier')
+@register_model('toy_classifier')
 class ToyClassifier(NoiseConditionedMLP):
   """Noise-conditioned classifier f(x, sigma) -> logits (config.classifier.nf, config.classifier.classes)."""
 

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+import fileio
 import plumbing
 from tests.cifar_fixture import write_cifar_folder
 from tests.helpers import REPO_ROOT, default_sigint
@@ -183,7 +184,7 @@ def test_a_full_disk_inside_torch_save_is_named(tmp_path):
     file.write(b'PK half')
     raise RuntimeError('[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0: No space left on device')
   with pytest.raises(OSError) as error:
-    plumbing.atomic_write(str(path), fail_like_torch_save)
+    fileio.atomic_write(str(path), fail_like_torch_save)
   assert str(path) in str(error.value) and 'cannot write: No space left on device' in str(error.value)
   assert os.listdir(tmp_path) == ['checkpoint_1.pth'] and path.read_bytes() == b'the previous file'
 

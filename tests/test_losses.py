@@ -82,10 +82,8 @@ def test_dsm_draws_t_then_z(golden, small_score_model_ve):
 
 
 def classifier_loss_fn(record, case, train=True):
-  return losses.get_sde_classifier_loss_fn(
-      sde_from_record(record['sde']), train=train, num_classes=record['num_classes'],
-      continuous=record['continuous'], loss_type=case['loss_type'], weighting_dlsm=case['weighting_dlsm'],
-      weighting_ce=case['weighting_ce'], coef=case['coef'], eps=record['eps'])
+  assert record['continuous']
+  return losses.get_classifier_objective(case, sde_from_record(record['sde']), eps=record['eps'], train=train)
 
 
 @pytest.mark.parametrize('sde_name', ['ve', 'vp'])
@@ -158,7 +156,7 @@ def test_dlsm_gradient_couples_the_batch_in_train_mode(small_classifier):
 
 def test_classifier_objective_rejects_unknown_loss_type():
   with pytest.raises(ValueError, match='loss_type'):
-    losses.get_sde_classifier_loss_fn(sde_lib.VESDE(), True, 10, loss_type='mse')
+    losses.get_classifier_objective({'loss_type': 'mse'}, sde_lib.VESDE())
 
 
 # ------------------------------------------------------------------------------------------ toy losses
@@ -199,9 +197,7 @@ def test_toy_classifier_losses_match_golden(golden, source):
   batch, labels = golden_loss['batch'], golden_loss['labels']
   for case in golden_loss['cases'].values():
     classifier = toy_network('toy_classifier', record['classifier_state_dict'])
-    loss_fn = losses.get_sde_classifier_loss_fn(sde, True, num_classes=2, loss_type=case['loss_type'],
-                                                weighting_dlsm=case['weighting_dlsm'],
-                                                weighting_ce=case['weighting_ce'], coef=case['coef'], eps=0.)
+    loss_fn = losses.get_classifier_objective(case, sde, eps=0.)
     if source == 'draws':
       loss = loss_fn(classifier, score_net, batch, labels, t=golden_loss['t'], z=golden_loss['z'])
     else:
@@ -254,8 +250,8 @@ def test_classifier_step_counts_updates_and_moves_weights():
   classifier = mutils.get_model('toy_classifier')(toy_config)
   score_net = mutils.get_model('toy_score')(toy_config)
   optimizer = losses.get_optimizer(config, classifier.parameters())
-  step_fn = losses.get_classifier_step_fn(sde_lib.VESDE(1e-3, 10.), True, losses.optimization_manager(config),
-                                          num_classes=2, loss_type='total', weighting_dlsm=2, eps=0.)
+  objective = losses.TotalObjective(sde_lib.VESDE(1e-3, 10.), eps=0., weighting_dlsm=2)
+  step_fn = losses.get_classifier_step_fn(objective, losses.optimization_manager(config))
   state = dict(model=classifier, score_model=score_net, optimizer=optimizer, step=0)
   before = copy.deepcopy(classifier.state_dict())
   for _ in range(3):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import fileio
 import plumbing
 import run_lib_sampling as rls
 from tests.helpers import REPO_ROOT, default_sigint, load_config
@@ -355,7 +356,7 @@ def test_seeds_are_distinct_per_batch_and_stable():
 
 def test_quantisation_truncates_like_the_original():
   x = torch.tensor([0., 0.999, 0.5, 1.2, -0.1, 1. / 255 - 1e-6]).reshape(1, 1, 2, 3)
-  assert plumbing.to_uint8(x).reshape(-1).tolist() == [0, 254, 127, 255, 0, 0]
+  assert fileio.to_uint8(x).reshape(-1).tolist() == [0, 254, 127, 255, 0, 0]
 
 
 def test_is_complete_rejects_broken_files(tmp_path):
@@ -378,10 +379,10 @@ def test_is_complete_rejects_broken_files(tmp_path):
 
 @pytest.mark.parametrize('count, channels, nrow', [(7, 1, 3), (4, 3, 2), (1, 3, 1), (5, 3, 8)])
 def test_png_grid_equals_torchvision_save_image(tmp_path, count, channels, nrow):
-  """plumbing.save_png_grid writes the pixels of torchvision's save_image (grey as RGB, padding, rounding, clipping)."""
+  """fileio.save_png_grid writes the pixels of torchvision's save_image (grey as RGB, padding, rounding, clipping)."""
   import torchvision
   images = torch.rand(count, channels, 5, 6, generator=torch.Generator().manual_seed(count)) * 1.2 - 0.1
-  plumbing.save_png_grid(images, tmp_path / 'ours.png', nrow)
+  fileio.save_png_grid(images, tmp_path / 'ours.png', nrow)
   torchvision.utils.save_image(images, tmp_path / 'torchvision.png', nrow=nrow, padding=2)
   ours, theirs = (np.asarray(Image.open(tmp_path / name)) for name in ('ours.png', 'torchvision.png'))
   assert ours.shape == theirs.shape and np.array_equal(ours, theirs)

@@ -233,7 +233,6 @@ def test_reverse_sde_and_probability_flow(name):
   assert torch.equal(rev_diffusion, torch.zeros_like(diffusion))
   rev_f, rev_G = flow.discretize(x, t)
   assert torch.allclose(rev_f, f - 0.5 * G2 * score) and torch.equal(rev_G, torch.zeros_like(G))
-  assert flow.N == sde.N and flow.T == 1
 
 
 # ------------------------------------------------------------------------------------------ get_sde

@@ -178,9 +178,7 @@ def test_classifier_losses_from_seed(models_file, networks):
   score_net, classifier = networks
   sde = loss_sde(record)
   for name, case in record['cases'].items():
-    loss_fn = losses.get_sde_classifier_loss_fn(sde, train=True, num_classes=2, continuous=True,
-                                                loss_type=case['loss_type'], weighting_dlsm=case['weighting_dlsm'],
-                                                weighting_ce=case['weighting_ce'], coef=case['coef'], eps=0.)
+    loss_fn = losses.get_classifier_objective(case, sde, eps=0., train=True)
     torch.manual_seed(record['torch_manual_seed'])
     classifier.zero_grad()
     loss = loss_fn(classifier, score_net, record['batch'], record['labels'])
@@ -198,9 +196,9 @@ def test_classifier_objective_from_stored_draws(models_file, networks):
   classifier = networks[1]
   std = record['std_value_cond']
   for name, case in record['cases'].items():
-    loss = losses.classifier_objective(lambda x: classifier(x, std), record['perturbed_batch'], record['labels'],
-                                       record['score'], record['z'], std, case['loss_type'],
-                                       case['weighting_dlsm'], case['weighting_ce'], case['coef'])
+    objective = losses.get_classifier_objective(case, loss_sde(record), eps=0.)
+    loss = objective.from_draws(lambda x: classifier(x, std), record['perturbed_batch'], record['labels'],
+                                record['score'], record['z'], std)
     assert loss.item() == pytest.approx(case['loss'], rel=1e-5), name
 
 
@@ -390,7 +388,7 @@ def test_short_dlsm_training_lowers_the_loss(tmp_path, models_file, networks):
   positions, labels = toy_data.moons_dataset()
   batch, batch_labels = torch.as_tensor(positions[:2000]).float(), torch.as_tensor(labels[:2000])
   sde, _ = sde_lib.get_sde(config)
-  loss_fn = losses.get_sde_classifier_loss_fn(sde, True, 2, loss_type='dlsm', weighting_dlsm=2, eps=0.)
+  loss_fn = losses.DLSMObjective(sde, eps=0., weighting_dlsm=2)
 
   def fixed_draw_loss(classifier):
     torch.manual_seed(123)

@@ -30,7 +30,7 @@ def evaluation_grid(width=40., height=25., density=35):
   return torch.from_numpy(np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2))
 
 
-def exact_draws(positions, labels, sigma, num_samples, generator):
+def exact_draws_per_class(positions, labels, sigma, num_samples, generator):
   """Samples of the true p_sigma(x | y) per class: class points drawn uniformly plus sigma·z (the oracle row)."""
   return [mixture.exact_draws(positions[labels == c], sigma, num_samples, generator) for c in range(len(CLASS_NAMES))]
 

@@ -3,10 +3,14 @@ import math
 
 import torch
 
+import registry
 import sampling
 import sde_lib
 import time_grids
 from toy import full_sigma
+
+SAMPLERS = {}  # config.sampling.method -> fn(score_fn, classifier_fn, label, scale, num_samples, config, device)
+register_toy_sampler = registry.decorator_for(SAMPLERS)
 
 
 def annealed_sampler_sde(sigma_end, sigma_max, sigma_extra_min, num_steps):
@@ -19,6 +23,7 @@ def annealed_sampler_sde(sigma_end, sigma_max, sigma_extra_min, num_steps):
   return sde_lib.VESDE(sigma_min=sigma_extra_min, sigma_max=extra_max, N=num_steps)
 
 
+@register_toy_sampler('annealed_pc')
 def sample_annealed_pc(score_fn, classifier_fn, label, scale, num_samples, config, device):
   """Corrected annealed PC sampler (T1 fixed) = sampling.sample_pc on `annealed_sampler_sde`: sigma decreases,
   reverse-diffusion predictor with step sigma_i² - sigma_{i+1}², Langevin corrector with step delta and noise
@@ -39,6 +44,7 @@ def sample_annealed_pc(score_fn, classifier_fn, label, scale, num_samples, confi
     return sampling.sample_pc(denoiser, x, time_grids.time_grid('linear', sde, sde.N, settings.eps), pc)
 
 
+@register_toy_sampler('original')
 @torch.no_grad()
 def sample_original(score_fn, classifier_fn, label, scale, num_samples, config, device):
   """The original toy sampler (bug T1 kept): sigma increases geometrically from sigma_min towards sigma_max over
@@ -54,9 +60,6 @@ def sample_original(score_fn, classifier_fn, label, scale, num_samples, config, 
     score = posterior(x, full_sigma(x, sigma_min * (sigma_max / sigma_min) ** (i / settings.num_steps)))
     x = x + math.sqrt(2 * settings.epsilon) * score + settings.epsilon * settings.noise_std * torch.randn_like(x)
   return x
-
-
-SAMPLERS = {'annealed_pc': sample_annealed_pc, 'original': sample_original}
 
 
 def sample_class(score_fn, classifier_fn, label, scale, num_samples, config, device):

@@ -2,11 +2,11 @@
 import json
 import os
 
+import tables
 from toy import CLASS_NAMES
 
-TABLE_ROWS = (('base', '(a) Base (CE)'), ('scaling', '(b) Scaling (CE, λ {scale})'),
-              ('posterior_sm', '(c) Posterior SM'), ('dlsm', "(d') DLSM only"), ('ours', '(d) Ours (total loss)'),
-              ('ours_original_sampler', '(d) Ours, original sampler (T1)'), ('oracle', '(e) Oracle'))
+TABLE_ROWS = ('base', 'scaling', 'posterior_sm', 'dlsm', 'ours', 'ours_original_sampler', 'oracle')
+TOY_ROW_LABELS = {'ours_original_sampler': '(d) Ours, original sampler (T1)'}  # beside the paper's (tables.py)
 # The paper's moons table (Chao et al., ICLR 2022), values for class c1 / c2.
 PAPER_TABLE = {
     'base': {'D_P': (0.198, 0.197), 'D_L': (0.190, 0.181), 'precision': (0.94, 0.93), 'recall': (1.00, 1.00)},
@@ -22,13 +22,9 @@ TABLE_COLUMNS = (('D_P', 'E[D_P]', '{:.3f}'), ('D_L', 'E[D_L]', '{:.3f}'),
 def format_table(rows, scale=None):
   """Markdown table from {method: {'D_P': (c1, c2) | None, 'D_L': …, 'precision': …, 'recall': …}}, in the paper's
   row order; methods missing from `rows` are skipped, missing values print as '-'. `scale`: the scaling baseline's λ."""
-  lines = ['| method | ' + ' | '.join(f'{title} (c1 / c2)' for _, title, _ in TABLE_COLUMNS) + ' |',
-           '|---' * (len(TABLE_COLUMNS) + 1) + '|']
-  for key, label in TABLE_ROWS:
-    if key in rows:
-      label = label.format(scale='> 1' if scale is None else f'= {scale:g}')
-      lines.append(f'| {label} | ' + ' | '.join(_cells(rows[key])) + ' |')
-  return '\n'.join(lines)
+  head = ['method'] + [f'{title} (c1 / c2)' for _, title, _ in TABLE_COLUMNS]
+  return tables.markdown_table(head, [[TOY_ROW_LABELS.get(key) or tables.row_label(key, scale)] + _cells(rows[key])
+                                      for key in TABLE_ROWS if key in rows])
 
 
 def _cells(row):
