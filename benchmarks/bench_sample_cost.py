@@ -104,7 +104,7 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--device', default='cpu')
   parser.add_argument('--batch', type=int, help='samples per run (default 8 on CPU, 128 on CUDA)')
-  parser.add_argument('--samplers', nargs='+', default=['pc@2000', 'dpmpp_2m:eta=10@20'],
+  parser.add_argument('--samplers', nargs='+', default=['pc@2000', 'dpmpp_2m:eta=10@100', 'dpmpp_2m:eta=10@20'],
                       help='SPEC@NFE: a sampler and the evaluations at which it matched guided PC at 2 000 on digits')
   parser.add_argument('--modes', nargs='+', choices=list(MODES), help='default: the device\'s modes')
   parser.add_argument('--rounds', type=int, default=2, help='timed runs per step count; the fastest counts')

@@ -34,7 +34,7 @@ part() {  # seconds, title, command...
   return 0
 }
 
-SAMPLERS=${GPU_CHECK_SAMPLERS:-"pc@2000 dpmpp_2m:eta=10@20"}
+SAMPLERS=${GPU_CHECK_SAMPLERS:-"pc@2000 dpmpp_2m:eta=10@100 dpmpp_2m:eta=10@20"}
 # shellcheck disable=SC2086
 part 200 "1. guided sampling: cost per sample and images/s" \
   "$PYTHON" -u benchmarks/bench_sample_cost.py --device cuda --batch 128 --samplers $SAMPLERS \
