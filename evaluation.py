@@ -555,6 +555,18 @@ def network_fields(sde, networks, noisy, labels, sigma, settings=None, batch_siz
   return torch.cat(priors), torch.cat(likelihoods), correct / len(labels)
 
 
+def posterior_splits(config):
+  """(train images, train labels, test images, test labels) of the data set, images as the networks see them
+  (NCHW, the data scaler applied, float64): the splits of posterior_score_report."""
+  import datasets
+  scaler = datasets.get_data_scaler(config)
+  splits = []
+  for split in ('train', 'test'):
+    images, labels = datasets.load_split(config, split)
+    splits += [scaler(images_to_unit_nchw(torch.from_numpy(images))).double(), torch.from_numpy(labels)]
+  return tuple(splits)
+
+
 def posterior_score_report(sde, networks, splits, sigmas, scale, draws=4, seed=0, settings=None):
   """{σ: posterior_score_errors, the classifier's accuracy and the half-split agreement} of networks = (score model,
   classifier), run as `settings` say (network_fields), with x̃ = test image + σz (`draws` per image, the same points

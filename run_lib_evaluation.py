@@ -15,7 +15,6 @@ accuracy on the samples; TensorFlow is not loaded).
 import os
 
 import numpy as np
-import torch
 from absl import flags
 from tqdm import tqdm
 
@@ -213,16 +212,11 @@ def write_lists(path, lists):
 
 def run_posterior(config, workdir):
   """Posterior-score errors per σ (evaluation.posterior_score_report) into metrics.json's 'posterior' section."""
-  import datasets
   import sde_lib
   from models import checkpoint
   device = mutils.get_device(config)
   score_model, classifier = checkpoint.load_guidance_models(config, *plumbing.checkpoint_paths(config), device)
-  scaler = datasets.get_data_scaler(config)
-  splits = []
-  for split in ('train', 'test'):
-    images, labels = datasets.load_split(config, split)
-    splits += [scaler(evaluation.images_to_unit_nchw(torch.from_numpy(images))).double(), torch.from_numpy(labels)]
+  splits = evaluation.posterior_splits(config)
   sde, _ = sde_lib.get_sde(config)
   scale = config.sampling.scaling_factor
   import sampling

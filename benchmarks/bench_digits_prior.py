@@ -68,9 +68,7 @@ def norm_calibration(config, score_model, sigmas, draws=4):
   mixture score of the training digits: a_i = ⟨s_θ, s⟩/‖s‖² per point (1 for an exact network), its spread and
   its correlation with ‖z_i‖, and the spread of σ‖s_θ‖ against that of σ‖s‖ (relative to their means)."""
   sde, _ = sde_lib.get_sde(config)
-  scaler = datasets.get_data_scaler(config)
-  train, test = (scaler(evaluation.images_to_unit_nchw(torch.from_numpy(datasets.load_split(config, split)[0])))
-                 .double() for split in ('train', 'test'))
+  train, _, test, _ = evaluation.posterior_splits(config)
   score_fn = sampling.as_score_fn(sde, score_model)
   generator, report = torch.Generator().manual_seed(0), {}
   for sigma in sigmas:

@@ -23,10 +23,11 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
 
 import tables  # noqa: E402
-from models import checkpoint as ckpt  # noqa: E402
-from run_lib_digits import COLUMNS, POSTERIOR_SIGMAS, cell, lookup  # noqa: E402
+from bench_sampler_nfe import digits_files  # noqa: E402
+from run_lib_digits import COLUMNS, POSTERIOR_SIGMAS, cell, lookup, read_metrics  # noqa: E402
 
 MODES = {  # name: config overrides
     'fp32': [],
@@ -41,13 +42,10 @@ RELATIVE_FLOOR = 0.01  # the tolerance of a column without seed spread, relative
 EVAL_CONFIG = os.path.join(REPO, 'configs', 'digits', 'eval.py')
 
 
-def networks(root, seed):
-  score = ckpt.latest_checkpoint(os.path.join(root, 'score', 'checkpoints'))
-  classifier = ckpt.latest_checkpoint(os.path.join(root, f'seed{seed}', 'classifier_total', 'checkpoints'))
-  if score is None or classifier is None:
-    sys.exit(f'bench_precision_digits.py: error: no score model or seed-{seed} total-loss classifier under {root}: '
-             'run make digits first')
-  return ['--restore', score, '--restore_classifier', classifier, '--scale=1']
+def guidance_flags(root, seed):
+  """The flags of the shared score model and the seed's total-loss classifier (bench_sampler_nfe.digits_files)."""
+  paths = digits_files(root, f'seed{seed}', 'total')
+  return ['--restore', paths['score model'], '--restore_classifier', paths['classifier'], '--scale=1']
 
 
 def run(script, args, log):
@@ -62,12 +60,10 @@ def mode_run(mode, seed, root):
   """metrics.json of one (mode, seed) run, sampled and evaluated unless it is already there."""
   workdir = f'digits_precision/{mode.replace(" ", "_")}/seed{seed}'
   folder = os.path.join(REPO, 'results', workdir)
-  path = os.path.join(folder, 'metrics.json')
-  metrics = json.load(open(path)) if os.path.exists(path) else {}
-  if 'posterior' not in metrics:
+  if 'posterior' not in read_metrics(workdir):
     os.makedirs(folder, exist_ok=True)
     log = os.path.join(folder, 'log.txt')
-    flags = networks(root, seed) + MODES[mode]
+    flags = guidance_flags(root, seed) + MODES[mode]
     reference = f'--config.eval.reference_classifier={os.path.join(root, "reference_classifier.pth")}'
     run('run_lib_sampling.py', ['--mode', 'full', '--workdir', workdir, f'--config.sampling.seed={seed}', *flags],
         log)
@@ -75,8 +71,7 @@ def mode_run(mode, seed, root):
                                   '--mode', 'full'], log)
     run('run_lib_evaluation.py', ['--workdir', workdir, reference, '--fidis', '--prdc', '--mode', 'class'], log)
     run('run_lib_evaluation.py', ['--workdir', workdir, '--posterior', *flags], log)
-    with open(path) as file:
-      metrics = json.load(file)
+  metrics = read_metrics(workdir)
   print(f'{mode} seed {seed}: recognised {lookup(metrics, QUALITY[0][1]):.3f}, FD {lookup(metrics, QUALITY[1][1]):.2f}',
         flush=True)
   return metrics
@@ -115,6 +110,8 @@ def main(argv=None):
   parser.add_argument('--jobs', type=int, default=2, help='runs at once, one process and one thread each')
   parser.add_argument('--out', default=os.path.join(REPO, 'results', 'bench_precision_digits'))
   args = parser.parse_args(argv)
+  args.root, args.out = os.path.abspath(args.root), os.path.abspath(args.out)
+  os.chdir(REPO)  # read_metrics reads results/<workdir>/metrics.json; the command lines run here too
   modes = ['fp32'] + [m for m in args.modes if m != 'fp32']
   jobs = [(mode, seed) for mode in modes for seed in args.seeds]
   with ThreadPoolExecutor(args.jobs) as pool:

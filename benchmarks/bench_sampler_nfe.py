@@ -324,7 +324,7 @@ def digits_files(root, seed_dir, loss='total'):
 
 
 def missing(what, path):
-  sys.exit(f'bench_sampler_nfe.py: error: no {what} at {path}: run make digits first')
+  sys.exit(f'{os.path.basename(sys.argv[0])}: error: no {what} at {path}: run make digits first')
 
 
 def digits_config(paths, device, scale):

@@ -65,14 +65,15 @@ def best_time(fn, device, repeats):
 
 # ---------------------------------------------------------------------------------------------- peaks
 
-def conv_peak(device, repeats=3):
-  """Best fp32 GFLOP/s of 3x3 convolutions (channels_last, the layout the sampler uses) of NCSN++ trunk shapes."""
+def conv_peak(device, repeats=3, dtype=torch.float32):
+  """Best GFLOP/s of 3x3 convolutions in `dtype` (channels_last, the layout the sampler uses) of NCSN++ trunk
+  shapes."""
   best = 0.
   for batch, channels, size in ((8, 256, 16), (8, 128, 32), (32, 256, 16)):
     if device.type == 'cuda':
       batch *= 16
-    x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(channels, channels, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+    x, w = (torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            for shape in ((batch, channels, size, size), (channels, channels, 3, 3)))
     flops = 2 * batch * channels * channels * 9 * size * size
     with torch.no_grad():
       best = max(best, flops / best_time(lambda: F.conv2d(x, w, padding=1), device, repeats) / 1e9)

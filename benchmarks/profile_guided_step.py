@@ -5,16 +5,14 @@
 Per mode: seconds of the score network's forward, of the classifier's forward and input-gradient, and of the whole
 guided evaluation D(x, σ) (the rest is the update arithmetic), the fastest of --rounds; then, per mode, the
 score forward's operators (torch.profiler, self CPU time) grouped as convolution, normalisation, attention,
-element-wise, layout and dtype conversions, and the rest. Also the machine's fp32 and bf16 3×3-convolution rates
-at the network's shapes, so the fraction of the bf16 peak a mode reaches can be read off.
+element-wise, layout and dtype conversions, and the rest. Also the machine's fp32 and bf16 3×3-convolution peaks
+(bench_sampling.conv_peak), so the fraction of the bf16 peak a mode reaches can be read off.
 """
 import argparse
 import os
 import sys
-import time
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -23,8 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
 from bench_sample_cost import MODES, networks_of  # noqa: E402
-from bench_sampling import EVAL_CONFIG, load_config  # noqa: E402
+from bench_sampling import EVAL_CONFIG, best_time, conv_peak, load_config  # noqa: E402
 
+CPU = torch.device('cpu')
 GROUPS = (  # (group, substrings of operator names), first match wins
     ('convolution', ('conv', 'mkldnn_convolution')),
     ('normalisation', ('group_norm', 'native_group_norm', 'batch_norm', 'layer_norm')),
@@ -33,31 +32,6 @@ GROUPS = (  # (group, substrings of operator names), first match wins
     ('element-wise', ('add', 'mul', 'silu', 'sigmoid', 'div', 'sub', 'cat', 'pad', 'upfirdn', 'avg_pool', 'exp',
                       'sin', 'cos', 'neg', 'rsqrt', 'sqrt')),
 )
-
-
-def fastest(fn, rounds):
-  fn()
-  best = float('inf')
-  for _ in range(rounds):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return best
-
-
-def conv_rates(batch, rounds):
-  """(fp32, bf16) GFLOP/s of channels_last 3×3 convolutions at NCSN++'s 32×32×128 and 16×16×256 shapes."""
-  rates = []
-  for dtype in (torch.float32, torch.bfloat16):
-    best = 0.
-    for channels, size in ((128, 32), (256, 16)):
-      x = torch.randn(batch, channels, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
-      w = torch.randn(channels, channels, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
-      with torch.no_grad():
-        seconds = fastest(lambda: F.conv2d(x, w, padding=1), rounds)
-      best = max(best, 2 * batch * channels ** 2 * 9 * size ** 2 / seconds / 1e9)
-    rates.append(best)
-  return rates
 
 
 def pieces(mode, sde, networks, x, labels, rounds):
@@ -70,10 +44,10 @@ def pieces(mode, sde, networks, x, labels, rounds):
   denoiser = sampling.build_denoiser(sde, *networks, labels, sampling.Guidance(1.), settings)
   t = sde.time_of_sigma(torch.tensor(1.)).repeat(len(x))
   with torch.no_grad(), sampling._FrozenParameters(*networks):
-    return {'score forward': fastest(lambda: score_fn(x, t), rounds),
+    return {'score forward': best_time(lambda: score_fn(x, t), CPU, rounds),
             'classifier forward + input-gradient':
-                fastest(lambda: sampling.log_prob_grad(classifier_fn, x, t, labels), rounds),
-            'guided evaluation': fastest(lambda: denoiser(x, 1.), rounds)}, score_fn, t
+                best_time(lambda: sampling.log_prob_grad(classifier_fn, x, t, labels), CPU, rounds),
+            'guided evaluation': best_time(lambda: denoiser(x, 1.), CPU, rounds)}, score_fn, t
 
 
 def operator_groups(score_fn, x, t):
@@ -101,7 +75,7 @@ def main():
   sde, _ = sde_lib.get_sde(config)
   labels = torch.arange(args.batch) % config.classifier.classes
   x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-  fp32_rate, bf16_rate = conv_rates(args.batch, args.rounds)
+  fp32_rate, bf16_rate = (conv_peak(CPU, args.rounds, dtype) for dtype in (torch.float32, torch.bfloat16))
   print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}; 3x3 convolution '
         f'peaks at the network\'s shapes: fp32 {fp32_rate:.0f} GFLOP/s, bf16 {bf16_rate:.0f} GFLOP/s', flush=True)
   reference, profiles = None, {}
