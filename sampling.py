@@ -504,14 +504,15 @@ def sample_heun(denoiser, x, sigmas, s_churn=0., s_tmin=0., s_tmax=math.inf, s_n
 
 
 @register_solver('dpmpp_2m')
-def sample_dpmpp_2m(denoiser, x, sigmas, eta=0., s_noise=1.):
+def sample_dpmpp_2m(denoiser, x, sigmas, eta=0., s_noise=1., second_order_below=math.inf):
   """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), and for η > 0 its SDE form: the reverse SDE whose Langevin part
   is η times that of the original reverse SDE (Karras et al. 2022, eq. 6 with β = η·σ̇/σ); η = 0 is the
   probability-flow ODE, η = 1 the reverse SDE, η > 1 mixes more at every noise level.
 
   Per step x̂' = e^{−(1+η)h}·x̂ + (1 − e^{−(1+η)h})·D₂ + σ'·√(1 − e^{−2ηh})·s_noise·z, with
-  D₂ = D + (D − D_prev)·h / (2·h_prev) (first order on the first step); the step to σ = 0 returns D."""
-  require_nonnegative(eta=eta, s_noise=s_noise)
+  D₂ = D + (D − D_prev)·h / (2·h_prev) on the steps from σ < second_order_below, D₂ = D (the first-order
+  DPM-Solver++(1S)) on the first step and from σ ≥ second_order_below; the step to σ = 0 returns D."""
+  require_nonnegative(eta=eta, s_noise=s_noise, second_order_below=second_order_below)
   previous = None  # (h, D) of the previous step
   for sigma, sigma_next in _pairs(sigmas):
     denoised = denoiser(x, sigma)
@@ -519,7 +520,7 @@ def sample_dpmpp_2m(denoiser, x, sigmas, eta=0., s_noise=1.):
       return denoised
     h = math.log(sigma / sigma_next)
     estimate = denoised
-    if previous is not None:
+    if previous is not None and sigma < second_order_below:
       estimate = denoised + (denoised - previous[1]) * h / (2 * previous[0])
     decay = math.exp(-(1 + eta) * h)
     x = decay * x + (1 - decay) * estimate

@@ -17,8 +17,11 @@ Digits: the score model and the total-loss classifier (--digits_classifier) of a
 is measured in the feature space of the run's reference classifier: `recognised`, its class-wise averaged accuracy
 on the samples (how often it sees the asked-for digit), `fd`, the Fréchet distance between the samples' features and
 those of the real training split (1 438 digits, datasets.load_split(config, 'train')), and `cw_fd`, the class-wise
-averaged FD (a tenth of the samples against each class's ~144 training digits: large and noisy). `exact` rows are
-real test digits (the same number per class, drawn per seed) measured the same way: the floor at this sample size.
+averaged FD (a tenth of the samples against each class's ~144 training digits: large and noisy); and in pixel space
+how far a class's samples spread about their class mean, `coarse_spread` of the 2×2-block means (the digit's shape)
+and `fine_spread` of what they leave (its strokes): a sampler that under-disperses shows it here before in FD. `exact`
+rows are real test digits (the same number per class, drawn per seed) measured the same way: the floor at this
+sample size.
 
 A sampler is named by a spec, 'method' or 'method:key=value:…' (--samplers): the method of config.sampling.method,
 each key an option of config.sampling.<method> or a field of config.sampling (grid, rho, noise_removal,
@@ -360,15 +363,32 @@ def class_features(reference, images, labels, num_classes):
   return features, [features[labels == c] for c in range(num_classes)]
 
 
+def class_spread(images, labels, num_classes):
+  """(coarse, fine): per class the mean squared distance of the images to their class mean, averaged over classes,
+  of the 2×2-block means (the digit's shape) and of what the block means leave (its strokes), in [0, 1] pixel
+  units; uint8 NHWC images with even sides."""
+  x = images.astype(np.float64) / 255.
+  n, height, width, channels = x.shape
+  blocks = x.reshape(n, height // 2, 2, width // 2, 2, channels).mean((2, 4), keepdims=True)
+  coarse = np.broadcast_to(blocks, (n, height // 2, 2, width // 2, 2, channels)).reshape(x.shape)
+  spreads = []
+  for part in (coarse, x - coarse):
+    per_class = [part[labels == c] for c in range(num_classes)]
+    spreads.append(np.mean([((p - p.mean(0)) ** 2).sum((1, 2, 3)).mean() for p in per_class]))
+  return tuple(spreads)
+
+
 def digits_metrics(images, labels, state):
-  """{'recognised', 'fd', 'cw_fd'} of uint8 NHWC images asked to show `labels`."""
+  """{'recognised', 'fd', 'cw_fd', 'coarse_spread', 'fine_spread'} of uint8 NHWC images asked to show `labels`."""
   features, logits = evaluation.get_inception_features(images, state['reference'], batch_size=500)
   real_all, real_per_class = state['real']
   classes = range(len(real_per_class))
   recognised = [np.mean(logits[labels == c].argmax(1) == c) for c in classes]
   class_fd = [evaluation.frechet_distance(real_per_class[c], features[labels == c]) for c in classes]
+  coarse, fine = class_spread(images, labels, len(real_per_class))
   return dict(recognised=evaluation.classwise_average(recognised),
-              fd=evaluation.frechet_distance(real_all, features), cw_fd=evaluation.classwise_average(class_fd))
+              fd=evaluation.frechet_distance(real_all, features), cw_fd=evaluation.classwise_average(class_fd),
+              coarse_spread=coarse, fine_spread=fine)
 
 
 def digits_samples(job, state):
@@ -431,6 +451,7 @@ def digits_part(args, paths):
 
 TOY_GROUPS = ('score', 'sigma_end', 'sampler', 'nfe')
 DIGITS_GROUPS = ('scale', 'sampler', 'nfe')
+DIGITS_METRICS = ('recognised', 'fd', 'cw_fd', 'coarse_spread', 'fine_spread')
 
 
 def group_statistics(rows, metric, group_keys):
@@ -444,10 +465,12 @@ def group_statistics(rows, metric, group_keys):
 
 def print_table(rows, metrics, group_keys):
   stats = {metric: group_statistics(rows, metric, group_keys) for metric in metrics}
-  print('\n' + ''.join(f'{k:>18}' for k in group_keys) + ''.join(f'{m:>19}' for m in metrics))
-  for key in sorted(stats[metrics[0]], key=lambda k: (k[:-2], k[-2] != 'exact', k[-2], k[-1])):
+  keys = sorted(stats[metrics[0]], key=lambda k: (k[:-2], k[-2] != 'exact', k[-2], k[-1]))
+  width = max([18] + [len(str(v)) + 2 for key in keys for v in key])
+  print('\n' + ''.join(f'{k:>{width}}' for k in group_keys) + ''.join(f'{m:>19}' for m in metrics))
+  for key in keys:
     cells = ''.join(f'{stats[m][key][0]:>11.3f} ± {stats[m][key][1]:<5.3f}' for m in metrics)
-    print(''.join(f'{v:>18}' for v in key) + cells)
+    print(''.join(f'{v:>{width}}' for v in key) + cells)
 
 
 def nfe_table(rows, metrics, group_keys, decimals=2):
@@ -566,11 +589,12 @@ def print_toy(rows, out, extra, budget=None):
 def print_digits(rows, out, extra, budget=None):
   """Table, verdicts (the best at ≤ budget NFE, default 20), JSON and plot of digits rows."""
   budget = budget or 20
-  print_table(rows, ('recognised', 'fd', 'cw_fd'), DIGITS_GROUPS)
+  metrics = [m for m in DIGITS_METRICS if all(m in row for row in rows)]
+  print_table(rows, metrics, DIGITS_GROUPS)
   print('\n' + '\n'.join(verdicts(rows, 'recognised', DIGITS_GROUPS, higher_is_better=True, budget=budget)
                           + verdicts(rows, 'fd', DIGITS_GROUPS, budget=budget)
                           + joint_verdicts(rows, dict(recognised=True, fd=False), DIGITS_GROUPS, budget=budget)))
-  print('\n' + nfe_table(rows, ('recognised', 'fd', 'cw_fd'), DIGITS_GROUPS, decimals=3))
+  print('\n' + nfe_table(rows, metrics, DIGITS_GROUPS, decimals=3))
   paths = [write_json(rows, out, 'digits', extra),
            plot(rows, os.path.join(out, 'sampler_nfe_digits.png'), DIGITS_GROUPS,
                 [('recognised', 'recognised (class-wise)', False), ('fd', 'FD to the real training digits', True)],

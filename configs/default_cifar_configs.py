@@ -53,6 +53,7 @@ def get_default_configs():
   sampling.dpmpp_2m = dpmpp_2m = ml_collections.ConfigDict()
   dpmpp_2m.eta = 0.  # Langevin strength: 0 the probability-flow ODE, 1 the reverse SDE, > 1 more mixing
   dpmpp_2m.s_noise = 1.
+  dpmpp_2m.second_order_below = math.inf  # the 2M correction on steps from σ below this; above: first order
   sampling.dpmpp_3m_sde = dpmpp_3m_sde = ml_collections.ConfigDict()
   dpmpp_3m_sde.eta = 1.  # as dpmpp_2m's
   dpmpp_3m_sde.s_noise = 1.

@@ -11,7 +11,8 @@ import torch
 
 from tests.helpers import REPO_ROOT
 
-DIGITS_ROW_FIELDS = {'sampler', 'grid', 'nfe', 'seed', 'class', 'scale', 'samples', 'recognised', 'fd', 'cw_fd'}
+DIGITS_ROW_FIELDS = {'sampler', 'grid', 'nfe', 'seed', 'class', 'scale', 'samples', 'recognised', 'fd', 'cw_fd',
+                     'coarse_spread', 'fine_spread'}
 
 
 def load_benchmark():
@@ -45,6 +46,18 @@ def digits_root(tmp_path_factory):
   checkpoint.atomic_save({'model': reference.state_dict(), 'test_accuracy': 0.1},
                          str(root / 'reference_classifier.pth'))
   return root
+
+
+def test_class_spread_splits_the_shape_from_the_strokes():
+  """Class 0: a constant image and its double (shape only); class 1: a checkerboard and its negative (strokes
+  only, every 2×2 block mean 0.5): per-class spreads about the class means, averaged over the two classes."""
+  bench = load_benchmark()
+  checker = (np.indices((4, 4)).sum(0) % 2)[..., None] * 200
+  images = np.stack([np.full((4, 4, 1), 50), np.full((4, 4, 1), 100), checker, 200 - checker]).astype(np.uint8)
+  coarse, fine = bench.class_spread(images, np.array([0, 0, 1, 1]), 2)
+  shape_spread = 16 * (25 / 255) ** 2  # class 0: each image 25/255 from the class mean in all 16 pixels
+  stroke_spread = 16 * (100 / 255) ** 2  # class 1: each pixel 100/255 from the class mean 100/255
+  assert np.isclose(coarse, shape_spread / 2) and np.isclose(fine, stroke_spread / 2)
 
 
 def test_digits_rows_have_every_field_and_the_true_nfe(digits_root, tmp_path):

@@ -36,6 +36,7 @@ EXTRAS = {
     'sampling.guided_sigma_min': 0., 'sampling.guided_sigma_max': math.inf,
     'sampling.heun.s_churn': 0., 'sampling.heun.s_tmin': 0., 'sampling.heun.s_tmax': math.inf,
     'sampling.heun.s_noise': 1., 'sampling.dpmpp_2m.eta': 0., 'sampling.dpmpp_2m.s_noise': 1.,
+    'sampling.dpmpp_2m.second_order_below': math.inf,
     'sampling.dpmpp_3m_sde.eta': 1., 'sampling.dpmpp_3m_sde.s_noise': 1., 'sampling.unipc.order': 2,
     'sampling.unipc.variant': 'bh2', 'sampling.unipc.corrector': True,
 }

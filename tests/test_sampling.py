@@ -323,6 +323,7 @@ SOLVER_SETTINGS = [
     ('dpmpp_2m', 20, {}),
     ('dpmpp_2m', 40, {'eta': 1.}),
     ('dpmpp_2m', 40, {'eta': 10.}),
+    ('dpmpp_2m', 40, {'eta': 10., 'second_order_below': 0.3}),
     ('dpmpp_3m_sde', 30, {}),
     ('dpmpp_3m_sde', 20, {'eta': 0.}),
     ('unipc', 20, {}),
@@ -359,7 +360,8 @@ def _gaussian_denoiser(sde, mean=1.5, std=0.5):
 
 
 # (method, options, order of convergence on the probability flow): the corrector of UniPC adds one.
-ORDERS = [('euler', {}, 1), ('heun', {}, 2), ('dpmpp_2m', {}, 2), ('dpmpp_3m_sde', {'eta': 0.}, 3),
+ORDERS = [('euler', {}, 1), ('heun', {}, 2), ('dpmpp_2m', {}, 2), ('dpmpp_2m', {'second_order_below': 0.}, 1),
+          ('dpmpp_3m_sde', {'eta': 0.}, 3),
           ('unipc', {'order': 1}, 2), ('unipc', {'order': 2}, 3), ('unipc', {'order': 2, 'corrector': False}, 2)]
 
 
@@ -454,6 +456,7 @@ def test_guidance_applies_only_in_its_sigma_range():
 
 @pytest.mark.parametrize('field,value,message', [
     ('dpmpp_2m.eta', -1., 'sampling.dpmpp_2m.eta=-1.0: must be a number >= 0'),
+    ('dpmpp_2m.second_order_below', -1., 'sampling.dpmpp_2m.second_order_below=-1.0: must be a number >= 0'),
     ('heun.s_churn', -1., 'sampling.heun.s_churn=-1.0: must be a number >= 0'),
     ('unipc.order', 4, 'sampling.unipc.order=4: must be 1, 2 or 3'),
     ('unipc.variant', 'bh3', "sampling.unipc.variant='bh3': must be one of ['bh1', 'bh2']")])
@@ -490,8 +493,9 @@ def test_get_sampling_fn_passes_the_solver_options(monkeypatch):
   monkeypatch.setitem(sampling._SOLVERS, 'dpmpp_2m', lambda *args, **options: seen.update(options) or solver(
       *args, **options))
   sde, eps = _flow_sde('ve')
-  x, nfe = _sample_with_config(_solver_config('dpmpp_2m', 40, {'eta': 10., 's_noise': 1.01}), sde, eps)[:2]
-  assert seen == dict(eta=10., s_noise=1.01) and nfe == 40
+  options = {'eta': 10., 's_noise': 1.01, 'second_order_below': 0.5}
+  x, nfe = _sample_with_config(_solver_config('dpmpp_2m', 40, options), sde, eps)[:2]
+  assert seen == options and nfe == 40
   assert torch.allclose(_class_stats(x)[0], MEANS, atol=0.15)
 
 
