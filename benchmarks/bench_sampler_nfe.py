@@ -58,6 +58,7 @@ import mixture  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
 import tables  # noqa: E402
+import time_grids  # noqa: E402
 import toy  # noqa: E402
 from models import checkpoint as ckpt  # noqa: E402
 from toy import data as toy_data  # noqa: E402
@@ -447,6 +448,49 @@ def digits_part(args, paths):
   return digits_floor_rows(args.seeds, state) + rows, state
 
 
+def noise_share_rows(state, steps, eta, seed=0):
+  """Along a first-order SDE-DPM-Solver++ run (η, `steps` steps on the ρ grid, guided): per step σ → σ', how much
+  D changes, E‖D(x̂', σ') − D(x̂, σ)‖², and the part of it that answers the noise drawn in the step, half the mean
+  squared difference of D(x̂', σ') between two independent draws of that noise. The second-order correction
+  (D − D_prev)·h / (2·h_prev) extrapolates this difference."""
+  config, sde = state['config'], state['sde']
+  labels = torch.as_tensor(state['labels'], device=config.device)
+  denoiser = sampling.build_denoiser(sde, *state['networks'], labels, sampling.Guidance(state['scale']),
+                                     sampling.network_settings(config))
+  sigmas = time_grids.sigma_grid('rho', sde, steps, state['eps'], config.sampling.rho, to_zero=False).tolist()
+  torch.manual_seed(seed)
+  x = sde.prior_sampling((len(labels), config.data.num_channels, config.data.image_size,
+                          config.data.image_size)).to(config.device)  # VE: x̂ = x
+  rows = []
+  with torch.no_grad():
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+      denoised, h = denoiser(x, sigma), math.log(sigma / sigma_next)
+      decay = math.exp(-(1 + eta) * h)
+      mean = decay * x + (1 - decay) * denoised
+      draws = [mean + sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * torch.randn_like(x) for _ in range(2)]
+      after = [denoiser(draw, sigma_next) for draw in draws]
+      change = ((after[0] - denoised) ** 2).flatten(1).sum(1).mean().item()
+      noise = 0.5 * ((after[0] - after[1]) ** 2).flatten(1).sum(1).mean().item()
+      rows.append(dict(sigma=sigma, sigma_next=sigma_next, change=change, noise_part=noise, share=noise / change))
+      x = draws[0]
+  return rows
+
+
+def report_noise_share(args, paths):
+  state = digits_state(args, paths)
+  eta = state['config'].sampling.dpmpp_2m.eta
+  rows = noise_share_rows(state, args.digits_noise_share, eta)
+  print(f'\nη = {eta:g}, {args.digits_noise_share} steps: σ → σ\', E‖D\' − D‖², the part from the fresh noise, share')
+  for row in rows:
+    print(f'  {row["sigma"]:6.3f} → {row["sigma_next"]:6.3f}  {row["change"]:8.3f}  {row["noise_part"]:8.3f}  '
+          f'{row["share"]:.2f}')
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, 'noise_share_digits.json')
+  with open(path, 'w') as f:
+    json.dump(dict(eta=eta, steps=args.digits_noise_share, samples=args.digits_samples, rows=rows), f, indent=1)
+  print(f'written: {path}')
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 TOY_GROUPS = ('score', 'sigma_end', 'sampler', 'nfe')
@@ -673,6 +717,9 @@ def parse_args(argv=None):
   parser.add_argument('--digits_pc_nfes', type=int, nargs='+', default=list(DIGITS_PC_NFES), help='digits: PC NFEs')
   parser.add_argument('--digits_nfes', type=int, nargs='+', default=list(DIGITS_NFES), help='digits: non-PC NFEs')
   parser.add_argument('--device', default='cpu', help='digits: torch device (not cpu: one worker)')
+  parser.add_argument('--digits_noise_share', type=int, metavar='STEPS',
+                      help='digits: instead of the runs, how much of the change of D per step answers the fresh noise, '
+                           'along a first-order run of STEPS steps with the η of configs/digits/eval.py')
   return parser.parse_args(argv)
 
 
@@ -690,7 +737,7 @@ def main(argv=None):
   if args.toy:
     report_toy(args)
   if args.digits:
-    report_digits(args, digits_paths)
+    (report_noise_share if args.digits_noise_share else report_digits)(args, digits_paths)
 
 
 if __name__ == '__main__':

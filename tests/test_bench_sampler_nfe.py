@@ -60,6 +60,20 @@ def test_class_spread_splits_the_shape_from_the_strokes():
   assert np.isclose(coarse, shape_spread / 2) and np.isclose(fine, stroke_spread / 2)
 
 
+def test_noise_share_follows_a_run_step_by_step(digits_root, tmp_path):
+  bench = load_benchmark()
+  bench.main(['--digits', '--digits_root', str(digits_root), '--digits_noise_share', '4', '--digits_samples', '10',
+              '--out', str(tmp_path)])
+  report = json.loads((tmp_path / 'noise_share_digits.json').read_text())
+  assert report['eta'] == 10. and report['steps'] == 4 and report['samples'] == 10
+  sigmas = [(row['sigma'], row['sigma_next']) for row in report['rows']]
+  assert len(sigmas) == 3 and sigmas[0][0] == pytest.approx(5.) and sigmas[-1][1] == pytest.approx(0.01, rel=1e-3)
+  assert all(a[1] == b[0] for a, b in zip(sigmas, sigmas[1:]))
+  assert all(0 < row['noise_part'] and row['share'] == pytest.approx(row['noise_part'] / row['change'])
+             for row in report['rows'])
+  assert not (tmp_path / 'sampler_nfe_digits.json').exists()
+
+
 def test_digits_rows_have_every_field_and_the_true_nfe(digits_root, tmp_path):
   bench = load_benchmark()
   out = tmp_path / 'out'

@@ -2,6 +2,7 @@
 run through the real command lines (run_lib_digits.py --tiny) that must produce every table field without
 TensorFlow (a stand-in `tensorflow` package that refuses to import is put on the path)."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -219,3 +220,4 @@ def test_prior_criterion_compares_the_flow_with_the_make_digits_sampler():
   assert not bench_digits_prior.criterion(rows, floor_fd=0.07)['s']['met']
   config = bench_digits_prior.sampler_config('deterministic', 20, 1.)
   assert config.sampling.dpmpp_2m.eta == 0. and config.sampling.num_steps == 20
+  assert config.sampling.dpmpp_2m.second_order_below == math.inf  # the 2M flow at every step
