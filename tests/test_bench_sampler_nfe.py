@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import sampling
 from tests.helpers import REPO_ROOT
 
 DIGITS_ROW_FIELDS = {'sampler', 'grid', 'nfe', 'seed', 'class', 'scale', 'samples', 'recognised', 'fd', 'cw_fd',
@@ -39,7 +40,8 @@ def digits_root(tmp_path_factory):
   torch.manual_seed(0)
   score_model = mutils.create_model(config)
   for folder, model, ema in (('score', score_model, ExponentialMovingAverage(score_model.parameters(), 0.99)),
-                             ('seed0/classifier_total', mutils.create_classifier(config), None)):
+                             ('seed0/classifier_total', mutils.create_classifier(config), None),
+                             ('seed0/classifier_ce', mutils.create_classifier(config), None)):
     (root / folder / 'checkpoints').mkdir(parents=True)
     checkpoint.save_checkpoint(str(root / folder / 'checkpoints' / 'checkpoint_2.pth'), model, step=2, ema=ema)
   reference = DigitsCNN(config.data.num_channels, config.classifier.classes)
@@ -170,3 +172,43 @@ def test_the_joint_verdict_needs_every_metric():
            + rows('close_but_vague', 50, 0.70, 10.) + rows('good', 500, 0.90, 15.))
   lines = bench.joint_verdicts(table, dict(recognised=True, fd=False), bench.DIGITS_GROUPS)
   assert lines == ['(1.0,): as good as PC at 2000 on recognised and fd at ≤ 200 NFE: good (100 NFE)']
+
+
+def load_oracle_benchmark():
+  spec = importlib.util.spec_from_file_location('bench_oracle_guidance', REPO_ROOT / 'benchmarks' /
+                                                'bench_oracle_guidance.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_the_exact_classifier_gives_the_exact_likelihood_score():
+  import mixture
+  import sde_lib
+  bench = load_oracle_benchmark()
+  sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=5., N=1000)
+  generator = torch.Generator().manual_seed(0)
+  centres = torch.rand(12, 1, 2, 2, generator=generator, dtype=torch.float64)
+  centre_labels = torch.tensor([0, 1, 2] * 4)
+  x = torch.rand(6, 1, 2, 2, generator=generator, dtype=torch.float64) * 2 - 0.5
+  labels = torch.tensor([0, 1, 2, 2, 1, 0])
+  t = torch.full((6,), 0.4, dtype=torch.float64)
+  sigma = sde.marginal_prob(x, t)[1][0].item()
+  classifier = bench.ExactClassifier(sde, centres, centre_labels, 3)
+  probabilities = torch.softmax(classifier(x, t), 1)
+  exact = mixture.posterior_scores(x, labels, centres, centre_labels, sigma)
+  gradient = sampling.log_prob_grad(classifier, x, t, labels, eps=0.)
+  assert torch.allclose(probabilities.sum(1), torch.ones(6, dtype=torch.float64))
+  assert torch.allclose(gradient, exact['likelihood'], atol=1e-5)  # sizes up to 27: float64 cancellation at σ 0.12
+  conditional = bench.exact_conditional_score(sde, centres, centre_labels, labels)(x, t)
+  assert torch.allclose(conditional, exact['conditional'])
+
+
+def test_the_oracle_benchmark_samples_with_every_guide(digits_root, tmp_path):
+  bench = load_oracle_benchmark()
+  bench.main(['--digits_root', str(digits_root), '--seeds', '0', '--samples', '20', '--out', str(tmp_path)])
+  report = json.loads((tmp_path / 'bench_oracle_guidance.json').read_text())
+  assert [row['guide'] for row in report['rows']] == list(bench.GUIDES)
+  assert all(row['nfe'] == 20 and row['samples'] == 20 for row in report['rows'])
+  assert all(np.isfinite([row[m] for m in bench.METRICS]).all() for row in report['rows'])
+  assert report['ce_classifier'].endswith('seed0/classifier_ce/checkpoints/checkpoint_2.pth')
