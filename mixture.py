@@ -59,14 +59,20 @@ def mixture_score(x, centres, sigma, eps=0., chunk=1024):
 def posterior_scores(x, labels, centres, centre_labels, sigma):
   """The exact scores at noisy points x with class `labels` [P]: {'prior': ∇log p_σ(x), 'conditional':
   ∇log p_σ(x | y), 'likelihood': ∇log p_σ(y | x)}, float64; the classes' mixtures are over their own centres."""
+  prior = mixture_score(x, centres, sigma)
+  conditional = conditional_scores(x, labels, centres, centre_labels, sigma)
+  return dict(prior=prior, conditional=conditional, likelihood=conditional - prior)
+
+
+def conditional_scores(x, labels, centres, centre_labels, sigma):
+  """∇log p_σ(x | y) [P, *shape] at x with class `labels` [P], each class's mixture over its own centres; float64."""
   x = torch.as_tensor(x, dtype=torch.float64)
   labels, centre_labels = torch.as_tensor(labels), torch.as_tensor(centre_labels)
-  prior = mixture_score(x, centres, sigma)
-  conditional = torch.empty_like(prior)
+  conditional = torch.empty_like(x)
   for c in labels.unique().tolist():
     rows = labels == c
     conditional[rows] = mixture_score(x[rows], centres[centre_labels == c], sigma)
-  return dict(prior=prior, conditional=conditional, likelihood=conditional - prior)
+  return conditional
 
 
 def relative_squared_error(estimate, truth):

@@ -34,6 +34,7 @@ import mixture  # noqa: E402
 import sampling  # noqa: E402
 import tables  # noqa: E402
 from models import checkpoint as ckpt  # noqa: E402
+from models import utils as mutils  # noqa: E402
 
 GUIDES = ('unguided', 'CE', 'total', 'exact likelihood', 'exact conditional')
 METRICS = ('recognised', 'fd', 'coarse_spread', 'fine_spread')
@@ -58,11 +59,7 @@ def exact_conditional_score(sde, images, labels, targets):
   """score(x̃, t) = ∇log p_σ(x̃|y) of the mixture over the training images of each sample's target class y."""
   def score_fn(x, t):
     sigma = sde.marginal_prob(x, t)[1][0].item()
-    score = torch.empty_like(x)
-    for c in targets.unique().tolist():
-      chosen = targets == c
-      score[chosen] = mixture.mixture_score(x[chosen], images[labels == c], sigma).to(x.dtype)
-    return score
+    return mixture.conditional_scores(x, targets, images, labels, sigma).to(x.dtype)
   return score_fn
 
 
@@ -122,8 +119,8 @@ def main(argv=None):
   ce_path = bench_sampler_nfe.digits_files(args.digits_root, args.seed_dir, 'ce')['classifier']
   state = bench_sampler_nfe.digits_state(argparse.Namespace(device='cpu', digits_scale=1., digits_samples=args.samples),
                                          paths)
-  state['ce'] = ckpt.load_guidance_models(state['config'], paths['score model'], ce_path, torch.device('cpu'),
-                                          channels_last=True)[1]
+  ce = ckpt.restore_classifier(ce_path, mutils.create_classifier(state['config'])).eval()
+  state['ce'] = mutils.to_channels_last(ce)[0]  # as digits_state loads the total-loss one
   train, train_labels = evaluation.posterior_splits(state['config'])[:2]
   rows = []
   for guide in args.guides:
