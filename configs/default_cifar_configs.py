@@ -96,6 +96,10 @@ def get_default_configs():
   model.beta_max = 20.
   model.dropout = 0.1
   model.embedding_type = 'fourier'
+  # 'none': NCSN++ returns F(x)/σ as the original; 'edm': the score (D - x)/σ² of Karras et al.'s denoiser
+  # D = c_skip·x + c_out·F(c_in·x) for data of std model.sigma_data (NCSN++, Fourier σ embedding only)
+  model.preconditioning = 'none'
+  model.sigma_data = 0.5
   model.weighting_dlsm = 0
   model.weighting_ce = 0
   model.coef = 1.0

@@ -46,7 +46,10 @@ class NCSNpp(nn.Module):
     self.combine_method = arch.progressive_combine.lower()
     self.centered = config.data.centered
     self.scale_by_sigma = arch.scale_by_sigma
+    self.preconditioning = arch.get('preconditioning', 'none').lower()  # the original's configs lack the field
     assert self.progressive in ('none', 'output_skip', 'residual')
+    assert self.preconditioning in ('none', 'edm'), f'model.preconditioning {self.preconditioning!r}: none or edm'
+    assert self.preconditioning == 'none' or self.embedding_type == 'fourier', 'edm preconditioning needs σ input'
     assert self.progressive_input in ('none', 'input_skip', 'residual')
     assert self.embedding_type in ('fourier', 'positional')
     assert self.resblock_type in ('ddpm', 'biggan'), f'resblock type {self.resblock_type} unrecognized.'
@@ -55,6 +58,8 @@ class NCSNpp(nn.Module):
     if self.progressive_input == 'input_skip':
       self.pyramid_downsample = layers.Downsample(fir=arch.fir, fir_kernel=arch.fir_kernel, with_conv=False)
     self.all_modules = nn.ModuleList(self._build_modules(config))
+    if self.preconditioning == 'edm':  # a checkpoint carries it: loading one into the other kind of model fails
+      self.register_buffer('sigma_data', torch.tensor(float(arch.sigma_data)))
 
   # ----------------------------------------------------------------------------------------------
   # Construction: one list, appended in the order the forward pass consumes it
@@ -158,14 +163,28 @@ class NCSNpp(nn.Module):
   def forward(self, x, time_cond):
     modules = iter(list(self.all_modules))  # consumed in construction order
     temb, used_sigmas = self._embed_time(modules, time_cond)
+    sigma = used_sigmas.reshape((x.shape[0], *([1] * len(x.shape[1:]))))
+    if self.preconditioning == 'edm':
+      return self._edm_score(modules, x, temb, sigma)
     if not self.centered:
       x = 2 * x - 1.0  # data in [0, 1]
+    h = self._network(modules, x, temb)
+    return h / sigma if self.scale_by_sigma else h
+
+  def _network(self, modules, x, temb):
     hs = self._encode(modules, x, temb)
     h = self._decode(modules, hs, temb)
     assert next(modules, None) is None
-    if self.scale_by_sigma:
-      h = h / used_sigmas.reshape((x.shape[0], *([1] * len(x.shape[1:]))))
     return h
+
+  def _edm_score(self, modules, x, temb, sigma):
+    """Karras et al. (2022): the score (D - x)/σ² of the denoiser D = c_skip·x + c_out·F(c_in·x), x centred (data
+    of std model.sigma_data). Its -x/(σ² + σ_d²) term carries the noise's norm, which F (GroupNorm at its output)
+    cannot follow."""
+    x = x if self.centered else x - 0.5  # data in [0, 1]
+    scale = torch.sqrt(sigma ** 2 + self.sigma_data ** 2)
+    h = self._network(modules, x / scale, temb)
+    return -x / scale ** 2 + h * (self.sigma_data / (sigma * scale))
 
   def _embed_time(self, modules, time_cond):
     """Noise-level embedding, and the σ that `scale_by_sigma` divides by."""
@@ -239,12 +258,12 @@ class NCSNpp(nn.Module):
 
   SHAPE_FIELDS = ('model.nf, model.ch_mult, model.num_res_blocks, model.attn_resolutions, model.embedding_type, '
                   'model.num_scales (the sigmas buffer), model.conditional, model.resblock_type, model.progressive, '
-                  'model.progressive_input, model.progressive_combine')
+                  'model.progressive_input, model.progressive_combine, model.preconditioning (the sigma_data buffer)')
 
   @staticmethod
   def describe_state_dict(state_dict):
     """Config fields readable from an NCSN++ state_dict of BigGAN blocks ('module.' prefix stripped)."""
-    fields = {}
+    fields = {'model.preconditioning': 'edm' if 'sigma_data' in state_dict else 'none'}
     if 'sigmas' in state_dict:
       fields['model.num_scales'] = state_dict['sigmas'].shape[0]
     if 'all_modules.0.W' in state_dict:

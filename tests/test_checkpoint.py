@@ -214,6 +214,15 @@ def test_describe_ncsnpp_reads_the_full_layout(golden_dir):
   assert fields['model.embedding_type'] == 'fourier'
 
 
+def test_an_edm_preconditioned_checkpoint_does_not_load_into_a_plain_model(golden, small_score_model_ve):
+  config = config_from_flat(golden('score_ncsnpp_small_ve')['config'])
+  config.model.preconditioning, config.model.sigma_data = 'edm', 0.5
+  with pytest.raises(ValueError) as error:
+    ckpt.load_model_state(small_score_model_ve, ckpt.prefixed_state_dict(NCSNpp(config)))
+  assert "model.preconditioning='edm' (model: 'none')" in str(error.value)
+  assert 'unexpected keys: sigma_data' in str(error.value)
+
+
 # ------------------------------------------------------------------------------------------ round trips
 
 

@@ -30,7 +30,7 @@ EXTRAS = {
     'sampling.compile': False, 'sampling.seed': 0, 'eval.inception_dir': '', 'eval.samples_dir': '',
     'eval.cas_keep_checkpoints': 2, 'eval.cas_arch': 'resnet50', 'eval.features': 'inception', 'eval.posterior_sigmas': (0.5, 1., 2., 4.),
     'eval.posterior_draws': 4,
-    'training.keep_checkpoints': 0,
+    'training.keep_checkpoints': 0, 'model.preconditioning': 'none', 'model.sigma_data': 0.5,
     'training.allow_tf32': False, 'sampling.ode_rtol': 1e-5, 'sampling.ode_atol': 1e-5,
     'sampling.allow_negative_scale': False, 'sampling.grid': 'linear', 'sampling.num_steps': 0, 'sampling.rho': 7.,
     'sampling.guided_sigma_min': 0., 'sampling.guided_sigma_max': math.inf,

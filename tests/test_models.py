@@ -343,6 +343,38 @@ def test_positional_scale_by_sigma_divides_by_the_float64_table_entry():
   assert out.dtype == torch.float64 and torch.equal(out, expected)
 
 
+def test_edm_preconditioning_wraps_the_same_network():
+  """score = -x_c/(σ² + σ_d²) + σ_d·F(x_c/√(σ² + σ_d²))/(σ·√(σ² + σ_d²)), F the network without ÷σ or 2x - 1."""
+  torch.manual_seed(0)
+  wrapped = NCSNpp(small_config(preconditioning='edm', sigma_data=0.4)).eval()
+  plain = NCSNpp(small_config(scale_by_sigma=False)).eval()
+  plain.centered = True
+  plain.load_state_dict({k: v for k, v in wrapped.state_dict().items() if k != 'sigma_data'})
+  x, sigma = torch.rand(2, 3, 16, 16), torch.tensor([0.3, 4.0])
+  s, centred = sigma.reshape(2, 1, 1, 1), x - 0.5
+  scale = torch.sqrt(s ** 2 + 0.4 ** 2)
+  with torch.no_grad():
+    expected = -centred / scale ** 2 + 0.4 * plain(centred / scale, sigma) / (s * scale)
+    assert torch.allclose(wrapped(x, sigma), expected, atol=1e-6)
+
+
+def test_edm_preconditioning_with_a_zero_network_is_the_exact_gaussian_score():
+  """F = 0 leaves the score of N(0.5, σ_d²I) noised to σ: what the network then has to learn is the rest."""
+  model = NCSNpp(small_config(preconditioning='edm', sigma_data=0.3)).eval()
+  last = model.all_modules[-1]
+  nn.init.zeros_(last.weight), nn.init.zeros_(last.bias)
+  x, sigma = torch.rand(2, 3, 16, 16), torch.tensor([0.05, 2.0])
+  with torch.no_grad():
+    score = model(x, sigma)
+  expected = -(x - 0.5) / (sigma.reshape(2, 1, 1, 1) ** 2 + 0.3 ** 2)
+  assert torch.allclose(score, expected, atol=1e-6)
+
+
+def test_edm_preconditioning_needs_the_fourier_sigma_embedding():
+  with pytest.raises(AssertionError, match='σ input'):
+    NCSNpp(small_config(preconditioning='edm', **VP_POSITIONAL))
+
+
 def test_unconditional_model_ignores_time_but_keeps_dense_layers():
   torch.manual_seed(0)
   model = NCSNpp(small_config(conditional=False, scale_by_sigma=False)).eval()
