@@ -1,14 +1,18 @@
 """Can a deterministic sampler trust a digits score model? Guided samples judged by an independent judge.
 
-  python benchmarks/bench_digits_prior.py --score S.pth [S2.pth ...] --classifier C.pth [--seeds 0,1,2]
+  python benchmarks/bench_digits_prior.py --score S.pth [S2.pth ...] --guide C.pth [C2.pth ...] [exact]
+      [--seeds 0,1,2]
 
-For every score checkpoint, guided samples (the classifier C, λ = --scale, 50 per class) of three samplers:
+For every score checkpoint and guide (a classifier checkpoint, or `exact`: the exact likelihood score of the noisy
+training digits, the perfect classifier of what the score model learns), guided samples (λ = --scale, 50 per
+class) of three samplers:
 `deterministic`, DPM-Solver++(2M) (sampling.method dpmpp_2m) as the probability-flow ODE (η = 0) with --steps
 steps (one network evaluation each) on the ρ grid; `deterministic, shell prior`, the same from prior draws rescaled
 to the norm σ_max·√d; and `make digits`, the sampler of configs/digits/eval.py. evaluation.PixelJudge rates them: an
 RBF-SVC fitted on every real digit (`recognised`, class-wise averaged) and the Fréchet distance in pixel space to the
-training split (`pixel_fd`); the real test digits are the floor of the FD. The criterion: the deterministic samples'
-FD within 1.5× the test digits' and recognised within 0.03 of the `make digits` samples'.
+training split (`pixel_fd`); the real test digits are the floor of the FD. The criterion, per score model and guide:
+the deterministic samples' FD within 1.5× the test digits' and recognised within 0.03 of the `make digits`
+samples'.
 
 Then the norm calibration of the score network (norm_calibration): whether the size of s_θ(x̃) follows the size of
 the exact score from one noisy point to the next. The flow keeps whatever the network gets wrong about a draw's
@@ -25,6 +29,7 @@ import time
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import datasets  # noqa: E402
@@ -33,8 +38,12 @@ import fileio  # noqa: E402
 import mixture  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
+from bench_oracle_guidance import ExactClassifier  # noqa: E402
 from configs.digits import eval as digits_eval  # noqa: E402
 from models import checkpoint as ckpt  # noqa: E402
+from models import utils as mutils  # noqa: E402
+
+EXACT = 'exact'  # the --guide that stands for the exact likelihood score
 
 
 SAMPLERS = ('deterministic', 'deterministic, shell prior', 'make digits')
@@ -92,22 +101,28 @@ def norm_calibration(config, score_model, sigmas, draws=4):
 
 
 def criterion(rows, floor_fd):
-  """Per score checkpoint: the deterministic rows' mean FD / floor and recognised gap to the make-digits rows."""
+  """Per 'score | guide': the deterministic rows' mean FD / floor and recognised gap to the make-digits rows."""
   verdicts = {}
-  for score in sorted({row['score'] for row in rows}):
-    mean = {name: {key: float(np.mean([r[key] for r in rows if r['score'] == score and r['sampler'] == name]))
-                   for key in ('recognised', 'pixel_fd')} for name in SAMPLERS}
+  for run in dict.fromkeys(run_name(row) for row in rows):
+    mean = {name: {key: float(np.mean([r[key] for r in rows if run_name(r) == run and r['sampler'] == name]))
+                   for key in ('recognised', 'pixel_fd')}
+            for name in SAMPLERS if any(run_name(r) == run and r['sampler'] == name for r in rows)}
     fd_ratio = mean['deterministic']['pixel_fd'] / floor_fd
     gap = mean['make digits']['recognised'] - mean['deterministic']['recognised']
-    verdicts[score] = dict(fd_ratio=fd_ratio, recognised_gap=gap, met=bool(fd_ratio <= 1.5 and gap <= 0.03), **{
+    verdicts[run] = dict(fd_ratio=fd_ratio, recognised_gap=gap, met=bool(fd_ratio <= 1.5 and gap <= 0.03), **{
         f'{name} {key}': value for name, values in mean.items() for key, value in values.items()})
   return verdicts
+
+
+def run_name(row):
+  return f'{row["score"]} | {row["guide"]}'
 
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--score', nargs='+', required=True, help='score checkpoints (a configs/digits/score.py model)')
-  parser.add_argument('--classifier', required=True, help='classifier checkpoint guiding every run')
+  parser.add_argument('--guide', nargs='+', required=True,
+                      help=f'classifier checkpoints, or {EXACT!r} for the exact likelihood score, each guiding a run')
   parser.add_argument('--config_overrides', default='', help='model.<field>=<int> pairs, comma separated, of the '
                       'score checkpoints\' network (e.g. nf=32)')
   parser.add_argument('--seeds', default='0,1,2')
@@ -126,22 +141,35 @@ def model_overrides(config, text):
     config.model[field] = type(config.model[field])(value)
 
 
+def guide_network(config, guide):
+  """The classifier of a --guide: a checkpoint's network, or the exact likelihood score of the training digits."""
+  if guide == EXACT:
+    train, train_labels = evaluation.posterior_splits(config)[:2]
+    return ExactClassifier(sde_lib.get_sde(config)[0], train, train_labels, config.classifier.classes)
+  return ckpt.restore_classifier(guide, mutils.create_classifier(config)).eval()
+
+
 def sample_rows(args, score, judge):
-  """Rows (recognised, pixel FD) of every sampler and seed with the score checkpoint `score`; the score network."""
+  """Rows (recognised, pixel FD) of every guide, sampler and seed with the score checkpoint `score`; the score
+  network."""
   rows = []
-  for name in SAMPLERS:
-    config = sampler_config(name, args.steps, args.scale)
-    model_overrides(config, args.config_overrides)
-    networks = ckpt.load_guidance_models(config, score, args.classifier)
-    for seed in map(int, args.seeds.split(',')):
-      begin = time.time()
-      images, labels, nfe = guided_samples(config, networks, seed, args.per_class, shell=name.endswith('prior'))
-      row = dict(score=score, sampler=name, nfe=nfe, seed=seed, **judge(images, labels),
-                 seconds=round(time.time() - begin, 1))
-      rows.append(row)
-      print(f'{score} | {name:26s} | NFE {nfe:4d} | seed {seed} | recognised {row["recognised"]:.3f} | '
-            f'pixel FD {row["pixel_fd"]:.3f} | {row["seconds"]} s', flush=True)
-  return rows, networks[0]
+  config = sampler_config('make digits', args.steps, args.scale)
+  model_overrides(config, args.config_overrides)
+  score_model = ckpt.restore_score_model(score, mutils.create_model(config)).eval()
+  for guide in args.guide:
+    networks = (score_model, guide_network(config, guide))
+    for name in SAMPLERS:
+      config = sampler_config(name, args.steps, args.scale)
+      model_overrides(config, args.config_overrides)
+      for seed in map(int, args.seeds.split(',')):
+        begin = time.time()
+        images, labels, nfe = guided_samples(config, networks, seed, args.per_class, shell=name.endswith('prior'))
+        row = dict(score=score, guide=guide, sampler=name, nfe=nfe, seed=seed, **judge(images, labels),
+                   seconds=round(time.time() - begin, 1))
+        rows.append(row)
+        print(f'{run_name(row)} | {name:26s} | NFE {nfe:4d} | seed {seed} | recognised {row["recognised"]:.3f} | '
+              f'pixel FD {row["pixel_fd"]:.3f} | {row["seconds"]} s', flush=True)
+  return rows, score_model
 
 
 def main(argv=None):
@@ -162,8 +190,8 @@ def main(argv=None):
             f'{row["corr_a_noise_norm"]:+.3f}; relative spread of |s_θ| {row["network_norm_spread"]:.3f}, of the '
             f'exact |s| {row["exact_norm_spread"]:.3f}', flush=True)
   verdicts = criterion(rows, floor_fd)
-  for score, verdict in verdicts.items():
-    print(f'{score}: deterministic FD {verdict["fd_ratio"]:.2f}× the floor, recognised '
+  for run, verdict in verdicts.items():
+    print(f'{run}: deterministic FD {verdict["fd_ratio"]:.2f}× the floor, recognised '
           f'{verdict["recognised_gap"]:+.3f} below make digits -> {"met" if verdict["met"] else "not met"}')
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, 'bench_digits_prior.json'), 'w') as file:

@@ -213,11 +213,15 @@ def test_recipe_goal_needs_half_the_share_at_every_sigma_and_l_below_half():
 def test_prior_criterion_compares_the_flow_with_the_make_digits_sampler():
   sys.path.insert(0, str(REPO_ROOT / 'benchmarks'))
   import bench_digits_prior
-  rows = [dict(score='s', sampler='deterministic', recognised=0.80, pixel_fd=0.12),
-          dict(score='s', sampler='make digits', recognised=0.82, pixel_fd=0.09)]
-  verdict = bench_digits_prior.criterion(rows, floor_fd=0.1)['s']
+  rows = [dict(score='s', guide='c', sampler='deterministic', recognised=0.80, pixel_fd=0.12),
+          dict(score='s', guide='c', sampler='make digits', recognised=0.82, pixel_fd=0.09),
+          dict(score='s', guide='exact', sampler='deterministic', recognised=0.70, pixel_fd=0.12),
+          dict(score='s', guide='exact', sampler='make digits', recognised=0.82, pixel_fd=0.09)]
+  verdicts = bench_digits_prior.criterion(rows, floor_fd=0.1)
+  verdict = verdicts['s | c']
   assert verdict['met'] and verdict['fd_ratio'] == pytest.approx(1.2) and verdict['recognised_gap'] == pytest.approx(0.02)
-  assert not bench_digits_prior.criterion(rows, floor_fd=0.07)['s']['met']
+  assert not verdicts['s | exact']['met']  # recognised 0.12 below: one verdict per score model and guide
+  assert not bench_digits_prior.criterion(rows, floor_fd=0.07)['s | c']['met']
   config = bench_digits_prior.sampler_config('deterministic', 20, 1.)
   assert config.sampling.dpmpp_2m.eta == 0. and config.sampling.num_steps == 20
   assert config.sampling.dpmpp_2m.second_order_below == math.inf  # the 2M flow at every step
