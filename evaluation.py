@@ -507,15 +507,22 @@ def noisy_points(images, labels, sigma, draws, generator):
   return (images[None] + sigma * noise).reshape(-1, *images.shape[1:]), torch.as_tensor(labels).repeat(draws)
 
 
+def half_of_each_class(labels, generator):
+  """A boolean mask that keeps a random half (rounded down) of every class's members."""
+  labels = torch.as_tensor(labels)
+  keep = torch.zeros(len(labels), dtype=torch.bool)
+  for c in labels.unique():
+    members = torch.nonzero(labels == c).flatten()
+    keep[members[torch.randperm(len(members), generator=generator)[:len(members) // 2]]] = True
+  return keep
+
+
 def half_split_agreement(centres, centre_labels, noisy, labels, sigma, generator):
   """{prior, conditional, likelihood}: relative squared difference between the oracle over a random half of each
   class's centres and the oracle over all of them, at the same points. Small where the finite set does not matter."""
   import mixture
   centre_labels = torch.as_tensor(centre_labels)
-  keep = torch.zeros(len(centre_labels), dtype=torch.bool)
-  for c in centre_labels.unique():
-    members = torch.nonzero(centre_labels == c).flatten()
-    keep[members[torch.randperm(len(members), generator=generator)[:len(members) // 2]]] = True
+  keep = half_of_each_class(centre_labels, generator)
   full = mixture.posterior_scores(noisy, labels, centres, centre_labels, sigma)
   half = mixture.posterior_scores(noisy, labels, centres[keep], centre_labels[keep], sigma)
   return {name: mixture.relative_squared_error(half[name], full[name]) for name in full}

@@ -17,6 +17,7 @@ import os
 import re
 import socket
 import sys
+import time
 
 from absl import app, flags
 
@@ -287,6 +288,18 @@ def remove_empty_folders(folders):
       return
 
 
+def _holder_line(file, wait=1.):
+  """The 'pid … on host …' line of a lock file another process holds. The holder writes it just after it takes the
+  lock, so a run started at the same moment may find the file still empty: it rereads for up to `wait` seconds."""
+  deadline = time.monotonic() + wait
+  while True:
+    file.seek(0)
+    holder = file.read().strip()
+    if holder or time.monotonic() > deadline:
+      return holder or 'another process'
+    time.sleep(0.02)
+
+
 class RunFolderLock:
   """One run per folder: an exclusive flock on <folder>/run.lock, which records the holder's pid and host.
 
@@ -308,8 +321,7 @@ class RunFolderLock:
       try:
         fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
-        file.seek(0)
-        holder = file.read().strip() or 'another process'
+        holder = _holder_line(file)
         file.close()
         remove_empty_folders(self.created)
         raise ScriptError(f'{self.folder} is in use by {holder}; wait for that run to end or use another --workdir')

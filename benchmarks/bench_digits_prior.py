@@ -4,15 +4,15 @@
       [--seeds 0,1,2]
 
 For every score checkpoint and guide (a classifier checkpoint, or `exact`: the exact likelihood score of the noisy
-training digits, the perfect classifier of what the score model learns), guided samples (λ = --scale, 50 per
-class) of three samplers:
-`deterministic`, DPM-Solver++(2M) (sampling.method dpmpp_2m) as the probability-flow ODE (η = 0) with --steps
-steps (one network evaluation each) on the ρ grid; `deterministic, shell prior`, the same from prior draws rescaled
-to the norm σ_max·√d; and `make digits`, the sampler of configs/digits/eval.py. evaluation.PixelJudge rates them: an
-RBF-SVC fitted on every real digit (`recognised`, class-wise averaged) and the Fréchet distance in pixel space to the
-training split (`pixel_fd`); the real test digits are the floor of the FD. The criterion, per score model and guide:
-the deterministic samples' FD within 1.5× the test digits' and recognised within 0.03 of the `make digits`
-samples'.
+training digits, the perfect classifier of what the score model learns), guided samples (50 per class) of:
+`deterministic, λ L`, DPM-Solver++(2M) (sampling.method dpmpp_2m) as the probability-flow ODE (η = 0) with --steps
+steps (one network evaluation each) on the ρ grid, second order at every step, at each guidance scale L of
+--flow_scales; `make digits`, the sampler of configs/digits/eval.py at λ = --scale; with --shell_prior, the flow at
+λ = --scale from prior draws rescaled to the norm σ_max·√d; with --etas, the same 2M solver at λ = --scale and each
+η (η > 0 adds Langevin noise at every step). evaluation.PixelJudge rates them: an RBF-SVC fitted on every real digit
+(`recognised`, class-wise averaged) and the Fréchet distance in pixel space to the training split (`pixel_fd`); the
+real test digits are the floor of the FD. The criterion, per score model, guide and flow scale: the deterministic
+samples' FD within 1.5× the test digits' and recognised within 0.03 of the `make digits` samples'.
 
 Then the norm calibration of the score network (norm_calibration): whether the size of s_θ(x̃) follows the size of
 the exact score from one noisy point to the next. The flow keeps whatever the network gets wrong about a draw's
@@ -46,18 +46,28 @@ from models import utils as mutils  # noqa: E402
 EXACT = 'exact'  # the --guide that stands for the exact likelihood score
 
 
-SAMPLERS = ('deterministic', 'deterministic, shell prior', 'make digits')
+MAKE_DIGITS = 'make digits'
+FLOW = 'deterministic, λ '  # + the flow's guidance scale
 
 
-def sampler_config(name, steps, scale):
-  """configs/digits/eval.py, as `make digits` samples ('make digits') or as the η = 0 flow of DPM-Solver++(2M),
-  second order at every step, with `steps` steps."""
+def sampler_config(eta, steps, scale):
+  """configs/digits/eval.py as `make digits` samples (eta None), or DPM-Solver++(2M) with that η, second order at
+  every step, with `steps` steps; guidance scale `scale`."""
   config = digits_eval.get_config()
   config.sampling.scaling_factor = scale
-  if name.startswith('deterministic'):
-    config.sampling.dpmpp_2m.eta, config.sampling.num_steps = 0., steps
+  if eta is not None:
+    config.sampling.dpmpp_2m.eta, config.sampling.num_steps = eta, steps
     config.sampling.dpmpp_2m.second_order_below = math.inf
   return config
+
+
+def sampler_specs(args):
+  """(name, η, λ, shell prior) of every sampler the arguments ask for; η None is the make digits sampler."""
+  specs = [(f'{FLOW}{scale:g}', 0., scale, False) for scale in args.flow_scales]
+  if args.shell_prior:
+    specs.append(('deterministic, shell prior', 0., args.scale, True))
+  specs += [(f'η {eta:g}', eta, args.scale, False) for eta in args.etas]
+  return specs + [(MAKE_DIGITS, None, args.scale, False)]
 
 
 def guided_samples(config, networks, seed, per_class, shell=False):
@@ -101,16 +111,18 @@ def norm_calibration(config, score_model, sigmas, draws=4):
 
 
 def criterion(rows, floor_fd):
-  """Per 'score | guide': the deterministic rows' mean FD / floor and recognised gap to the make-digits rows."""
+  """Per 'score | guide | deterministic, λ L': the flow rows' mean FD / floor and their recognised gap to the
+  make-digits rows of the same score model and guide."""
+  def mean(run, sampler, key):
+    return float(np.mean([r[key] for r in rows if run_name(r) == run and r['sampler'] == sampler]))
   verdicts = {}
-  for run in dict.fromkeys(run_name(row) for row in rows):
-    mean = {name: {key: float(np.mean([r[key] for r in rows if run_name(r) == run and r['sampler'] == name]))
-                   for key in ('recognised', 'pixel_fd')}
-            for name in SAMPLERS if any(run_name(r) == run and r['sampler'] == name for r in rows)}
-    fd_ratio = mean['deterministic']['pixel_fd'] / floor_fd
-    gap = mean['make digits']['recognised'] - mean['deterministic']['recognised']
-    verdicts[run] = dict(fd_ratio=fd_ratio, recognised_gap=gap, met=bool(fd_ratio <= 1.5 and gap <= 0.03), **{
-        f'{name} {key}': value for name, values in mean.items() for key, value in values.items()})
+  for run, sampler in dict.fromkeys((run_name(r), r['sampler']) for r in rows if r['sampler'].startswith(FLOW)):
+    fd_ratio = mean(run, sampler, 'pixel_fd') / floor_fd
+    gap = mean(run, MAKE_DIGITS, 'recognised') - mean(run, sampler, 'recognised')
+    verdicts[f'{run} | {sampler}'] = dict(
+        fd_ratio=fd_ratio, recognised_gap=gap, met=bool(fd_ratio <= 1.5 and gap <= 0.03),
+        **{f'{name} {key}': mean(run, name, key)
+           for name in (sampler, MAKE_DIGITS) for key in ('recognised', 'pixel_fd')})
   return verdicts
 
 
@@ -127,7 +139,11 @@ def parse_args(argv=None):
                       'score checkpoints\' network (e.g. nf=32)')
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--steps', type=int, default=20, help='steps (= evaluations) of the deterministic sampler')
-  parser.add_argument('--scale', type=float, default=1.)
+  parser.add_argument('--scale', type=float, default=1., help='λ of the make digits sampler (and of --etas)')
+  parser.add_argument('--flow_scales', type=float, nargs='+', default=[1., 2., 3.],
+                      help='guidance scales of the deterministic sampler')
+  parser.add_argument('--etas', type=float, nargs='*', default=[], help='η of extra 2M samplers (at --scale)')
+  parser.add_argument('--shell_prior', action='store_true', help='also the flow from prior draws of norm σ_max·√d')
   parser.add_argument('--per_class', type=int, default=50)
   parser.add_argument('--norm_sigmas', type=float, nargs='+', default=[0.5, 1., 2., 4.],
                       help='σ of the norm calibration of the score network')
@@ -153,18 +169,18 @@ def sample_rows(args, score, judge):
   """Rows (recognised, pixel FD) of every guide, sampler and seed with the score checkpoint `score`; the score
   network."""
   rows = []
-  config = sampler_config('make digits', args.steps, args.scale)
+  config = sampler_config(None, args.steps, args.scale)
   model_overrides(config, args.config_overrides)
   score_model = ckpt.restore_score_model(score, mutils.create_model(config)).eval()
   for guide in args.guide:
     networks = (score_model, guide_network(config, guide))
-    for name in SAMPLERS:
-      config = sampler_config(name, args.steps, args.scale)
+    for name, eta, scale, shell in sampler_specs(args):
+      config = sampler_config(eta, args.steps, scale)
       model_overrides(config, args.config_overrides)
       for seed in map(int, args.seeds.split(',')):
         begin = time.time()
-        images, labels, nfe = guided_samples(config, networks, seed, args.per_class, shell=name.endswith('prior'))
-        row = dict(score=score, guide=guide, sampler=name, nfe=nfe, seed=seed, **judge(images, labels),
+        images, labels, nfe = guided_samples(config, networks, seed, args.per_class, shell=shell)
+        row = dict(score=score, guide=guide, sampler=name, scale=scale, nfe=nfe, seed=seed, **judge(images, labels),
                    seconds=round(time.time() - begin, 1))
         rows.append(row)
         print(f'{run_name(row)} | {name:26s} | NFE {nfe:4d} | seed {seed} | recognised {row["recognised"]:.3f} | '
@@ -183,7 +199,7 @@ def main(argv=None):
   for score in args.score:
     score_rows, score_model = sample_rows(args, score, judge)
     rows += score_rows
-    calibration[score] = norm_calibration(sampler_config('make digits', args.steps, args.scale), score_model,
+    calibration[score] = norm_calibration(sampler_config(None, args.steps, args.scale), score_model,
                                           args.norm_sigmas)
     for sigma, row in calibration[score].items():
       print(f'{score} | σ {sigma}: a = <s_θ, s>/|s|² {row["a_mean"]:.3f} ± {row["a_spread"]:.3f}, corr(a, |z|) '
@@ -191,7 +207,7 @@ def main(argv=None):
             f'exact |s| {row["exact_norm_spread"]:.3f}', flush=True)
   verdicts = criterion(rows, floor_fd)
   for run, verdict in verdicts.items():
-    print(f'{run}: deterministic FD {verdict["fd_ratio"]:.2f}× the floor, recognised '
+    print(f'{run}: FD {verdict["fd_ratio"]:.2f}× the floor, recognised '
           f'{verdict["recognised_gap"]:+.3f} below make digits -> {"met" if verdict["met"] else "not met"}')
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, 'bench_digits_prior.json'), 'w') as file:

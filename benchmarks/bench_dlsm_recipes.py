@@ -58,6 +58,13 @@ VARIANTS = {  # name: variant(...)
     'total w2 c0.125 lr3e-4': variant('total', weighting=2, coef=0.125, lr=3e-4),
     'total w2 c0.125 lr3e-3': variant('total', weighting=2, coef=0.125, lr=3e-3),
     'dlsm w2 6k': variant('dlsm', weighting=2, updates=6000),
+    'total w2 c0.01': variant('total', weighting=2, coef=0.01),
+    'total w3 c0.02': variant('total', weighting=3, coef=0.02),
+    'total w2 c0.02 4k': variant('total', weighting=2, coef=0.02, updates=4000),
+    'total w2 c0.02 lr3e-4': variant('total', weighting=2, coef=0.02, lr=3e-4),
+    'total w2 c0.02 b192': variant('total', weighting=2, coef=0.02, batch=192),
+    'total w2 c0.02 8k': variant('total', weighting=2, coef=0.02, updates=8000),
+    'total w2 c0.02 b48 4k': variant('total', weighting=2, coef=0.02, updates=4000, batch=48),
 }
 
 

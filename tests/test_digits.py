@@ -210,18 +210,26 @@ def test_recipe_goal_needs_half_the_share_at_every_sigma_and_l_below_half():
   assert '| a | 0,1 | 0.400 ± 0.000 |' in table and '| 2/2 |' in table
 
 
-def test_prior_criterion_compares_the_flow_with_the_make_digits_sampler():
+def test_prior_criterion_compares_each_flow_scale_with_the_make_digits_sampler():
   sys.path.insert(0, str(REPO_ROOT / 'benchmarks'))
   import bench_digits_prior
-  rows = [dict(score='s', guide='c', sampler='deterministic', recognised=0.80, pixel_fd=0.12),
+  rows = [dict(score='s', guide='c', sampler='deterministic, λ 1', recognised=0.70, pixel_fd=0.12),
+          dict(score='s', guide='c', sampler='deterministic, λ 2', recognised=0.80, pixel_fd=0.12),
+          dict(score='s', guide='c', sampler='η 1', recognised=0.99, pixel_fd=0.01),
           dict(score='s', guide='c', sampler='make digits', recognised=0.82, pixel_fd=0.09),
-          dict(score='s', guide='exact', sampler='deterministic', recognised=0.70, pixel_fd=0.12),
+          dict(score='s', guide='exact', sampler='deterministic, λ 2', recognised=0.70, pixel_fd=0.12),
           dict(score='s', guide='exact', sampler='make digits', recognised=0.82, pixel_fd=0.09)]
   verdicts = bench_digits_prior.criterion(rows, floor_fd=0.1)
-  verdict = verdicts['s | c']
+  assert set(verdicts) == {'s | c | deterministic, λ 1', 's | c | deterministic, λ 2',
+                           's | exact | deterministic, λ 2'}
+  verdict = verdicts['s | c | deterministic, λ 2']
   assert verdict['met'] and verdict['fd_ratio'] == pytest.approx(1.2) and verdict['recognised_gap'] == pytest.approx(0.02)
-  assert not verdicts['s | exact']['met']  # recognised 0.12 below: one verdict per score model and guide
-  assert not bench_digits_prior.criterion(rows, floor_fd=0.07)['s | c']['met']
-  config = bench_digits_prior.sampler_config('deterministic', 20, 1.)
-  assert config.sampling.dpmpp_2m.eta == 0. and config.sampling.num_steps == 20
+  assert not verdicts['s | c | deterministic, λ 1']['met']  # recognised 0.12 below: one verdict per flow scale
+  assert not verdicts['s | exact | deterministic, λ 2']['met']  # and per guide
+  assert not bench_digits_prior.criterion(rows, floor_fd=0.07)['s | c | deterministic, λ 2']['met']
+  args = bench_digits_prior.parse_args(['--score', 's', '--guide', 'c', '--flow_scales', '1', '2', '--etas', '3'])
+  specs = bench_digits_prior.sampler_specs(args)
+  assert [spec[0] for spec in specs] == ['deterministic, λ 1', 'deterministic, λ 2', 'η 3', 'make digits']
+  config = bench_digits_prior.sampler_config(0., 20, 2.)
+  assert config.sampling.dpmpp_2m.eta == 0. and config.sampling.num_steps == 20 and config.sampling.scaling_factor == 2.
   assert config.sampling.dpmpp_2m.second_order_below == math.inf  # the 2M flow at every step
