@@ -212,3 +212,19 @@ def test_the_oracle_benchmark_samples_with_every_guide(digits_root, tmp_path):
   assert all(row['nfe'] == 20 and row['samples'] == 20 for row in report['rows'])
   assert all(np.isfinite([row[m] for m in bench.METRICS]).all() for row in report['rows'])
   assert report['ce_classifier'].endswith('seed0/classifier_ce/checkpoints/checkpoint_2.pth')
+
+
+def test_the_oracle_benchmark_boosts_low_noise_guidance_and_follows_the_trajectories(digits_root, tmp_path):
+  import sde_lib
+  bench = load_oracle_benchmark()
+  sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=5., N=1000)
+  t = sde.time_of_sigma(torch.tensor([0.1, 0.49, 0.51, 3.], dtype=torch.float64))
+  assert bench.LowNoiseBoost(2., 0.5).scale_of(sde)(t).tolist() == [2., 2., 1., 1.]
+  bench.main(['--digits_root', str(digits_root), '--seeds', '0', '--samples', '20', '--guides', '--boosts', '2@0.5',
+              '--trajectory', '--out', str(tmp_path)])
+  report = json.loads((tmp_path / 'bench_oracle_guidance.json').read_text())
+  assert [row['guide'] for row in report['rows']] == ['total, λ 2 below σ 0.5']
+  assert set(report['trajectories']) == {'CE', 'total'}
+  bands = report['trajectories']['total']
+  assert {'2-inf', '0.2-0.5', '0-0.2'} <= set(bands)  # the 20-step ρ grid from σ 5 visits every band
+  assert all(np.isfinite(values).all() and values[1] >= 0 for band in bands.values() for values in band.values())

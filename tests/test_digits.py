@@ -13,6 +13,7 @@ import scipy.linalg
 import torch
 
 import evaluation
+import sampling
 from tests.helpers import REPO_ROOT, load_config
 
 DIGITS_EVAL = 'configs/digits/eval.py'
@@ -233,3 +234,28 @@ def test_prior_criterion_compares_each_flow_scale_with_the_make_digits_sampler()
   config = bench_digits_prior.sampler_config(0., 20, 2.)
   assert config.sampling.dpmpp_2m.eta == 0. and config.sampling.num_steps == 20 and config.sampling.scaling_factor == 2.
   assert config.sampling.dpmpp_2m.second_order_below == math.inf  # the 2M flow at every step
+
+
+def test_flow_guidance_pairs_consistent_sums_to_the_exact_conditional_score_mismatched_does_not():
+  sys.path.insert(0, str(REPO_ROOT / 'benchmarks'))
+  import bench_flow_guidance
+  import mixture
+  import sde_lib
+  config = load_config(DIGITS_EVAL)
+  sde = sde_lib.get_sde(config)[0]
+  generator = torch.Generator().manual_seed(1)
+  train = torch.rand(40, 1, 8, 8, generator=generator, dtype=torch.float64)
+  train_labels = torch.arange(10).repeat(4)
+  labels = torch.arange(10).repeat(2)
+  x = torch.rand(20, 1, 8, 8, generator=generator)
+  t = sde.time_of_sigma(torch.full((20,), 0.8, dtype=torch.float64)).float()
+  keep = evaluation.half_of_each_class(train_labels, torch.Generator().manual_seed(0))
+  assert [int(keep[train_labels == c].sum()) for c in range(10)] == [2] * 10
+  fields = bench_flow_guidance.oracle_fields(sde, train, train_labels, labels)
+  exact_a = mixture.conditional_scores(x.double(), labels, train[keep], train_labels[keep], 0.8).float()
+  guided = {name: sampling.get_guided_score_fn(prior, likelihood, labels, 1.)(x, t) for name, (prior, likelihood)
+            in fields.items()}
+  assert torch.allclose(guided['consistent'], exact_a, rtol=1e-4, atol=1e-4)
+  assert not torch.allclose(guided['mismatched'], exact_a, rtol=1e-2, atol=1e-2)
+  switched = bench_flow_guidance.switched(sde, lambda x, t: torch.zeros_like(x), lambda x, t: torch.ones_like(x), 1.)
+  assert switched(x, t).sum() == 0 and switched(x, sde.time_of_sigma(torch.full((20,), 2.)).float()).all()
