@@ -131,6 +131,32 @@ def steps_rows(args, sde, fields, judge, labels):
   return rows
 
 
+def judged_rows(args, judge, labels, name, eta, scale, score_fn):
+  """The rows of one run (pair, η, λ, score) at every seed, each printed as it is measured."""
+  rows = []
+  for seed in map(int, args.seeds.split(',')):
+    begin = time.time()
+    judged = judged_samples(judge, score_fn, labels, eta, args.steps, seed)
+    rows.append(dict(pair=name, eta=eta, scale=scale, seed=seed, **judged, seconds=round(time.time() - begin, 1)))
+    print(f'{name:45s} | η {eta:4g} | λ {scale:g} | seed {seed} | recognised {judged["recognised"]:.3f} | '
+          f'pixel FD {judged["pixel_fd"]:.3f} | {rows[-1]["seconds"]} s', flush=True)
+  return rows
+
+
+def summarise(rows, steps):
+  """{'pair | η | λ | steps': {recognised, pixel_fd: (mean, std) over the seeds}}, printed."""
+  def key_of(row):
+    return row['pair'], row['eta'], row['scale'], row.get('steps', steps)
+  summary = {}
+  for key in dict.fromkeys(map(key_of, rows)):
+    group = [row for row in rows if key_of(row) == key]
+    summary[' | '.join(map(str, key))] = values = {
+        metric: tables.mean_and_std([row[metric] for row in group]) for metric in ('recognised', 'pixel_fd')}
+    print(f'{" | ".join(map(str, key))}: recognised {values["recognised"][0]:.3f} ± '
+          f'{values["recognised"][1]:.3f}, pixel FD {values["pixel_fd"][0]:.3f} ± {values["pixel_fd"][1]:.3f}')
+  return summary
+
+
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--seeds', default='0,1,2')
@@ -158,26 +184,9 @@ def main(argv=None):
   runs = list(pair_runs(args, fields, labels))
   if args.score:
     runs += list(switch_runs(args, sde, config, train, train_labels, labels))
-  rows = []
-  for name, eta, scale, score_fn in runs:
-    for seed in map(int, args.seeds.split(',')):
-      begin = time.time()
-      judged = judged_samples(judge, score_fn, labels, eta, args.steps, seed)
-      row = dict(pair=name, eta=eta, scale=scale, seed=seed, **judged, seconds=round(time.time() - begin, 1))
-      rows.append(row)
-      print(f'{name:45s} | η {eta:4g} | λ {scale:g} | seed {seed} | recognised {row["recognised"]:.3f} | '
-            f'pixel FD {row["pixel_fd"]:.3f} | {row["seconds"]} s', flush=True)
+  rows = [row for run in runs for row in judged_rows(args, judge, labels, *run)]
   rows += steps_rows(args, sde, fields, judge, labels)
-  summary = {}
-  def key_of(row):
-    return row['pair'], row['eta'], row['scale'], row.get('steps', args.steps)
-  for key in dict.fromkeys(map(key_of, rows)):
-    group = [row for row in rows if key_of(row) == key]
-    summary[' | '.join(map(str, key))] = {metric: tables.mean_and_std([row[metric] for row in group])
-                                          for metric in ('recognised', 'pixel_fd')}
-  for key, values in summary.items():
-    print(f'{key}: recognised {values["recognised"][0]:.3f} ± {values["recognised"][1]:.3f}, pixel FD '
-          f'{values["pixel_fd"][0]:.3f} ± {values["pixel_fd"][1]:.3f}')
+  summary = summarise(rows, args.steps)
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, 'bench_flow_guidance.json'), 'w') as file:
     json.dump(dict(rows=rows, summary=summary, args=vars(args)), file, indent=1)

@@ -142,6 +142,26 @@ def trajectory_fidelity(guide, state, exact):
           for band, per_band in sums.items() if cosines[band]['CE']}
 
 
+def boost_rows(args, state, exact):
+  """The rows of the total-loss classifier at λ = L below σ = S, per --boosts L@S and sampling seed."""
+  rows = []
+  for boost, below in (map(float, text.split('@')) for text in args.boosts):
+    for seed in args.seeds:
+      name = f'total, λ {boost:g} below σ {below:g}'
+      rows.append(sample_row('total', seed, state, exact, LowNoiseBoost(boost, below), name))
+      print(f'{name:18} seed {seed}: recognised {rows[-1]["recognised"]:.3f}, FD {rows[-1]["fd"]:.2f}', flush=True)
+  return rows
+
+
+def trajectory_report(guide, state, exact):
+  """trajectory_fidelity of one guide, printed per σ band."""
+  report = trajectory_fidelity(guide, state, exact)
+  for band, per in report.items():
+    print(f'trajectory of {guide}, σ in [{band}): ' + ' | '.join(
+        f'{name}: L {l:.3f}, length {length:.2f}, cosine {cosine:.2f}' for name, (l, length, cosine) in per.items()))
+  return report
+
+
 def summary(rows):
   lines = ['| guide | ' + ' | '.join(METRICS) + ' |', '|---|' + '---|' * len(METRICS)]
   for guide in dict.fromkeys(row['guide'] for row in rows):
@@ -181,17 +201,9 @@ def main(argv=None):
       row = rows[-1]
       print(f'{guide:18} seed {seed}: recognised {row["recognised"]:.3f}, FD {row["fd"]:.2f}, shape '
             f'{row["coarse_spread"]:.3f}, strokes {row["fine_spread"]:.3f} ({row["nfe"]} NFE)', flush=True)
-  for boost, below in (map(float, text.split('@')) for text in args.boosts):
-    for seed in args.seeds:
-      name = f'total, λ {boost:g} below σ {below:g}'
-      rows.append(sample_row('total', seed, state, (train, train_labels), LowNoiseBoost(boost, below), name))
-      print(f'{name:18} seed {seed}: recognised {rows[-1]["recognised"]:.3f}, FD {rows[-1]["fd"]:.2f}', flush=True)
-  trajectories = {}
-  for guide in ('CE', 'total') if args.trajectory else ():
-    trajectories[guide] = trajectory_fidelity(guide, state, (train, train_labels))
-    for band, per in trajectories[guide].items():
-      print(f'trajectory of {guide}, σ in [{band}): ' + ' | '.join(
-          f'{name}: L {l:.3f}, length {length:.2f}, cosine {cosine:.2f}' for name, (l, length, cosine) in per.items()))
+  rows += boost_rows(args, state, (train, train_labels))
+  trajectories = {guide: trajectory_report(guide, state, (train, train_labels))
+                  for guide in (('CE', 'total') if args.trajectory else ())}
   table = summary(rows) if rows else ''
   print('\n' + table)
   os.makedirs(args.out, exist_ok=True)

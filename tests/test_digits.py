@@ -259,3 +259,17 @@ def test_flow_guidance_pairs_consistent_sums_to_the_exact_conditional_score_mism
   assert not torch.allclose(guided['mismatched'], exact_a, rtol=1e-2, atol=1e-2)
   switched = bench_flow_guidance.switched(sde, lambda x, t: torch.zeros_like(x), lambda x, t: torch.ones_like(x), 1.)
   assert switched(x, t).sum() == 0 and switched(x, sde.time_of_sigma(torch.full((20,), 2.)).float()).all()
+
+
+def test_flow_guidance_benchmark_writes_every_run_and_the_guidance_shift(tmp_path):
+  sys.path.insert(0, str(REPO_ROOT / 'benchmarks'))
+  import bench_flow_guidance
+  bench_flow_guidance.main(['--seeds', '0', '--per_class', '2', '--etas', '0', '1', '--flow_scales', '1', '2',
+                            '--flow_steps', '5', '--out', str(tmp_path)])
+  report = json.loads((tmp_path / 'bench_flow_guidance.json').read_text())
+  runs = [(row['pair'], row['eta'], row['scale'], row.get('steps', 20)) for row in report['rows']]
+  assert runs == [(pair, eta, scale, 20) for pair in ('consistent', 'mismatched')
+                  for eta, scale in ((0., 1.), (1., 1.), (0., 2.))] + [('mismatched', 0., 1., 5)]
+  shift = report['rows'][-1]['guidance_shift']
+  assert len(shift) == 5 and shift[0][0] == pytest.approx(5.) and all(value >= 0 for _, value in shift)
+  assert set(report['summary']) == {' | '.join(map(str, run)) for run in runs}
