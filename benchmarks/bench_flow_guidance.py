@@ -59,10 +59,9 @@ def recording_shift(sde, prior, likelihood, labels, record):
   """The guided score prior + ∇log p(y|x̃) that appends (σ, RMS per pixel of σ²∇log p(y|x̃)) to `record` at every
   call: how far the guidance moves the denoised image D = x̃ + σ²·score at that σ."""
   def score_fn(x, t):
-    sigma = sigma_of(sde, t)
-    shift = sigma ** 2 * sampling.log_prob_grad(likelihood, x, t, labels)
-    record.append((sigma, shift.flatten(1).pow(2).mean(1).sqrt().mean().item()))
-    return prior(x, t) + shift / sigma ** 2
+    sigma, gradient = sigma_of(sde, t), sampling.log_prob_grad(likelihood, x, t, labels)
+    record.append((sigma, sigma ** 2 * gradient.flatten(1).pow(2).mean(1).sqrt().mean().item()))
+    return prior(x, t) + gradient
   return score_fn
 
 
